@@ -1,0 +1,188 @@
+"""RunConfig (frozen) and the stable run ID.
+
+The run ID is ``<dataset-stem>_<model-slug>_<task>_<hash8>`` where the hash covers only the
+*identity* fields: what makes two runs the same experiment (dataset content, task and its prompt
+version, model, generation parameters, seed). Execution knobs (concurrency, shard, output dir,
+limit, retries) never change it, and neither does the date: the same command on another day or
+machine resumes the same run (DESIGN promise 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+DEFAULT_MODEL = "local/smollm2"
+DEFAULT_MAX_TOKENS = 512
+
+#: Bump when the way identity fields are canonicalised changes (it would change every run ID).
+IDENTITY_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``evalledger run`` needs.
+
+    Identity fields (part of the run ID): ``dataset`` content (through its sha256), ``task`` (and
+    its prompt version), ``model``, ``temperature``, ``max_tokens``, ``top_p``, ``seed`` and
+    ``id_column`` when set. Everything else is an execution knob.
+    """
+
+    dataset: str
+    model: str = DEFAULT_MODEL
+    task: str | None = None  # None: the built-in dataset's default task, else "qa"
+    # generation parameters (identity)
+    temperature: float = 0.0
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    top_p: float | None = None
+    seed: int = 0
+    id_column: str | None = None
+    # execution knobs (not identity)
+    output_dir: Path = Path("outputs")
+    run_id: str | None = None
+    limit: int | None = None
+    shard: tuple[int, int] | None = None
+    concurrency: int = 8
+    resume: bool = True
+    overwrite: bool = False
+    retry_errors: bool = True
+    checkpoint_every: int = 50
+    max_attempts: int = 6
+    max_retry_wait: float = 120.0  # seconds, cap on one backoff sleep
+    request_timeout: float = 600.0
+    grace_seconds: float = 30.0
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    quiet: bool = False
+    progress_interval: float = 10.0  # seconds between plain status lines when not on a TTY
+
+    def __post_init__(self) -> None:
+        # Normalise so equal configs compare and hash equal whatever the caller passed.
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` naming the flag for any invalid value."""
+        if not self.dataset:
+            raise UsageError("--dataset is required")
+        if not self.model or self.model.strip() != self.model:
+            raise UsageError(f"--model {self.model!r}: give a model such as openai/gpt-4o-mini")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise UsageError(f"--temperature {self.temperature}: must be between 0 and 2")
+        if self.max_tokens < 1:
+            raise UsageError(f"--max-tokens {self.max_tokens}: must be at least 1")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if self.model.startswith("anthropic/") and (self.temperature != 0.0 or self.top_p is not None):
+            raise UsageError(
+                f"--temperature/--top-p with --model {self.model}: the Anthropic Messages API (version "
+                "2026-10-21, SDK 2.x) no longer accepts sampling parameters; leave them at their defaults"
+            )
+        if self.concurrency < 1:
+            raise UsageError(f"--concurrency {self.concurrency}: must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit {self.limit}: must be at least 1")
+        if self.checkpoint_every < 1:
+            raise UsageError(f"--checkpoint-every {self.checkpoint_every}: must be at least 1")
+        if self.max_attempts < 1:
+            raise UsageError(f"--max-attempts {self.max_attempts}: must be at least 1")
+        if self.grace_seconds < 0:
+            raise UsageError(f"--grace-seconds {self.grace_seconds}: must not be negative")
+        if self.shard is not None:
+            k, n = self.shard
+            if not (n >= 1 and 1 <= k <= n):
+                raise UsageError(f"--shard {k}/{n}: K must be between 1 and N")
+        if self.run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", self.run_id):
+            raise UsageError(
+                f"--run-id {self.run_id!r}: use letters, digits, '.', '_' and '-' (max 200 chars)"
+            )
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def identity(self, *, dataset_sha256: str, task_name: str, prompt_version: str) -> dict[str, Any]:
+        """The identity fields, canonicalised. Two runs are the same experiment iff these match."""
+        ident: dict[str, Any] = {
+            "schema": IDENTITY_SCHEMA,
+            "dataset_sha256": dataset_sha256,
+            "task": task_name,
+            "prompt_version": prompt_version,
+            "model": self.model,
+            "temperature": float(self.temperature),
+            "max_tokens": int(self.max_tokens),
+            "top_p": None if self.top_p is None else float(self.top_p),
+            "seed": int(self.seed),
+        }
+        # Only present when set, so the common case keeps the documented field list.
+        if self.id_column is not None:
+            ident["id_column"] = self.id_column
+        return ident
+
+    def to_cli_args(self) -> list[str]:
+        """The ``evalledger run`` arguments that reproduce this config (used for resume hints)."""
+        args = ["--dataset", self.dataset, "--model", self.model]
+        if self.task is not None:
+            args += ["--task", self.task]
+        defaults = RunConfig(dataset=self.dataset)
+        pairs: list[tuple[str, Any, Any]] = [
+            ("--temperature", self.temperature, defaults.temperature),
+            ("--max-tokens", self.max_tokens, defaults.max_tokens),
+            ("--top-p", self.top_p, defaults.top_p),
+            ("--seed", self.seed, defaults.seed),
+            ("--id-column", self.id_column, defaults.id_column),
+            ("--output-dir", str(self.output_dir), str(defaults.output_dir)),
+            ("--run-id", self.run_id, defaults.run_id),
+            ("--limit", self.limit, defaults.limit),
+            ("--concurrency", self.concurrency, defaults.concurrency),
+            ("--checkpoint-every", self.checkpoint_every, defaults.checkpoint_every),
+            ("--max-attempts", self.max_attempts, defaults.max_attempts),
+            ("--grace-seconds", self.grace_seconds, defaults.grace_seconds),
+            ("--base-url", self.base_url, defaults.base_url),
+        ]
+        for flag, value, default in pairs:
+            if value != default and value is not None:
+                args += [flag, str(value)]
+        if self.shard is not None:
+            args += ["--shard", f"{self.shard[0]}/{self.shard[1]}"]
+        if not self.retry_errors:
+            args.append("--no-retry-errors")
+        return args
+
+    def resume_command(self) -> str:
+        """The exact shell command that resumes this run."""
+        return shlex.join(["evalledger", "run", *self.to_cli_args()])
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the identity fields."""
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def slug(text: str, max_len: int = 48) -> str:
+    """A file-name-safe slug: ``openai/gpt-4o-mini`` → ``openai-gpt-4o-mini``."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return (s or "x")[:max_len].rstrip("-._") or "x"
+
+
+def make_run_id(dataset_stem: str, model: str, task_name: str, identity: dict[str, Any]) -> str:
+    """``<dataset-stem>_<model-slug>_<task>_<hash8>``."""
+    return f"{slug(dataset_stem)}_{slug(model)}_{slug(task_name)}_{identity_hash(identity)[:8]}"
+
+
+def diff_identity(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Field-by-field differences, one readable line each (empty if identical)."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            lines.append(f"  {key}: run has {old.get(key, '<absent>')!r}, this command has {new.get(key, '<absent>')!r}")
+    return lines

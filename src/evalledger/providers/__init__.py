@@ -1,0 +1,63 @@
+"""Providers: one small interface (``base.Provider``) and a factory from the ``--model`` string.
+
+Model strings: ``openai/<model>``, ``anthropic/<model>``, ``local/smollm2``, and for
+OpenAI-compatible servers ``vllm/<model>`` / ``ollama/<model>`` (default local base URLs) or any
+``<model>`` with ``--base-url``.
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from .base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
+
+# Default base URLs of common self-hosted OpenAI-compatible servers.
+COMPATIBLE_DEFAULT_URLS = {
+    "vllm": "http://127.0.0.1:8000/v1",
+    "ollama": "http://127.0.0.1:11434/v1",
+}
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``openai/gpt-4o-mini`` → ``("openai", "gpt-4o-mini")``; no prefix → ``("", model)``."""
+    prefix, sep, rest = model.partition("/")
+    if sep and prefix in ("openai", "anthropic", "local", *COMPATIBLE_DEFAULT_URLS):
+        if not rest:
+            raise UsageError(f"--model {model!r}: missing the model name after '{prefix}/'")
+        return prefix, rest
+    return "", model
+
+
+def make_provider(
+    model: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 600.0,
+    concurrency: int = 8,
+) -> Provider:
+    """Build the provider for a ``--model`` string (no network I/O until ``start``/``complete``)."""
+    prefix, name = split_model(model)
+    if prefix == "openai":
+        from .openai import OpenAIProvider
+
+        return OpenAIProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout)
+    if prefix == "anthropic":
+        from .anthropic import AnthropicProvider
+
+        return AnthropicProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout)
+    if prefix == "local":
+        from .local import LocalProvider
+
+        return LocalProvider(model, name, parallel=concurrency, timeout=timeout)
+    if prefix in COMPATIBLE_DEFAULT_URLS or base_url:
+        from .openai import OpenAIProvider
+
+        url = base_url or COMPATIBLE_DEFAULT_URLS[prefix]
+        return OpenAIProvider(model, name, base_url=url, api_key=api_key, timeout=timeout)
+    raise UsageError(
+        f"--model {model!r}: say which API serves it: openai/<model>, anthropic/<model>, local/smollm2, "
+        "vllm/<model>, ollama/<model>, or <model> with --base-url for any OpenAI-compatible server"
+    )
+
+
+__all__ = ["ChatRequest", "ChatResponse", "ErrorInfo", "ErrorKind", "Provider", "make_provider", "split_model"]

@@ -1,0 +1,76 @@
+"""OpenAI Chat Completions through ``openai.AsyncOpenAI``; also any OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import UsageError
+from .base import ChatRequest, ChatResponse, ErrorInfo, Provider, classify_sdk_error
+
+
+class OpenAIProvider(Provider):
+    """``openai/<model>``, or an OpenAI-compatible server (vLLM, Ollama, llama.cpp) via ``base_url``.
+
+    The client honours ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` as the SDK does, and is built
+    with ``max_retries=0``: the runner's retry policy is the only retry loop.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        api_model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 600.0,
+        send_seed: bool = True,
+    ) -> None:
+        import openai
+
+        self.model = model
+        self.api_model = api_model
+        self.send_seed = send_seed
+        key = api_key or os.environ.get("OPENAI_API_KEY")
+        base = base_url or os.environ.get("OPENAI_BASE_URL")
+        if not key:
+            if base:
+                key = "EMPTY"  # self-hosted servers usually ignore the key, but the SDK needs one
+            else:
+                raise UsageError(
+                    f"--model {model}: OPENAI_API_KEY is not set. Export it, or point --base-url at an "
+                    "OpenAI-compatible server (vLLM, Ollama), or use --model local/smollm2 (no key needed)."
+                )
+        self.base_url = base
+        self._client = openai.AsyncOpenAI(api_key=key, base_url=base, max_retries=0, timeout=timeout)
+        self._sdk = openai
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        kwargs: dict[str, Any] = {
+            "model": self.api_model,
+            "messages": request.messages,
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if request.top_p is not None:
+            kwargs["top_p"] = request.top_p
+        if request.seed is not None and self.send_seed:
+            kwargs["seed"] = request.seed
+        resp = await self._client.chat.completions.create(**kwargs)
+        choice = resp.choices[0] if resp.choices else None
+        text = (choice.message.content if choice and choice.message else None) or ""
+        usage = resp.usage
+        return ChatResponse(
+            text=text,
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            request_id=getattr(resp, "_request_id", None) or resp.id,
+            finish_reason=choice.finish_reason if choice else None,
+            model=resp.model,
+        )
+
+    def classify(self, exc: BaseException) -> ErrorInfo:
+        return classify_sdk_error(exc, self._sdk)
+
+    async def aclose(self) -> None:
+        await self._client.close()

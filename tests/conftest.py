@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: the loopback fake LLM API server."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+# Test helpers (fakeserver) live beside the tests and are imported as top-level modules.
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+import pytest  # noqa: E402
+
+from fakeserver import FakeServer  # noqa: E402
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    """A started FakeServer (no latency, default responder), stopped after the test."""
+    server = FakeServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,79 @@
+"""Helpers shared by the end-to-end tests: datasets with known answers, CLI subprocesses, ledger reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_qa_dataset(path: Path, n: int, *, with_ids: bool = True, start: int = 0) -> Path:
+    """A GSM8K-shaped jsonl whose every question carries a ``[[ANSWER:k]]`` marker.
+
+    The fake server's default responder answers with the marker's value, so each sample is
+    answered correctly and ``count_for("[[ANSWER:k]]")`` counts the requests paid for sample k.
+    """
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(start, start + n):
+            row: dict[str, Any] = {"question": f"Question {i}: what is {i} + 0? [[ANSWER:{i}]]", "answer": f"{i} + 0 = {i}\n#### {i}"}
+            if with_ids:
+                row = {"id": f"s{i:05d}", **row}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def marker(i: int) -> str:
+    return f"[[ANSWER:{i}]]"
+
+
+def cli_env(server: Any, **extra: str) -> dict[str, str]:
+    """Environment for a CLI subprocess pointed at the fake server through the SDKs' own variables."""
+    env = dict(os.environ)
+    env.update(
+        OPENAI_BASE_URL=server.openai_base_url,
+        OPENAI_API_KEY="sk-test",
+        ANTHROPIC_BASE_URL=server.anthropic_base_url,
+        ANTHROPIC_API_KEY="sk-ant-test",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m evalledger ARGS`` in a subprocess, output captured."""
+    return subprocess.run([sys.executable, "-m", "evalledger", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def popen_cli(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "evalledger", *args], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_lines(path: Path) -> tuple[list[dict[str, Any]], bytes]:
+    """All complete records of a results file (strictly parsed), and the bytes after the last newline."""
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    records = [json.loads(line) for line in data[:cut].splitlines()]
+    return records, data[cut:]
+
+
+def all_records(run_dir: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for p in sorted(run_dir.glob("results*.jsonl")):
+        recs, tail = read_lines(p)
+        assert tail == b"", f"{p} has a partial last line"
+        out.extend(recs)
+    return out
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    dirs = [d for d in output_dir.iterdir() if d.is_dir() and ".old-" not in d.name]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
