@@ -337,3 +337,28 @@ def test_global_random_state_persists_across_resume(fake_server, tmp_path):
     mgr.restore_random_state(state)
     assert random.random() == expected
     assert "numpy_random_state" in state  # pandas imports numpy, so its global RNG is saved too
+
+
+def test_insufficient_quota_429_is_fatal_not_retried(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 10)
+    fake_server.fail_always(status=429, code="insufficient_quota", message="You exceeded your current quota")
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", concurrency=2))
+    assert s.exit_code == 2 and "quota" in s.message
+    assert fake_server.request_count <= 2
+
+
+def test_anthropic_rejects_sampling_flags_before_any_request(fake_server, tmp_path):
+    from evalledger import UsageError
+
+    with pytest.raises(UsageError, match="--temperature"):
+        RunConfig(dataset="gsm8k", model="anthropic/claude-test", temperature=0.7)
+
+
+def test_study_script_help_runs():
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "run_full_scale_study.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--models" in out.stdout and "--datasets" in out.stdout

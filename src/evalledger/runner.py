@@ -25,7 +25,7 @@ from .fsutil import utc_now
 from .ledger import CheckpointManager, move_run_aside, results_files
 from .prepare import PreparedRun, check_or_create_manifest, prepare_run
 from .progress import Progress
-from .providers import make_provider
+from .providers import check_provider_settings, make_provider
 from .providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
 from .retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
 from .samples import Sample, sample_rng
@@ -91,6 +91,8 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     """The async form of :func:`run_experiment`, for callers that already run an event loop."""
     t0 = time.monotonic()
     prepared = prepare_run(config)
+    # A bad --model or a missing key is refused here, before the run directory is created.
+    check_provider_settings(config.model, base_url=config.base_url, api_key=config.api_key)
     moved_aside = None
     run_dir = prepared.run_dir
     if config.overwrite and run_dir.exists():
