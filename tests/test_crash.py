@@ -243,8 +243,10 @@ def test_signal_finishes_in_flight_then_printed_command_resumes(fake_server, tmp
     # no paid answer was lost.
     assert statuses == {200: len(counts)}, statuses
     state, problem = CheckpointManager(run_dir).read_resume_state()
-    assert problem is None and state["counters"]["ok"] == len(counts)
+    assert problem is None and state["counters"]["ok_records"] == len(counts)
 
+    if sig != signal.SIGINT:
+        return  # the printed command is the same for every signal; running it once is enough
     fake_server.latency = 0.0
     resumed = subprocess.run(resume_argv(err, env), env=env, cwd=tmp_path, capture_output=True, text=True,
                              timeout=60)

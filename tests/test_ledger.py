@@ -77,8 +77,9 @@ def test_second_writer_is_refused_naming_pid_and_host(tmp_path):
             CheckpointManager(tmp_path / "run").open_writer()
         msg = str(ei.value)
         assert f"pid {os.getpid()}" in msg and socket.gethostname() in msg
-        # a shard is a different lock
-        CheckpointManager(tmp_path / "run", shard=(1, 2)).open_writer().close()
+        # a shard would overlap the unsharded writer
+        with pytest.raises(LockHeldError, match="unsharded"):
+            CheckpointManager(tmp_path / "run", shard=(1, 2)).open_writer()
     finally:
         first.close()
     CheckpointManager(tmp_path / "run").open_writer().close()  # free again

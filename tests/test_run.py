@@ -278,12 +278,21 @@ def test_second_writer_on_same_run_is_refused(fake_server, tmp_path):
         with pytest.raises(LockHeldError) as ei:
             run_experiment(config)
         assert "pid" in str(ei.value) and str(__import__("os").getpid()) in str(ei.value)
-        # another shard is a different lock
-        s = run_experiment(config.replace(shard=(1, 2)))
-        assert s.exit_code == 0
+        # a shard beside an unsharded writer would overlap its samples: refused, naming the holder
+        with pytest.raises(LockHeldError, match="unsharded run is writing"):
+            run_experiment(config.replace(shard=(1, 2)))
     finally:
         holder.close()
-    assert fake_server.request_count == s.ok
+    assert fake_server.request_count == 0
+    # two different shards run side by side; an unsharded writer beside them is refused
+    s1 = CheckpointManager(run_dir, shard=(1, 2)).open_writer()
+    try:
+        s = run_experiment(config.replace(shard=(2, 2)))
+        assert s.exit_code == 0
+        with pytest.raises(LockHeldError, match=f"shards of this run are being written right now \\(pid {__import__('os').getpid()}"):
+            run_experiment(config)
+    finally:
+        s1.close()
 
 
 def test_corrupt_resume_state_is_rebuilt_with_warning(fake_server, tmp_path, capsys):
@@ -292,8 +301,9 @@ def test_corrupt_resume_state_is_rebuilt_with_warning(fake_server, tmp_path, cap
     s = run_experiment(cfg(fake_server, data, out, limit=3))
     state_path = s.run_dir / "resume_state.json"
     state = json.loads(state_path.read_text())
-    assert state["counters"]["ok"] == 3 and len(state["sha256"]) == 64
-    state_path.write_text(state_path.read_text().replace('"ok": 3', '"ok": 99'))
+    assert state["counters"]["ok_records"] == 3 and state["counters"]["requests"] == 3
+    assert len(state["sha256"]) == 64
+    state_path.write_text(state_path.read_text().replace('"ok_records": 3', '"ok_records": 99'))
     capsys.readouterr()
     s2 = run_experiment(cfg(fake_server, data, out))
     err = capsys.readouterr().err
@@ -301,6 +311,13 @@ def test_corrupt_resume_state_is_rebuilt_with_warning(fake_server, tmp_path, cap
     assert s2.ok == 2 and s2.skipped_completed == 3
     st2, problem = CheckpointManager(s.run_dir).read_resume_state()
     assert problem is None and st2 is not None
+    # rebuilt from the JSONL (3 earlier records) plus this invocation's 2, not the tampered 99
+    assert st2["counters"]["ok_records"] == 5 and st2["counters"]["requests"] == 5
+    assert st2["counters"]["completed_samples"] == 5
+    (s.run_dir / "resume_state.json").unlink()  # missing is rebuilt too
+    s3 = run_experiment(cfg(fake_server, data, out))
+    assert s3.requests == 0
+    assert CheckpointManager(s.run_dir).read_resume_state()[0]["counters"]["ok_records"] == 5
 
 
 def test_torn_tail_is_repaired_and_preserved(fake_server, tmp_path):
@@ -362,3 +379,12 @@ def test_study_script_help_runs():
 
     out = subprocess.run([sys.executable, str(REPO / "run_full_scale_study.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--models" in out.stdout and "--datasets" in out.stdout
+
+
+def test_hung_request_times_out_and_is_retried(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 3)
+    fake_server.fail_next(1, kind="hang", hang_seconds=30)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", request_timeout=0.5))
+    assert s.exit_code == 0 and s.ok == 3
+    assert fake_server.request_count == 4
+    assert sorted(r["attempts"] for r in all_records(s.run_dir)) == [1, 1, 2]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class RunConfig:
     grace_seconds: float = 30.0
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None  # read the key from this variable instead of the SDK's default
     quiet: bool = False
     progress_interval: float = 10.0  # seconds between plain status lines when not on a TTY
 
@@ -105,6 +107,17 @@ class RunConfig:
                 f"--run-id {self.run_id!r}: use letters, digits, '.', '_' and '-' (max 200 chars)"
             )
 
+    def resolved_api_key(self) -> str | None:
+        """The explicit key, or the one in ``api_key_env``; None lets the SDK read its default variable."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise UsageError(f"--api-key-env {self.api_key_env}: that environment variable is not set")
+            return key
+        return None
+
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
@@ -147,6 +160,9 @@ class RunConfig:
             ("--max-attempts", self.max_attempts, defaults.max_attempts),
             ("--grace-seconds", self.grace_seconds, defaults.grace_seconds),
             ("--base-url", self.base_url, defaults.base_url),
+            ("--api-key-env", self.api_key_env, defaults.api_key_env),
+            ("--request-timeout", self.request_timeout, defaults.request_timeout),
+            ("--max-retry-wait", self.max_retry_wait, defaults.max_retry_wait),
         ]
         for flag, value, default in pairs:
             if value != default and value is not None:

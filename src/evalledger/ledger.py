@@ -17,6 +17,7 @@ The ledger knows nothing about models or tasks: records are plain dicts.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -133,6 +134,9 @@ class CheckpointManager:
         self.lock_path = self.run_dir / f".lock{sfx}"
         self.owner_path = self.run_dir / f".lock{sfx}.owner"
         self.manifest_path = self.run_dir / MANIFEST
+        # Shared by shard writers, exclusive for an unsharded writer: the two would overlap.
+        self.run_lock_path = self.run_dir / ".lock.run"
+        self._run_lock_fd: int | None = None
         self._lock: filelock.BaseFileLock | None = None
         self._fd: int | None = None
         self._size = 0
@@ -147,6 +151,11 @@ class CheckpointManager:
             lock.acquire()
         except filelock.Timeout:
             raise LockHeldError(self._lock_held_message()) from None
+        try:
+            self._take_run_lock()
+        except BaseException:
+            lock.release()
+            raise
         self._lock = lock
         try:
             owner = {"pid": os.getpid(), "host": hostname(), "since": utc_now(), "shard": self.shard}
@@ -160,13 +169,33 @@ class CheckpointManager:
             raise
         return self
 
-    def _lock_held_message(self) -> str:
-        who = "another process"
+    def _take_run_lock(self) -> None:
+        fd = os.open(self.run_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        mode = fcntl.LOCK_SH if self.shard is not None else fcntl.LOCK_EX
         try:
-            owner = json.loads(self.owner_path.read_text())
-            who = f"pid {owner.get('pid')} on host {owner.get('host')} (since {owner.get('since')})"
-        except (OSError, ValueError):
-            pass
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if self.shard is not None:
+                who = _describe_owner(self.run_dir / ".lock.owner")
+                raise LockHeldError(
+                    f"an unsharded run is writing {self.run_dir} right now ({who}); a shard would pay again "
+                    "for the samples it is sending. Wait for it to finish or stop it."
+                ) from None
+            owners = [_describe_owner(p) for p in sorted(self.run_dir.glob(".lock.shard-*.owner"))]
+            raise LockHeldError(
+                f"shards of this run are being written right now ({'; '.join(owners) or 'another process'}): "
+                f"{self.run_dir}. An unsharded run would pay again for their samples; wait for them or stop them."
+            ) from None
+        self._run_lock_fd = fd
+
+    def _release_run_lock(self) -> None:
+        if self._run_lock_fd is not None:
+            os.close(self._run_lock_fd)  # closing the descriptor drops the flock
+            self._run_lock_fd = None
+
+    def _lock_held_message(self) -> str:
+        who = _describe_owner(self.owner_path)
         what = "this run" if self.shard is None else f"shard {self.shard[0]}/{self.shard[1]} of this run"
         return (
             f"{what} is already being written by {who}: {self.run_dir}\n"
@@ -237,6 +266,7 @@ class CheckpointManager:
                 pass
             self._lock.release()
             self._lock = None
+        self._release_run_lock()
 
     def __enter__(self) -> "CheckpointManager":
         if not self.is_writer:
@@ -382,6 +412,15 @@ class CheckpointManager:
             "task": manifest.get("task"),
             "dataset": manifest.get("dataset", {}).get("name"),
         }
+
+
+def _describe_owner(owner_path: Path) -> str:
+    """``pid P on host H (since T)`` from a lock's owner file, for messages."""
+    try:
+        owner = json.loads(owner_path.read_text())
+        return f"pid {owner.get('pid')} on host {owner.get('host')} (since {owner.get('since')})"
+    except (OSError, ValueError):
+        return "another process"
 
 
 def repair_torn_tail(path: Path) -> Path | None:

@@ -7,7 +7,7 @@ lock or fatal provider error · 4 the disk refused a write · 130 SIGINT · 143 
 from __future__ import annotations
 
 import json
-import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,31 @@ import click
 
 from . import __version__
 from .config import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, RunConfig
-from .errors import EvalLedgerError, UsageError
+from .errors import EvalLedgerError
 
 
 def _fail(exc: EvalLedgerError) -> None:
     click.echo(f"error: {exc.message}", err=True)
     sys.exit(exc.exit_code)
+
+
+class _EarlyStop(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _stop_on_early_signals() -> None:
+    """Turn SIGTERM/SIGUSR1 during start-up (dataset checks, model load) into a clean exit 143.
+
+    Once samples are dispatched, the runner's own handlers replace these (grace period, flush).
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        raise _EarlyStop(signal.Signals(signum).name)
+
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, handler)
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -64,6 +83,7 @@ def cli() -> None:
 @click.option("--base-url", default=None, help="API base URL (e.g. http://127.0.0.1:8000/v1 for vLLM). Default: the SDK's, or OPENAI_BASE_URL / ANTHROPIC_BASE_URL.")
 @click.option("--api-key-env", default=None, metavar="VAR", help="Read the API key from this environment variable instead of OPENAI_API_KEY / ANTHROPIC_API_KEY.")
 @click.option("--max-attempts", type=int, default=6, show_default=True, help="Attempts per request for transient errors (429, 5xx, timeouts).")
+@click.option("--max-retry-wait", type=float, default=120.0, show_default=True, help="Cap in seconds on one backoff sleep between retries.")
 @click.option("--request-timeout", type=float, default=600.0, show_default=True, help="Seconds before one HTTP request times out (then retried).")
 @click.option("--grace-seconds", type=float, default=30.0, show_default=True, help="On SIGINT/SIGTERM/SIGUSR1, wait this long for in-flight samples before cancelling them.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
@@ -73,21 +93,17 @@ def run(**opts: Any) -> None:
     from .runner import run_experiment
 
     as_json = opts.pop("as_json")
-    api_key_env = opts.pop("api_key_env")
+    _stop_on_early_signals()
     try:
-        api_key = None
-        if api_key_env:
-            api_key = os.environ.get(api_key_env)
-            if not api_key:
-                raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
         config = RunConfig(
             dataset=opts["dataset"], model=opts["model"], task=opts["task"], limit=opts["limit"],
             id_column=opts["id_column"], output_dir=opts["output_dir"], run_id=opts["run_id"],
             shard=_parse_shard(opts["shard"]), concurrency=opts["concurrency"], resume=opts["resume"],
             overwrite=opts["overwrite"], retry_errors=opts["retry_errors"],
             checkpoint_every=opts["checkpoint_every"], seed=opts["seed"], temperature=opts["temperature"],
-            max_tokens=opts["max_tokens"], top_p=opts["top_p"], base_url=opts["base_url"], api_key=api_key,
-            max_attempts=opts["max_attempts"], request_timeout=opts["request_timeout"],
+            max_tokens=opts["max_tokens"], top_p=opts["top_p"], base_url=opts["base_url"],
+            api_key_env=opts["api_key_env"], max_attempts=opts["max_attempts"],
+            max_retry_wait=opts["max_retry_wait"], request_timeout=opts["request_timeout"],
             grace_seconds=opts["grace_seconds"], quiet=opts["quiet"],
         )
         summary = run_experiment(config)
@@ -95,8 +111,11 @@ def run(**opts: Any) -> None:
         _fail(e)
     except KeyboardInterrupt:
         # Ctrl-C before the run's own handler was installed (e.g. while the local model loads).
-        click.echo("interrupted before any sample was sent", err=True)
+        click.echo("interrupted before any sample was sent; run the same command again to start", err=True)
         sys.exit(130)
+    except _EarlyStop as e:
+        click.echo(f"{e.name} before any sample was sent; run the same command again to start", err=True)
+        sys.exit(143)
     stats = summary.stats
     acc = stats.get("accuracy")
     click.echo(

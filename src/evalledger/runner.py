@@ -22,10 +22,10 @@ from .committer import GroupCommitter
 from .config import RunConfig
 from .errors import EvalLedgerError, FatalProviderError, RunExistsError
 from .fsutil import utc_now
-from .ledger import CheckpointManager, move_run_aside, results_files
+from .ledger import CheckpointManager, iter_file_records, move_run_aside, results_files
 from .prepare import PreparedRun, check_or_create_manifest, prepare_run
 from .progress import Progress
-from .providers import check_provider_settings, make_provider
+from .providers import make_provider
 from .providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
 from .retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
 from .samples import Sample, sample_rng
@@ -91,8 +91,9 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     """The async form of :func:`run_experiment`, for callers that already run an event loop."""
     t0 = time.monotonic()
     prepared = prepare_run(config)
-    # A bad --model or a missing key is refused here, before the run directory is created.
-    check_provider_settings(config.model, base_url=config.base_url, api_key=config.api_key)
+    # Built now (no network yet) so a bad --model or a missing key is refused before anything is written.
+    provider = make_provider(config.model, base_url=config.base_url, api_key=config.resolved_api_key(),
+                             timeout=config.request_timeout, concurrency=config.concurrency)
     moved_aside = None
     run_dir = prepared.run_dir
     if config.overwrite and run_dir.exists():
@@ -110,24 +111,27 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
         if ledger.repaired_tail is not None:
             _warn(config, f"repaired a torn last line in {ledger.results_path.name}; the partial bytes are kept in {ledger.repaired_tail}")
         check_or_create_manifest(prepared)
-        summary = await _execute(prepared, ledger, t0)
+        summary = await _execute(prepared, ledger, provider, t0)
     finally:
         ledger.close()
     summary.moved_aside = moved_aside
     return summary
 
 
-async def _execute(prepared: PreparedRun, ledger: CheckpointManager, t0: float) -> RunSummary:
+async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: Provider, t0: float) -> RunSummary:
     config = prepared.config
     state_doc, problem = ledger.read_resume_state()
     had_results = ledger.results_path.exists() and ledger.results_path.stat().st_size > 0
     if state_doc is not None and state_doc.get("config_hash") == prepared.config_hash:
         ledger.restore_random_state(state_doc)
+        counters = {k: int(state_doc.get("counters", {}).get(k, 0)) for k in _COUNTERS}
     else:
         if had_results and problem:
             _warn(config, f"{problem}; rebuilding the resume state from the results file")
-        # A fresh run (or a rebuilt state) starts the global RNG from the run seed.
+        # A fresh run (or a rebuilt state) starts the global RNG from the run seed; the counters
+        # are recounted from this shard's results file, the source of truth.
         random.seed(config.seed)
+        counters = _count_records(ledger.results_path)
 
     completed = ledger.completed_ids()
     excluded = set(completed)
@@ -143,34 +147,37 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, t0: float) 
                   f"{len(pending)} to run → {prepared.run_dir}")
 
     run = _RunState(stop=asyncio.Event())
-    counters = {"ok": 0, "error": 0}
+    new = {"ok": 0, "error": 0}  # acknowledged by this invocation
+    requests_before = counters["requests"]
     since_checkpoint = 0
 
     def write_state() -> None:
-        ledger.write_resume_state({**counters, "completed_ids": len(completed)}, prepared.config_hash)
+        counters["requests"] = requests_before + run.requests
+        ledger.write_resume_state({**counters, "completed_samples": len(completed)}, prepared.config_hash)
 
     def on_commit(records: list[dict[str, Any]]) -> None:
         nonlocal since_checkpoint
         for r in records:
             if r["status"] == "ok":
-                counters["ok"] += 1
+                new["ok"] += 1
+                counters["ok_records"] += 1
                 completed.add(r["sample_id"])
             else:
-                counters["error"] += 1
+                new["error"] += 1
+                counters["error_records"] += 1
         progress.update(records)
         since_checkpoint += len(records)
         if since_checkpoint >= config.checkpoint_every:
             since_checkpoint = 0
             write_state()  # small file, atomic; cheap next to the appends it follows
 
-    provider: Provider | None = None
+    started = False
     committer = GroupCommitter(ledger, on_commit=on_commit)
     restore_signals = lambda: None  # noqa: E731
     try:
         if pending:
-            provider = make_provider(config.model, base_url=config.base_url, api_key=config.api_key,
-                                     timeout=config.request_timeout, concurrency=config.concurrency)
             await provider.start()
+            started = True
             committer.start()
             restore_signals = _install_signal_handlers(run, config)
             await _schedule(prepared, provider, committer, run, pending)
@@ -183,7 +190,7 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, t0: float) 
                 write_state()
             except OSError as e:
                 _warn(config, f"could not write the resume state: {e}")
-        if provider is not None:
+        if started:
             await provider.aclose()
 
     remaining = sum(1 for s in prepared.selection if s.id not in completed)
@@ -195,8 +202,8 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, t0: float) 
         total_samples=len(prepared.selection),
         skipped_completed=skipped,
         attempted=run.attempted,
-        ok=counters["ok"],
-        errors=counters["error"],
+        ok=new["ok"],
+        errors=new["error"],
         requests=run.requests,
         remaining=remaining,
         duration_s=time.monotonic() - t0,
@@ -348,6 +355,18 @@ async def _run_sample(prepared: PreparedRun, provider: Provider, run: _RunState,
         finished_at=utc_now(),
     )
     return record
+
+
+_COUNTERS = ("ok_records", "error_records", "requests")
+
+
+def _count_records(path: Path) -> dict[str, int]:
+    """Cumulative counters of one results file (used when the resume state must be rebuilt)."""
+    counts = dict.fromkeys(_COUNTERS, 0)
+    for rec in iter_file_records(path):
+        counts["ok_records" if rec.get("status") == "ok" else "error_records"] += 1
+        counts["requests"] += int(rec.get("attempts") or 0)
+    return counts
 
 
 def _input_hash(sample: Sample) -> str:

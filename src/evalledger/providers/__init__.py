@@ -7,8 +7,6 @@ OpenAI-compatible servers ``vllm/<model>`` / ``ollama/<model>`` (default local b
 
 from __future__ import annotations
 
-import os
-
 from ..errors import UsageError
 from .base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
 
@@ -29,29 +27,6 @@ def split_model(model: str) -> tuple[str, str]:
     return "", model
 
 
-def check_provider_settings(model: str, *, base_url: str | None = None, api_key: str | None = None) -> None:
-    """Refuse a ``--model`` string or a missing API key before anything is written or sent.
-
-    Cheap (imports no SDK), so the CLI can fail with exit 2 before creating the run directory.
-    :func:`make_provider` and the providers' constructors raise the same errors later.
-    """
-    prefix, _ = split_model(model)
-    if prefix == "openai":
-        if not (api_key or os.environ.get("OPENAI_API_KEY") or base_url or os.environ.get("OPENAI_BASE_URL")):
-            raise UsageError(
-                f"--model {model}: OPENAI_API_KEY is not set. Export it, or point --base-url at an "
-                "OpenAI-compatible server (vLLM, Ollama), or use --model local/smollm2 (no key needed)."
-            )
-    elif prefix == "anthropic":
-        if not (api_key or os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
-            raise UsageError(f"--model {model}: ANTHROPIC_API_KEY is not set. Export it and run again.")
-    elif prefix == "" and not base_url:
-        raise UsageError(
-            f"--model {model!r}: say which API serves it: openai/<model>, anthropic/<model>, local/smollm2, "
-            "vllm/<model>, ollama/<model>, or <model> with --base-url for any OpenAI-compatible server"
-        )
-
-
 def make_provider(
     model: str,
     *,
@@ -60,7 +35,11 @@ def make_provider(
     timeout: float = 600.0,
     concurrency: int = 8,
 ) -> Provider:
-    """Build the provider for a ``--model`` string (no network I/O until ``start``/``complete``)."""
+    """Build the provider for a ``--model`` string (no network I/O until ``start``/``complete``).
+
+    Raises :class:`UsageError` for an unknown model prefix or a missing API key, so callers can
+    build it before creating anything on disk.
+    """
     prefix, name = split_model(model)
     if prefix == "openai":
         from .openai import OpenAIProvider
@@ -85,5 +64,4 @@ def make_provider(
     )
 
 
-__all__ = ["ChatRequest", "ChatResponse", "ErrorInfo", "ErrorKind", "Provider", "check_provider_settings", "make_provider",
-           "split_model"]
+__all__ = ["ChatRequest", "ChatResponse", "ErrorInfo", "ErrorKind", "Provider", "make_provider", "split_model"]
