@@ -15,7 +15,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from helpers import all_records, cli_env, marker, popen_cli, read_lines, run_cli, write_qa_dataset
 
@@ -139,14 +138,14 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_second_process_on_same_run_is_refused_and_so_is_a_shard_beside_it(fake_server, tmp_path):
-    n = 6
+    n = 16  # ~8 s of requests at concurrency 2: the holder outlives every check below, even on a loaded machine
     fake_server.latency = 1.0
     data = write_qa_dataset(tmp_path / "qa.jsonl", n)
     out = tmp_path / "out"
     env = cli_env(fake_server)
     base = run_args(data, out, "--run-id", "locked")
 
-    first = popen_cli([*base, "--concurrency", "2"], env, cwd=tmp_path)  # ~3 s of requests
+    first = popen_cli([*base, "--concurrency", "2"], env, cwd=tmp_path)
     try:
         _wait_for(lambda: fake_server.request_count >= 1, 20, "the first process to send a request")
         assert first.poll() is None
@@ -170,17 +169,14 @@ def test_second_process_on_same_run_is_refused_and_so_is_a_shard_beside_it(fake_
         assert f"pid {first.pid}" in err
         assert socket.gethostname() in err
         assert "already being written" in err and "Traceback" not in err
-        # It must not wait for the lock: it ends well before the holder (still running below),
-        # costing start-up (SDK import) plus at most a second.
-        assert took["second"] < took["baseline"] + 2.0, took
-        assert first.poll() is None  # the holder was running all along
+        # It did not wait for the lock: it ended while the holder (~8 s of work) is still running.
+        # (No wall-clock comparison: on a loaded 2-core machine start-up alone varies by seconds.)
+        assert first.poll() is None, took
 
         # A shard of the same run would overlap the unsharded writer's samples: refused too.
-        before = fake_server.request_count
         shard = run_cli([*base, "--shard", "1/2", "--concurrency", "8"], env, cwd=tmp_path, timeout=60)
         assert shard.returncode == 2, shard.stderr
         assert "unsharded run is writing" in shard.stderr and f"pid {first.pid}" in shard.stderr
-        assert fake_server.request_count - before <= 2  # only the first process's own requests
 
         _, err = first.communicate(timeout=60)
         assert first.returncode == 0, err
@@ -191,6 +187,7 @@ def test_second_process_on_same_run_is_refused_and_so_is_a_shard_beside_it(fake_
                 p.wait()
     run_dir = out / "locked"
     assert not (run_dir / "results.shard-1-of-2.jsonl").exists()
+    assert fake_server.request_count == n  # the refused processes sent nothing: one request per sample
     # The first process finished every sample in its own file.
     recs, tail = read_lines(run_dir / "results.jsonl")
     assert tail == b"" and {r["sample_id"] for r in recs if r["status"] == "ok"} == {f"s{i:05d}" for i in range(n)}

@@ -474,7 +474,7 @@ def test_hundreds_of_concurrent_requests() -> None:
         assert server.request_count == concurrency
         # Served in parallel, not one after another.
         assert server.peak_in_flight >= concurrency // 2
-        assert elapsed < latency * 10
+        assert elapsed < latency * 40  # serial handling would take 300 × latency; slack for a loaded machine
 
 
 # ---- standalone process ---------------------------------------------------------------------

@@ -441,7 +441,12 @@ def test_mcq_score_refuses_an_unvalidated_row() -> None:
 
 
 def test_builtin_tasks_registry() -> None:
-    assert BUILTIN_TASKS == {"qa": QATask, "mcq": MCQTask}
+    from evalledger.tasks import HumanEvalTask, SelfCorrectTask
+
+    assert BUILTIN_TASKS == {"qa": QATask, "mcq": MCQTask, "humaneval": HumanEvalTask, "self-correct": SelfCorrectTask}
+    assert isinstance(load_task("humaneval"), HumanEvalTask)
+    wrapped = load_task("self-correct:mcq")
+    assert isinstance(wrapped, SelfCorrectTask) and isinstance(wrapped.base, MCQTask)
     assert isinstance(load_task("qa"), QATask)
     assert isinstance(load_task("mcq"), MCQTask)
     assert load_task("qa") is not load_task("qa")  # a fresh instance each time

@@ -24,8 +24,8 @@ from .errors import (  # noqa: E402
     UsageError,
 )
 from .ledger import CheckpointManager  # noqa: E402
-from .report import get_stats, load_results, resolve_run_dir  # noqa: E402
-from .runner import RunSummary, run_experiment, run_experiment_async  # noqa: E402
+from .report import get_stats, load_results, load_runs, resolve_run_dir  # noqa: E402
+from .runner import RunSummary, estimate_experiment, run_experiment, run_experiment_async  # noqa: E402
 
 __all__ = [
     "CheckpointManager",
@@ -41,7 +41,9 @@ __all__ = [
     "__version__",
     "get_stats",
     "load_results",
+    "load_runs",
     "resolve_run_dir",
+    "estimate_experiment",
     "run_experiment",
     "run_experiment_async",
 ]

@@ -33,8 +33,10 @@ class RunConfig:
     """Everything one ``evalledger run`` needs.
 
     Identity fields (part of the run ID): ``dataset`` content (through its sha256), ``task`` (and
-    its prompt version), ``model``, ``temperature``, ``max_tokens``, ``top_p``, ``seed`` and
-    ``id_column`` when set. Everything else is an execution knob.
+    its prompt version), ``model``, ``temperature``, ``max_tokens``, ``top_p``, ``seed``, and when
+    set ``id_column`` and the sha256 of the ``review_prompt`` file's text. Everything else is an
+    execution knob (``allow_code_execution`` too: it permits running a task, it does not change
+    what the task computes).
     """
 
     dataset: str
@@ -46,6 +48,7 @@ class RunConfig:
     top_p: float | None = None
     seed: int = 0
     id_column: str | None = None
+    review_prompt: str | None = None  # file replacing self-correct's review prompt (identity: its text's sha256)
     # execution knobs (not identity)
     output_dir: Path = Path("outputs")
     run_id: str | None = None
@@ -54,6 +57,7 @@ class RunConfig:
     concurrency: int = 8
     resume: bool = True
     overwrite: bool = False
+    allow_code_execution: bool = False  # tasks that run model-written code (humaneval) refuse without it
     retry_errors: bool = True
     checkpoint_every: int = 50
     max_attempts: int = 6
@@ -63,6 +67,12 @@ class RunConfig:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None  # read the key from this variable instead of the SDK's default
+    max_cost: float | None = None  # USD budget for the whole run, across resumes
+    prices_file: str | None = None  # a price table replacing the shipped prices.toml
+    price_input: float | None = None  # USD per 1M input tokens, overrides the table
+    price_output: float | None = None  # USD per 1M output tokens, overrides the table
+    max_consecutive_errors: int = 20  # circuit breaker; 0 turns it off
+    min_free_mb: float = 100.0  # free space to keep beyond the run's estimated output
     quiet: bool = False
     progress_interval: float = 10.0  # seconds between plain status lines when not on a TTY
 
@@ -96,12 +106,20 @@ class RunConfig:
             raise UsageError(f"--checkpoint-every {self.checkpoint_every}: must be at least 1")
         if self.max_attempts < 1:
             raise UsageError(f"--max-attempts {self.max_attempts}: must be at least 1")
+        if self.max_cost is not None and self.max_cost <= 0:
+            raise UsageError(f"--max-cost {self.max_cost}: must be a positive amount of USD")
+        if self.max_consecutive_errors < 0:
+            raise UsageError(f"--max-consecutive-errors {self.max_consecutive_errors}: must be 0 (off) or more")
+        if self.min_free_mb < 0:
+            raise UsageError(f"--min-free-mb {self.min_free_mb}: must not be negative")
         if self.grace_seconds < 0:
             raise UsageError(f"--grace-seconds {self.grace_seconds}: must not be negative")
         if self.shard is not None:
             k, n = self.shard
             if not (n >= 1 and 1 <= k <= n):
                 raise UsageError(f"--shard {k}/{n}: K must be between 1 and N")
+        # One plain directory name: no '/', and a letter or digit first, so never '.', '..', a
+        # hidden directory or something that reads as a flag. prepare.run_dir_inside checks again.
         if self.run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", self.run_id):
             raise UsageError(
                 f"--run-id {self.run_id!r}: use letters, digits, '.', '_' and '-' (max 200 chars)"
@@ -138,7 +156,25 @@ class RunConfig:
         # Only present when set, so the common case keeps the documented field list.
         if self.id_column is not None:
             ident["id_column"] = self.id_column
+        if self.review_prompt is not None:
+            # The text, not the path: the same prompt from another path is the same experiment.
+            text = self.review_prompt_text() or ""
+            ident["review_prompt_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return ident
+
+    def review_prompt_text(self) -> str | None:
+        """The text of the ``--review-prompt`` file (None when not set); :class:`UsageError` if unreadable."""
+        if self.review_prompt is None:
+            return None
+        path = Path(self.review_prompt).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise UsageError(f"--review-prompt {self.review_prompt}: cannot read it ({reason})") from None
+        if not text.strip():
+            raise UsageError(f"--review-prompt {self.review_prompt}: the file is empty")
+        return text
 
     def to_cli_args(self) -> list[str]:
         """The ``evalledger run`` arguments that reproduce this config (used for resume hints)."""
@@ -152,6 +188,7 @@ class RunConfig:
             ("--top-p", self.top_p, defaults.top_p),
             ("--seed", self.seed, defaults.seed),
             ("--id-column", self.id_column, defaults.id_column),
+            ("--review-prompt", self.review_prompt, defaults.review_prompt),
             ("--output-dir", str(self.output_dir), str(defaults.output_dir)),
             ("--run-id", self.run_id, defaults.run_id),
             ("--limit", self.limit, defaults.limit),
@@ -163,6 +200,12 @@ class RunConfig:
             ("--api-key-env", self.api_key_env, defaults.api_key_env),
             ("--request-timeout", self.request_timeout, defaults.request_timeout),
             ("--max-retry-wait", self.max_retry_wait, defaults.max_retry_wait),
+            ("--max-cost", self.max_cost, defaults.max_cost),
+            ("--prices", self.prices_file, defaults.prices_file),
+            ("--price-input", self.price_input, defaults.price_input),
+            ("--price-output", self.price_output, defaults.price_output),
+            ("--max-consecutive-errors", self.max_consecutive_errors, defaults.max_consecutive_errors),
+            ("--min-free-mb", self.min_free_mb, defaults.min_free_mb),
         ]
         for flag, value, default in pairs:
             if value != default and value is not None:
@@ -171,6 +214,8 @@ class RunConfig:
             args += ["--shard", f"{self.shard[0]}/{self.shard[1]}"]
         if not self.retry_errors:
             args.append("--no-retry-errors")
+        if self.allow_code_execution:
+            args.append("--allow-code-execution")
         return args
 
     def resume_command(self) -> str:

@@ -75,6 +75,19 @@ _STEM_SUFFIXES = (".gz", ".jsonl", ".json", ".csv", ".parquet")
 # How many rows or ids an error message lists before "and N more".
 _MAX_LISTED = 10
 
+MAX_FIELD_CHARS_ENV = "EVALLEDGER_MAX_FIELD_CHARS"
+"""Environment variable that overrides :data:`DEFAULT_MAX_FIELD_CHARS`."""
+
+DEFAULT_MAX_FIELD_CHARS = 16 * 1024 * 1024
+"""The longest text a single field may hold (characters), unless ``$EVALLEDGER_MAX_FIELD_CHARS`` says otherwise.
+
+16 Mi characters is several times the largest context window of any current model (about 2M
+tokens, roughly 8 MB of text), so a longer field cannot be sent to a model anyway. In a CSV the
+usual cause is an unbalanced quote that makes one field swallow the rest of the file. Refusing it
+up front, naming the row and the column, beats a provider error on every sample, or the csv
+module's own "field larger than field limit" message, which names neither.
+"""
+
 
 # --------------------------------------------------------------------------------------------
 # Built-in datasets
@@ -196,7 +209,12 @@ def _builtin_names() -> str:
 def _resolve_path(path: Path, *, spec: str | None = None) -> Path:
     """Check that ``path`` is an existing file in a supported format; return it absolute."""
     shown = spec if spec is not None else str(path)
-    absolute = path.expanduser().resolve()
+    try:
+        absolute = path.expanduser().resolve()
+    except (RuntimeError, OSError) as exc:
+        # Python 3.11 raises RuntimeError("Symlink loop from ...") for a loop, later versions
+        # OSError(ELOOP); both would otherwise escape as a traceback.
+        raise DatasetError(f"dataset path {shown}: cannot resolve it ({exc}); is it a symlink loop?") from None
     if not absolute.exists():
         message = f"dataset not found: {shown}"
         if str(absolute) != shown:
@@ -209,6 +227,9 @@ def _resolve_path(path: Path, *, spec: str | None = None) -> Path:
         raise DatasetError(message)
     if absolute.is_dir():
         raise DatasetError(f"dataset path is a directory, not a file: {absolute}")
+    if not absolute.is_file():
+        # A FIFO or a device would block or never end when read.
+        raise DatasetError(f"dataset path is not a regular file: {absolute}")
     if _format_of(absolute) is None:
         raise DatasetError(
             f"unsupported dataset format: {absolute.name} ({absolute}); "
@@ -274,6 +295,12 @@ class Dataset:
     id_source: str
     row_label: str = "line"
     columns: tuple[str, ...] = field(default=())
+    all_ids: frozenset[str] = field(default=frozenset(), repr=False)
+    """Every sample id in the file, also those cut by ``limit``.
+
+    The ledger uses it to tell results for rows beyond ``--limit`` (still part of this dataset)
+    from results for ids the dataset does not have at all.
+    """
 
     def location(self, sample: Sample) -> str:
         """Where ``sample`` is in the file, for messages (``"/data/x.csv line 7"``)."""
@@ -313,6 +340,12 @@ def load_dataset(
     :func:`content_hash_id` of the row, never its position. ``limit`` keeps the first N samples in
     file order and must be positive. Field values are plain JSON-compatible Python values.
 
+    Ids are text. An id column may mix numbers and strings (``1`` and ``"a"``): numbers become
+    their decimal text (``1`` and ``1.0`` give ``"1"``). Values that become the same text, such as
+    the number ``1`` and the string ``"1"``, are duplicate ids and refused, because the ledger,
+    shards and CSV exports could never tell them apart. No field may be longer than
+    :data:`DEFAULT_MAX_FIELD_CHARS` characters (``$EVALLEDGER_MAX_FIELD_CHARS`` overrides it).
+
     Raises :class:`DatasetError` for bad data and :class:`UsageError` for a bad ``limit``.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
@@ -347,6 +380,7 @@ def load_dataset(
     if not rows:
         raise DatasetError(f"dataset {path} is empty: it has no rows")
 
+    _check_field_sizes(path, rows, label)
     columns = _columns(rows)
     id_col = _choose_id_column(path, columns, id_column, resolved.default_id_column)
     ids = _sample_ids(path, rows, label, id_col)
@@ -364,6 +398,7 @@ def load_dataset(
         id_source=f"column:{id_col}" if id_col is not None else "content-hash",
         row_label=label,
         columns=tuple(columns),
+        all_ids=frozenset(ids),
     )
 
 
@@ -398,10 +433,23 @@ def _decode(path: Path, raw: bytes) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DatasetError(
-            f"{path} line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
-            "save the file as UTF-8"
-        ) from exc
+        raise DatasetError(_not_utf8(path, line, raw, exc.start)) from exc
+
+
+def _not_utf8(path: Path, line: int, raw: bytes, offset: int) -> str:
+    """The message for a byte that is not UTF-8: line, byte offset in the file, and the byte."""
+    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    if path.name.lower().endswith(".gz"):
+        offset_note = " of the decompressed data"
+    else:
+        offset_note = ""
+    return (
+        f"{path} line {line}: not valid UTF-8 (byte 0x{raw[offset]:02x} at byte offset {offset}{offset_note}, "
+        f"column {column}); save the file as UTF-8 (it may be Latin-1 or Windows-1252)"
+        if raw[offset] >= 0x80
+        else f"{path} line {line}: not valid UTF-8 (byte 0x{raw[offset]:02x} at byte offset {offset}{offset_note}); "
+        "save the file as UTF-8"
+    )
 
 
 def _describe_json_type(value: Any) -> str:
@@ -417,14 +465,13 @@ def _describe_json_type(value: Any) -> str:
 
 def _parse_jsonl(path: Path, raw: bytes) -> _Parsed:
     rows: list[_Row] = []
+    start = 0  # byte offset of the current line, for encoding errors
     for number, line in enumerate(raw.split(b"\n"), start=1):
         try:
             text = line.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
-            raise DatasetError(
-                f"{path} line {number}: not valid UTF-8 (byte 0x{line[exc.start]:02x}); "
-                "save the file as UTF-8"
-            ) from exc
+            raise DatasetError(_not_utf8(path, number, raw, start + exc.start)) from exc
+        start += len(line) + 1
         if not text.strip():
             continue
         try:
@@ -479,6 +526,19 @@ def _parse_json(path: Path, raw: bytes) -> _Parsed:
 def _parse_csv(path: Path, raw: bytes) -> _Parsed:
     # CSV has no types: every value is the exact string in the file ("" for an empty cell).
     text = _decode(path, raw)
+    # The csv module's own limit (128 KiB by default, process-wide) would fail long fields with
+    # a message naming neither row nor column. Lift it while we parse and check field sizes
+    # ourselves (_check_field_sizes); the whole file is in memory already, so this costs nothing.
+    previous_limit = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        return _parse_csv_text(path, text)
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _parse_csv_text(path: Path, text: str) -> _Parsed:
+    limit = max_field_chars()
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     header_line = 0
@@ -490,16 +550,24 @@ def _parse_csv(path: Path, raw: bytes) -> _Parsed:
             last_line = reader.line_num
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue  # a blank line
+            for i, value in enumerate(record):
+                # Before the row-length check: an unbalanced quote swallows the rest of the file
+                # into one field, and the row then looks short; the size is the real story.
+                if len(value) > limit:
+                    name = header[i] if header is not None and i < len(header) else f"column {i + 1}"
+                    raise _field_too_long(path, f"line {first_line}", name, len(value), limit)
             if header is None:
                 header = _csv_header(path, record, first_line)
                 header_line = first_line
                 continue
-            if len(record) > len(header):
+            if len(record) != len(header):
+                # A short row is refused like a long one: padding it with empty cells would
+                # hide the usual cause, a line broken in two by an unquoted newline.
                 raise DatasetError(
-                    f"{path} line {first_line}: {len(record)} values, but the header "
-                    f"(line {header_line}) has {len(header)} columns"
+                    f"{path} line {first_line}: {len(record)} value{'s' if len(record) != 1 else ''}, "
+                    f"but the header (line {header_line}) has {len(header)} columns"
+                    + ("" if len(record) > len(header) else f"; missing {', '.join(map(repr, header[len(record):][:_MAX_LISTED]))}")
                 )
-            record = record + [""] * (len(header) - len(record))
             rows.append(_Row(first_line, dict(zip(header, record))))
     except csv.Error as exc:
         raise DatasetError(f"{path} line {reader.line_num}: invalid CSV: {exc}") from exc
@@ -588,6 +656,52 @@ def _is_missing(value: Any) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
+
+
+def max_field_chars() -> int:
+    """The field size limit in effect: ``$EVALLEDGER_MAX_FIELD_CHARS`` or :data:`DEFAULT_MAX_FIELD_CHARS`."""
+    override = os.environ.get(MAX_FIELD_CHARS_ENV, "").strip()
+    if not override:
+        return DEFAULT_MAX_FIELD_CHARS
+    try:
+        value = int(override)
+    except ValueError:
+        raise UsageError(f"${MAX_FIELD_CHARS_ENV}={override!r}: must be a whole number of characters") from None
+    if value < 1:
+        raise UsageError(f"${MAX_FIELD_CHARS_ENV}={override!r}: must be at least 1")
+    return value
+
+
+def _text_size(value: Any) -> int:
+    """The length of the longest string in ``value`` (nested lists and objects included)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return max((max(len(str(k)), _text_size(v)) for k, v in value.items()), default=0)
+    if isinstance(value, list):
+        return max((_text_size(v) for v in value), default=0)
+    return 0
+
+
+def _field_too_long(path: Path, where: str, name: str, size: int, limit: int) -> DatasetError:
+    hint = (
+        "; in a CSV this is usually an unbalanced quote that runs on to the end of the file"
+        if path.name.lower().endswith((".csv", ".csv.gz"))
+        else ""
+    )
+    return DatasetError(
+        f"{path} {where}: field {name!r} holds {size:,} characters, more than the limit of {limit:,} "
+        f"(no model's context is that large){hint}; set ${MAX_FIELD_CHARS_ENV} to raise the limit"
+    )
+
+
+def _check_field_sizes(path: Path, rows: Sequence[_Row], label: str) -> None:
+    limit = max_field_chars()
+    for row in rows:
+        for name, value in row.fields.items():
+            size = max(len(name), _text_size(value))
+            if size > limit:
+                raise _field_too_long(path, f"{label} {row.number}", name, size, limit)
 
 
 def _columns(rows: Iterable[_Row]) -> list[str]:
@@ -698,11 +812,31 @@ def _sample_ids(path: Path, rows: Sequence[_Row], label: str, id_col: str | None
                 f"{path}: rows with identical content get the same content-hash id: "
                 f"{_listed(described)}; remove the duplicate rows or add an 'id' column"
             )
-        raise DatasetError(
+        message = (
             f"{path}: duplicate ids in column {id_col!r}: {_listed(described)}; "
             "every sample needs a unique id"
         )
+        mixed = _mixed_type_example(rows, id_col, {sid for sid, _ in duplicated}, ids)
+        if mixed:
+            message += f" ({mixed})"
+        raise DatasetError(message)
     return ids
+
+
+def _mixed_type_example(rows: Sequence[_Row], id_col: str, duplicated: set[str], ids: Sequence[str]) -> str:
+    """Explain a collision between a number and a string id (``1`` and ``"1"``), if there is one."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for sid, row in zip(ids, rows):
+        if sid in duplicated:
+            value = row.fields.get(id_col)
+            kinds.setdefault(sid, {}).setdefault(type(value).__name__, value)
+    for sid, by_type in kinds.items():
+        if len(by_type) > 1:
+            shown = " and ".join(
+                f"the {'string' if isinstance(v, str) else 'number'} {json.dumps(v)}" for v in by_type.values()
+            )
+            return f"{shown} are the same id {sid!r}: ids are compared as text"
+    return ""
 
 
 def _check_required(
@@ -768,24 +902,51 @@ def parse_shard(
 
 
 def _slurm_shard(environ: Mapping[str, str]) -> tuple[int, int]:
+    """Shard ``(k, n)`` of this Slurm array task: the task's position in the array, 1-based.
+
+    ``--array=1-8``, ``--array=0-7`` and ``--array=0-7%4`` (at most 4 at once) all give N=8 and
+    K = position + 1, so an array may start at 0 or 1 and be throttled. A stepped array
+    (``--array=0-14:2``) counts by its step. An array with holes (``--array=1,3,8``) is refused:
+    its positions are not the task ids, and a shard would silently never run.
+    """
     names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
     unset = [name for name in names if not environ.get(name, "").strip()]
     if unset:
+        in_job = bool(environ.get("SLURM_JOB_ID", "").strip())
+        where = ("in a Slurm job that is not an array (submit with --array=1-N)" if in_job
+                 else "not running in a Slurm job array")
         raise UsageError(
-            f"--shard auto: not running in a Slurm job array ({', '.join(unset)} not set); "
-            "give --shard K/N"
+            f"--shard auto: {where} ({', '.join(unset)} not set); give --shard K/N, "
+            "or let `evalledger slurm --shards N` write the job array for you"
         )
+    optional = ("SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_STEP")
+    present = [*names, *(name for name in optional if environ.get(name, "").strip())]
     try:
-        task_id, task_min, count = (int(environ[name]) for name in names)
+        values = {name: int(environ[name]) for name in present}
     except ValueError:
-        shown = ", ".join(f"{name}={environ[name]!r}" for name in names)
+        shown = ", ".join(f"{name}={environ[name]!r}" for name in present)
         raise UsageError(f"--shard auto: Slurm array variables are not integers: {shown}") from None
-    k = task_id - task_min + 1
-    if count < 1 or not 1 <= k <= count:
+    task_id = values["SLURM_ARRAY_TASK_ID"]
+    task_min = values["SLURM_ARRAY_TASK_MIN"]
+    count = values["SLURM_ARRAY_TASK_COUNT"]
+    step = values.get("SLURM_ARRAY_TASK_STEP", 1)
+    task_max = values.get("SLURM_ARRAY_TASK_MAX")
+    shown = ", ".join(f"{name}={values[name]}" for name in present)
+    if step < 1 or count < 1:
+        raise UsageError(f"--shard auto: unusable Slurm array variables ({shown})")
+    # Slurm sets MAX for every array; only an evenly spaced array has MIN + (COUNT-1)*STEP == MAX.
+    # A list like --array=1,3,8 has COUNT=3, MIN=1, MAX=8, STEP=1: task 8 would be "shard 8/3".
+    if task_max is not None and task_min + (count - 1) * step != task_max:
         raise UsageError(
-            f"--shard auto: SLURM_ARRAY_TASK_ID={task_id}, SLURM_ARRAY_TASK_MIN={task_min}, "
-            f"SLURM_ARRAY_TASK_COUNT={count} give shard {k}/{count}; use a contiguous array "
-            "without a step (e.g. --array=1-N)"
+            f"--shard auto: the Slurm array has holes ({shown}); use a contiguous array such as "
+            f"--array=1-{count} (a throttle like --array=1-{count}%4 is fine)"
+        )
+    offset = task_id - task_min
+    k = offset // step + 1
+    if offset % step or not 1 <= k <= count:
+        raise UsageError(
+            f"--shard auto: task {task_id} is not in the array ({shown}); use a contiguous array such as "
+            f"--array=1-{count}"
         )
     return k, count
 

@@ -47,5 +47,11 @@ class FatalProviderError(EvalLedgerError):
     """The provider refused in a way no retry fixes (401, 403, 404 model not found, bad URL)."""
 
 
+class DiskSpaceError(EvalLedgerError):
+    """Not enough free space for the run, or the disk refused a write (exit 4)."""
+
+    exit_code = 4
+
+
 class LedgerCorruptError(EvalLedgerError):
     """A ledger file cannot be used (e.g. the manifest is not valid JSON)."""

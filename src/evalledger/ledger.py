@@ -8,7 +8,12 @@ Durability rules (DESIGN promises 1 and 3):
 * If a write fails half-way, the file is truncated back to its last acknowledged size, so earlier
   records stay intact and the partial line is never read as data.
 * If the process dies mid-write, the next writer moves the torn tail aside to
-  ``results….jsonl.corrupt-<timestamp>`` (never deleting it) before appending.
+  ``results….jsonl.corrupt-<timestamp>`` (never deleting it) before appending. Complete lines
+  that are not records (garbage, a block of NULs left by a power loss) are moved aside the same
+  way, with a crash-safe rewrite (:func:`move_garbage_lines_aside`).
+* A resume state that cannot be trusted (truncated, not JSON, bad checksum, a newer version) is
+  copied aside and rebuilt from the results; an unreadable manifest stops the writer before it
+  touches anything.
 * Readers never take the lock; they ignore a last line without its newline (it may be being
   written right now) and skip lines that do not parse.
 
@@ -38,9 +43,17 @@ from .fsutil import (
     write_json_atomic,
 )
 
+try:  # optional: ~3.5x faster parsing on the passes over the results made at every open
+    import orjson
+
+    _fast_loads: Any = orjson.loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _fast_loads = None
+
 MANIFEST = "manifest.json"
 RESULTS_GLOB = "results*.jsonl"
 _RESULTS_RE = re.compile(r"^results(?:\.shard-(\d+)-of-(\d+))?\.jsonl$")
+_CALLS_RE = re.compile(r"^calls(?:\.shard-(\d+)-of-(\d+))?\.jsonl$")
 STATE_VERSION = 1
 
 
@@ -52,6 +65,24 @@ def shard_suffix(shard: tuple[int, int] | None) -> str:
 def results_files(run_dir: Path) -> list[Path]:
     """Every results file of a run (all shards), in a stable order."""
     return sorted(p for p in Path(run_dir).glob(RESULTS_GLOB) if _RESULTS_RE.match(p.name))
+
+
+def calls_files(run_dir: Path) -> list[Path]:
+    """Every turn-cache file of a run (multi-turn tasks: one record per paid model call)."""
+    return sorted(p for p in Path(run_dir).glob("calls*.jsonl") if _CALLS_RE.match(p.name))
+
+
+def billed(rec: dict[str, Any]) -> tuple[int, int, float | None]:
+    """(input tokens, output tokens, cost or None) that one results record adds to the run's bill.
+
+    ``paid`` when present (it excludes calls already billed in the calls file and replayed turns);
+    older records without it are billed by their ``usage``.
+    """
+    paid = rec.get("paid")
+    if isinstance(paid, dict):
+        return int(paid.get("input_tokens") or 0), int(paid.get("output_tokens") or 0), paid.get("cost_usd")
+    usage = rec.get("usage") or {}
+    return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0), rec.get("cost_usd")
 
 
 def shard_of_file(path: Path) -> tuple[int, int] | None:
@@ -84,15 +115,36 @@ def iter_file_records(path: Path, report: ReadReport | None = None) -> Iterator[
                 report.partial_tail_bytes += len(raw)
                 break
             report.lines += 1
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                report.skipped_lines += 1
-                continue
-            if not isinstance(rec, dict) or "sample_id" not in rec:
+            rec = parse_record_line(raw)
+            if rec is None:
                 report.skipped_lines += 1
                 continue
             yield rec
+
+
+def parse_record_line(raw: bytes) -> dict[str, Any] | None:
+    """The record a complete line holds, or None if the line is garbage.
+
+    A record is a JSON object whose ``sample_id`` is a string (our writer never writes anything
+    else). Anything else (not JSON, NUL bytes left by a power loss, a JSON array, an object without
+    a string id) is garbage: readers skip it and the writer moves it aside on open. Requiring a
+    string id also keeps hostile lines such as ``{"sample_id": [1]}`` from crashing the set and
+    dict look-ups every reader does by id.
+    """
+    rec = None
+    if _fast_loads is not None:
+        try:
+            rec = _fast_loads(raw)
+        except ValueError:
+            rec = None  # orjson refuses NaN, huge integers and lone surrogates, which json accepts
+    if rec is None:
+        try:
+            rec = json.loads(raw)
+        except ValueError:  # includes UnicodeDecodeError
+            return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("sample_id"), str):
+        return None
+    return rec
 
 
 def iter_run_records(run_dir: Path, report: ReadReport | None = None) -> Iterator[dict[str, Any]]:
@@ -128,6 +180,9 @@ class CheckpointManager:
         self.shard = shard
         sfx = shard_suffix(shard)
         self.results_path = self.run_dir / f"results{sfx}.jsonl"
+        # The turn cache of multi-turn tasks (see sample_runner): one line per paid model call.
+        self.calls_path = self.run_dir / f"calls{sfx}.jsonl"
+        self._calls_fd: int | None = None
         self.state_path = self.run_dir / f"resume_state{sfx}.json"
         # Per shard, so shards on different machines never contend for one file.
         self.errors_path = self.run_dir / (f"errors{sfx}.log")
@@ -141,6 +196,11 @@ class CheckpointManager:
         self._fd: int | None = None
         self._size = 0
         self.repaired_tail: Path | None = None
+        # What open_writer repaired besides a torn tail, one readable line each, for the runner
+        # to print as warnings: garbage lines moved aside, an untrusted resume state kept aside.
+        self.repair_warnings: list[str] = []
+        self.moved_lines: Path | None = None  # where open_writer put garbage lines, if any
+        self.state_aside: Path | None = None  # where open_writer kept an untrusted resume state
 
     # ----------------------------------------------------------------- lock + writer
     def open_writer(self) -> "CheckpointManager":
@@ -158,9 +218,23 @@ class CheckpointManager:
             raise
         self._lock = lock
         try:
+            # A manifest that cannot be read means we cannot tell which experiment this directory
+            # holds: refuse before anything in it is touched (no repair, no new files).
+            try:
+                self.read_manifest()
+            except LedgerCorruptError as e:
+                raise LedgerCorruptError(
+                    f"{e.message}. Nothing was changed. Restore the file, move the run directory aside, "
+                    "or pass --overwrite to move it aside and start afresh."
+                ) from None
             owner = {"pid": os.getpid(), "host": hostname(), "since": utc_now(), "shard": self.shard}
             write_json_atomic(self.owner_path, owner)
+            # Temp files of atomic writes cut short by a crash; we hold the lock, so none is live.
+            for stale in self.run_dir.glob(f".{self.state_path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
             self.repaired_tail = repair_torn_tail(self.results_path)
+            self._repair_garbage_lines()
+            self._keep_untrusted_state()
             self._fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._size = os.fstat(self._fd).st_size
             fsync_dir(self.run_dir)
@@ -168,6 +242,42 @@ class CheckpointManager:
             self.close()
             raise
         return self
+
+    def _repair_garbage_lines(self) -> None:
+        """Move complete lines that are not records out of this writer's results file (see
+        :func:`move_garbage_lines_aside`) and note a warning naming their line numbers."""
+        # A cleaned copy that a killed writer never renamed holds a subset of the results file's
+        # lines (the original is only replaced by the rename), so dropping it loses nothing. We
+        # hold the lock: no live writer of this file can own one.
+        for stale in self.run_dir.glob(f".{self.results_path.name}.clean-*.tmp"):
+            stale.unlink(missing_ok=True)
+        aside, numbers = move_garbage_lines_aside(self.results_path)
+        if aside is not None:
+            self.moved_lines = aside
+            shown = ", ".join(map(str, numbers[:10])) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+            self.repair_warnings.append(
+                f"{self.results_path.name}: {len(numbers)} line(s) that are not records (line{'s' if len(numbers) > 1 else ''} "
+                f"{shown}) were moved to {aside.name}; every other line is kept. Samples whose only record "
+                "was on those lines will be sent again."
+            )
+
+    def _keep_untrusted_state(self) -> None:
+        """Copy a resume state that cannot be trusted aside before the run overwrites it."""
+        state, problem = self.read_resume_state()
+        if state is not None or not self.state_path.exists():
+            return
+        kind = "newer" if problem and "newer" in problem else "corrupt"
+        aside = self.state_path.with_name(f"{self.state_path.name}.{kind}-{file_timestamp()}")
+        try:
+            data = self.state_path.read_bytes()
+            with open(aside, "xb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            fsync_dir(self.run_dir)
+        except OSError:
+            return  # a directory or an unreadable file: read_resume_state reports it, the run rebuilds
+        self.state_aside = aside
 
     def _take_run_lock(self) -> None:
         fd = os.open(self.run_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -237,6 +347,28 @@ class CheckpointManager:
         if errors:
             self._append_error_log(errors)
 
+    def append_calls(self, records: list[dict[str, Any]]) -> None:
+        """Append model-call records to the turn cache: whole lines, one write, fsync."""
+        if self._lock is None:
+            raise RuntimeError("CheckpointManager.append_calls needs open_writer() first")
+        if self._calls_fd is None:
+            repair_torn_tail(self.calls_path)  # a crash mid-append leaves at most one partial line
+            self._calls_fd = os.open(self.calls_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._calls_fd, view):]
+        os.fsync(self._calls_fd)
+
+    def cached_calls(self, sample_ids: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """Turn cache for the given samples: sample id → call key → the call record (latest wins)."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for path in calls_files(self.run_dir):
+            for rec in iter_file_records(path):
+                if rec["sample_id"] in sample_ids and "call_key" in rec and "response" in rec:
+                    out.setdefault(rec["sample_id"], {})[rec["call_key"]] = rec
+        return out
+
     def _append_error_log(self, records: list[dict[str, Any]]) -> None:
         # Human-readable only; the JSONL is the source of truth, so no fsync here.
         blocks = []
@@ -252,6 +384,9 @@ class CheckpointManager:
 
     def close(self) -> None:
         """Close the results file and release the lock (idempotent)."""
+        if self._calls_fd is not None:
+            os.close(self._calls_fd)
+            self._calls_fd = None
         if self._fd is not None:
             try:
                 os.fsync(self._fd)
@@ -278,15 +413,30 @@ class CheckpointManager:
 
     # ----------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any] | None:
-        """The manifest, or None if the run has none yet."""
+        """The manifest, or None if the run has none yet.
+
+        Raises :class:`LedgerCorruptError` (exit 2) naming the file if it is not a JSON object.
+        """
         try:
-            text = self.manifest_path.read_text(encoding="utf-8")
+            data = self.manifest_path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as e:  # e.g. a directory named manifest.json
+            raise LedgerCorruptError(
+                f"{self.manifest_path}: cannot be read ({e.strerror or e}); cannot tell which experiment this run "
+                "directory holds"
+            ) from None
         try:
-            return json.loads(text)
+            manifest = json.loads(data)  # bytes: invalid UTF-8 is a ValueError too, not a crash
         except ValueError as e:
-            raise LedgerCorruptError(f"{self.manifest_path}: not valid JSON ({e}); the run cannot be identified") from None
+            raise LedgerCorruptError(
+                f"{self.manifest_path}: not valid JSON ({e}); cannot tell which experiment this run directory holds"
+            ) from None
+        if not isinstance(manifest, dict):
+            raise LedgerCorruptError(
+                f"{self.manifest_path}: not a JSON object; cannot tell which experiment this run directory holds"
+            )
+        return manifest
 
     # ----------------------------------------------------------------- resume state
     def write_resume_state(self, counters: dict[str, Any], config_hash: str) -> None:
@@ -307,20 +457,50 @@ class CheckpointManager:
         write_json_atomic(self.state_path, state)
 
     def read_resume_state(self) -> tuple[dict[str, Any] | None, str | None]:
-        """``(state, None)`` if valid; ``(None, problem)`` if missing or corrupt."""
+        """``(state, None)`` if valid; ``(None, problem)`` if missing, corrupt or untrusted.
+
+        Never raises for what is in the file: the results file is the source of truth, so any
+        doubt about the state (truncated, not JSON, bad checksum, a newer format, a malformed
+        field) makes the caller rebuild it from the results instead of failing the run. If
+        :meth:`open_writer` kept a copy of the bad file, the problem names it.
+        """
+        problem = self._resume_state_problem()
+        if isinstance(problem, dict):
+            return problem, None
+        if self.state_aside is not None:
+            problem += f"; the old file is kept as {self.state_aside.name}"
+        return None, problem
+
+    def _resume_state_problem(self) -> dict[str, Any] | str:
+        """The valid state, or a description of what is wrong with it."""
+        name = self.state_path.name
         try:
-            text = self.state_path.read_text(encoding="utf-8")
+            data = self.state_path.read_bytes()
         except FileNotFoundError:
-            return None, f"{self.state_path.name} is missing"
+            return f"{name} is missing"
+        except OSError as e:
+            return f"{name} cannot be read ({e.strerror or e})"
+        if not data.strip(b"\x00 \t\r\n"):
+            return f"{name} is empty" + (" (only NUL bytes)" if data else "")
         try:
-            state = json.loads(text)
-            if not isinstance(state, dict):
-                raise ValueError("not an object")
+            state = json.loads(data)
         except ValueError as e:
-            return None, f"{self.state_path.name} is not valid JSON ({e})"
+            return f"{name} is not valid JSON, perhaps truncated ({e})"
+        if not isinstance(state, dict):
+            return f"{name} is not valid JSON (not an object)"
+        version = state.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
+            # A newer evalledger may have changed what the fields (and the checksum) mean: do
+            # not trust it, even if it looks well-formed.
+            return f"{name} was written by a newer evalledger (state version {version}; this one reads {STATE_VERSION})"
+        if version != STATE_VERSION:
+            return f"{name} has an unknown state version {version!r} (this evalledger reads {STATE_VERSION})"
         if state.get("sha256") != _state_checksum(state):
-            return None, f"{self.state_path.name} fails its checksum"
-        return state, None
+            return f"{name} fails its checksum"
+        shape = _state_shape_problem(state)
+        if shape:
+            return f"{name} is malformed ({shape})"
+        return state
 
     def restore_random_state(self, state: dict[str, Any]) -> None:
         """Restore Python's (and numpy's, if recorded) global RNG from a resume state."""
@@ -346,72 +526,50 @@ class CheckpointManager:
         return latest_records(self.iter_records())
 
     def get_stats(self) -> dict[str, Any]:
-        """Counts, accuracy, tokens and cost over every shard file of the run.
+        """Counts, accuracy (with a Wilson interval), errors, latency, tokens, cost and progress, all shards.
 
-        Errors are counted apart from wrong answers: accuracy is over ``ok`` records only.
-        Tokens and cost sum over *all* records (every record stands for paid requests).
+        The same dict as :func:`evalledger.get_stats`; computed by :mod:`evalledger.run_stats` so
+        that the CLI, the report and this method never disagree. Errors are counted apart from
+        wrong answers (accuracy is over ``ok`` records only); tokens and cost sum over *all*
+        records (every record stands for paid requests).
         """
-        report = ReadReport()
-        view: dict[str, dict[str, Any]] = {}
-        input_tokens = output_tokens = 0
-        cost = 0.0
-        cost_known = True
-        last_finished: str | None = None
-        per_file: dict[str, dict[str, int]] = {}
-        for path in results_files(self.run_dir):
-            file_ok: set[str] = set()
-            for rec in iter_file_records(path, report):
-                usage = rec.get("usage") or {}
-                input_tokens += int(usage.get("input_tokens") or 0)
-                output_tokens += int(usage.get("output_tokens") or 0)
-                if rec.get("cost_usd") is None:
-                    cost_known = cost_known and not usage  # a paid record without a price
-                else:
-                    cost += float(rec["cost_usd"])
-                fin = rec.get("finished_at")
-                if fin and (last_finished is None or fin > last_finished):
-                    last_finished = fin
-                if rec.get("status") == "ok":
-                    file_ok.add(rec["sample_id"])
-                sid = rec["sample_id"]
-                cur = view.get(sid)
-                if cur is None or rec.get("status") == "ok" or cur.get("status") != "ok":
-                    view[sid] = rec
-            per_file[path.name] = {"completed": len(file_ok)}
-        ok = [r for r in view.values() if r.get("status") == "ok"]
-        errors = [r for r in view.values() if r.get("status") != "ok"]
-        correct = sum(1 for r in ok if r.get("correct") is True)
-        manifest = self.read_manifest() or {}
-        total = manifest.get("sample_count")
-        completed = len(ok)
-        state_times = []
-        for p in self.run_dir.glob("resume_state*.json"):
-            try:
-                state_times.append(json.loads(p.read_text()).get("last_checkpoint"))
-            except (OSError, ValueError):
-                pass
-        checkpoints = [t for t in [*state_times, last_finished] if t]
-        return {
-            "run_id": self.run_dir.name,
-            "run_dir": str(self.run_dir),
-            "total_samples": total,
-            "completed_samples": completed,
-            "error_count": len(errors),
-            "pending_samples": None if total is None else max(total - completed, 0),
-            "correct_count": correct,
-            "accuracy": (correct / completed) if completed else None,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost_usd": cost if cost_known else None,
-            "last_checkpoint": max(checkpoints) if checkpoints else None,
-            "records_read": report.lines,
-            "unparseable_lines": report.skipped_lines,
-            "partial_tail_bytes": report.partial_tail_bytes,
-            "files": per_file,
-            "model": manifest.get("config", {}).get("model"),
-            "task": manifest.get("task"),
-            "dataset": manifest.get("dataset", {}).get("name"),
-        }
+        from .run_stats import run_stats  # lazily: it imports pandas, which writers never need
+
+        return run_stats(self.run_dir)
+
+
+def _state_shape_problem(state: dict[str, Any]) -> str | None:
+    """What makes a checksummed state unusable (a field of the wrong shape), or None.
+
+    Checked so that restoring it can never crash the run: the checksum only proves the file is
+    as written, not that whoever wrote it wrote what this version expects.
+    """
+    counters = state.get("counters")
+    if not isinstance(counters, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counters.values()
+    ):
+        return "counters must map names to non-negative whole numbers"
+    if not isinstance(state.get("config_hash"), str):
+        return "config_hash must be a string"
+    try:
+        random.Random().setstate(_decode_random_state(state["python_random_state"]))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return "python_random_state is not a valid random state"
+    np_state = state.get("numpy_random_state")
+    if np_state is not None:
+        ok = (
+            isinstance(np_state, dict)
+            and isinstance(np_state.get("name"), str)
+            and isinstance(np_state.get("keys"), list)
+            and len(np_state["keys"]) == 624
+            and all(isinstance(k, int) and 0 <= k < 2**32 for k in np_state["keys"])
+            and isinstance(np_state.get("pos"), int)
+            and isinstance(np_state.get("has_gauss"), int)
+            and isinstance(np_state.get("cached_gaussian"), (int, float))
+        )
+        if not ok:
+            return "numpy_random_state is not a valid random state"
+    return None
 
 
 def _describe_owner(owner_path: Path) -> str:
@@ -452,6 +610,58 @@ def repair_torn_tail(path: Path) -> Path | None:
         f.flush()
         os.fsync(f.fileno())
     return aside
+
+
+def move_garbage_lines_aside(path: Path) -> tuple[Path | None, list[int]]:
+    """Move complete lines that are not records (see :func:`parse_record_line`) to ``<path>.corrupt-<timestamp>``.
+
+    Returns the aside file (None if the file was clean) and the 1-based numbers of the moved
+    lines. Every other line is kept, byte for byte and in order. Run after
+    :func:`repair_torn_tail`, so every line ends with a newline. Readers skip garbage anyway;
+    moving it out keeps the file a clean ledger and puts the bytes where a person can look.
+
+    Crash-safe, in this order: the removed lines are written to the aside file and fsynced, the
+    cleaned copy is written to a temp file beside the results and fsynced, and only then is the
+    temp file renamed over the results file (atomic) and the directory fsynced. A crash before
+    the rename leaves the original untouched (the next open does the same again); after it, the
+    garbage is already safe in the aside file. Streams twice over the file; memory stays small.
+    """
+    bad: list[int] = []
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None, []
+    with f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                break  # a tail still being written is not ours to judge (repair_torn_tail's job)
+            if parse_record_line(raw) is None:
+                bad.append(number)
+    if not bad:
+        return None, []
+    stamp = file_timestamp()
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    tmp = path.with_name(f".{path.name}.clean-{stamp}.tmp")
+    bad_set = set(bad)
+    try:
+        with open(path, "rb") as src, open(aside, "xb") as out_bad, open(tmp, "xb") as out_good:
+            os.chmod(tmp, os.fstat(src.fileno()).st_mode & 0o777)
+            for number, raw in enumerate(src, start=1):
+                if not raw.endswith(b"\n"):
+                    out_good.write(raw)  # cannot happen under the lock after repair_torn_tail; keep it anyway
+                    continue
+                (out_bad if number in bad_set else out_good).write(raw)
+            out_bad.flush()
+            os.fsync(out_bad.fileno())
+            fsync_dir(path.parent)  # the aside file exists for good before the results shrink
+            out_good.flush()
+            os.fsync(out_good.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the original is untouched until the rename
+        raise
+    fsync_dir(path.parent)
+    return aside, bad
 
 
 def _last_newline_end(f: Any, size: int, chunk: int = 1 << 16) -> int:

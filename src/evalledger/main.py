@@ -1,7 +1,8 @@
 """The ``evalledger`` command line (click). Thin: parse flags, call the library, print, exit.
 
 Exit codes: 0 all samples ok · 1 finished with error records left · 2 usage, config, dataset,
-lock or fatal provider error · 4 the disk refused a write · 130 SIGINT · 143 SIGTERM/SIGUSR1.
+lock or fatal provider error · 3 circuit breaker (the API looks down) · 4 not enough disk space or
+the disk refused a write · 130 SIGINT · 143 SIGTERM/SIGUSR1.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .config import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, RunConfig
+from .cli_options import config_from_options, experiment_options
+from .config import DEFAULT_MODEL, RunConfig
 from .errors import EvalLedgerError
 
 
@@ -62,31 +63,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--dataset", "-d", required=True, help="Built-in name (gsm8k, mmlu-elementary-math) or a .jsonl/.json/.csv/.parquet file.")
-@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
-              help="openai/<model>, anthropic/<model>, local/smollm2, vllm/<model>, ollama/<model>, or <model> with --base-url.")
-@click.option("--task", "-t", default=None, help="qa, mcq, or package.module:ClassName. Default: the dataset's own task, else qa.")
-@click.option("--limit", type=int, default=None, help="Only the first N samples in file order (not part of the run ID: raise it later to extend the run).")
-@click.option("--id-column", default=None, help="Column holding sample IDs. Default: 'id' if present, else a hash of the row's content.")
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True, help="Where run directories live.")
-@click.option("--run-id", default=None, help="Name the run explicitly instead of <dataset>_<model>_<task>_<hash8>.")
-@click.option("--shard", default=None, metavar="K/N", help="Run only shard K of N (1-based; stable hash of the sample ID).")
-@click.option("--concurrency", "-c", type=int, default=8, show_default=True, help="Requests in flight at once.")
-@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an existing run. --no-resume refuses if the run has results.")
-@click.option("--overwrite", is_flag=True, help="Move an existing run directory aside (<run_id>.old-<timestamp>) and start afresh.")
-@click.option("--retry-errors/--no-retry-errors", default=True, show_default=True, help="On resume, send samples whose last record is an error again.")
-@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Write resume_state.json every N records (records themselves are always appended as they finish).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Run seed: per-sample RNGs and the API seed where supported.")
-@click.option("--temperature", type=float, default=0.0, show_default=True)
-@click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True)
-@click.option("--top-p", type=float, default=None)
-@click.option("--base-url", default=None, help="API base URL (e.g. http://127.0.0.1:8000/v1 for vLLM). Default: the SDK's, or OPENAI_BASE_URL / ANTHROPIC_BASE_URL.")
-@click.option("--api-key-env", default=None, metavar="VAR", help="Read the API key from this environment variable instead of OPENAI_API_KEY / ANTHROPIC_API_KEY.")
-@click.option("--max-attempts", type=int, default=6, show_default=True, help="Attempts per request for transient errors (429, 5xx, timeouts).")
-@click.option("--max-retry-wait", type=float, default=120.0, show_default=True, help="Cap in seconds on one backoff sleep between retries.")
-@click.option("--request-timeout", type=float, default=600.0, show_default=True, help="Seconds before one HTTP request times out (then retried).")
-@click.option("--grace-seconds", type=float, default=30.0, show_default=True, help="On SIGINT/SIGTERM/SIGUSR1, wait this long for in-flight samples before cancelling them.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@experiment_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 def run(**opts: Any) -> None:
     """Run (or resume) an experiment: every sample of DATASET through MODEL, scored, into the ledger."""
@@ -95,17 +72,7 @@ def run(**opts: Any) -> None:
     as_json = opts.pop("as_json")
     _stop_on_early_signals()
     try:
-        config = RunConfig(
-            dataset=opts["dataset"], model=opts["model"], task=opts["task"], limit=opts["limit"],
-            id_column=opts["id_column"], output_dir=opts["output_dir"], run_id=opts["run_id"],
-            shard=_parse_shard(opts["shard"]), concurrency=opts["concurrency"], resume=opts["resume"],
-            overwrite=opts["overwrite"], retry_errors=opts["retry_errors"],
-            checkpoint_every=opts["checkpoint_every"], seed=opts["seed"], temperature=opts["temperature"],
-            max_tokens=opts["max_tokens"], top_p=opts["top_p"], base_url=opts["base_url"],
-            api_key_env=opts["api_key_env"], max_attempts=opts["max_attempts"],
-            max_retry_wait=opts["max_retry_wait"], request_timeout=opts["request_timeout"],
-            grace_seconds=opts["grace_seconds"], quiet=opts["quiet"],
-        )
+        config = config_from_options(opts)
         summary = run_experiment(config)
     except EvalLedgerError as e:
         _fail(e)
@@ -137,42 +104,21 @@ def run(**opts: Any) -> None:
 
 
 @cli.command()
-@click.argument("run_ref", metavar="RUN")
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print get_stats() as JSON.")
-def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
-    """Show a run's progress and results (RUN is a run ID under --output-dir or a run directory)."""
-    from .report import get_stats
+@experiment_options
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON on stdout.")
+def estimate(**opts: Any) -> None:
+    """Project tokens and cost for the samples `run` would send now, with the same flags as `run`."""
+    from .runner import estimate_experiment
 
+    as_json = opts.pop("as_json")
     try:
-        s = get_stats(run_ref, output_dir)
+        est = estimate_experiment(config_from_options(opts))
     except EvalLedgerError as e:
         _fail(e)
     if as_json:
-        click.echo(json.dumps(s, indent=2, default=str))
-        return
-    acc = s["accuracy"]
-    rows = [
-        ("run", s["run_id"]),
-        ("model", s["model"]),
-        ("dataset", s["dataset"]),
-        ("task", s["task"]),
-        ("samples", s["total_samples"]),
-        ("completed (ok)", s["completed_samples"]),
-        ("with errors", s["error_count"]),
-        ("pending", s["pending_samples"]),
-        ("correct", s["correct_count"]),
-        ("accuracy", "-" if acc is None else f"{acc:.2%}"),
-        ("input tokens", s["input_tokens"]),
-        ("output tokens", s["output_tokens"]),
-        ("cost (USD)", "unknown" if s["cost_usd"] is None else f"{s['cost_usd']:.4f}"),
-        ("last checkpoint", s["last_checkpoint"]),
-    ]
-    if s["unparseable_lines"] or s["partial_tail_bytes"]:
-        rows.append(("unreadable", f"{s['unparseable_lines']} lines, {s['partial_tail_bytes']} bytes of partial tail"))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        click.echo(f"{k:<{width}}  {v}")
+        click.echo(json.dumps(est.__dict__, indent=2))
+    else:
+        click.echo(est.line())
 
 
 @cli.command()
@@ -185,12 +131,37 @@ def validate(dataset: str, task: str | None, id_column: str | None, model: str) 
     from .prepare import prepare_run
 
     try:
-        p = prepare_run(RunConfig(dataset=dataset, task=task, id_column=id_column, model=model))
+        # validate writes nothing and runs nothing: where outputs would go, and whether the task may
+        # execute code, are not its business.
+        p = prepare_run(RunConfig(dataset=dataset, task=task, id_column=id_column, model=model),
+                        check_output_dir=False, check_code_execution=False)
     except EvalLedgerError as e:
         _fail(e)
     click.echo(f"{p.dataset.path}: {len(p.samples)} samples OK for task '{p.task_spec}' "
                f"(ids: {p.dataset.id_source}); run ID with --model {model}: {p.run_id}")
 
 
+# Commands that look at results live in commands_results.py.
+from . import commands_results  # noqa: E402
+
+cli.add_command(commands_results.stats)
+cli.add_command(commands_results.list_cmd)
+cli.add_command(commands_results.export)
+cli.add_command(commands_results.errors)
+cli.add_command(commands_results.report)
+
+# Running on a cluster (Slurm job arrays, per-shard status, merge) lives in commands_cluster.py.
+from . import commands_cluster  # noqa: E402
+
+cli.add_command(commands_cluster.slurm)
+cli.add_command(commands_cluster.status)
+cli.add_command(commands_cluster.merge)
+
+
 if __name__ == "__main__":
     cli()
+
+# The model × dataset grid (run_full_scale_study.py is the same command).
+from .commands_study import study as _study  # noqa: E402
+
+cli.add_command(_study)

@@ -6,18 +6,19 @@ Everything here happens before any request is sent, so bad input costs nothing.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import platform
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import RunConfig, diff_identity, identity_hash, make_run_id
 from .datasets import Dataset, filter_shard, load_dataset, resolve_dataset
-from .errors import ConfigDriftError, DatasetError
+from .errors import ConfigDriftError, DatasetError, UsageError
 from .fsutil import create_json_exclusive, utc_now, write_json_atomic
-from .ledger import MANIFEST
+from .ledger import MANIFEST, CheckpointManager, parse_record_line, results_files
 from .samples import Sample
 from .tasks import load_task
 from .tasks.base import Task
@@ -69,14 +70,26 @@ class PreparedRun:
         }
 
 
-def prepare_run(config: RunConfig) -> PreparedRun:
+def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_execution: bool = True) -> PreparedRun:
     """Resolve the dataset and task, validate every row, and compute the run ID.
+
+    With ``check_output_dir`` (what ``run`` does), also check that ``--output-dir`` is, or can be
+    created as, a writable directory and that the run directory would be inside it; ``validate``
+    writes nothing and skips that. Nothing is created either way.
+
+    With ``check_code_execution`` (what ``run`` does), a task that runs model-written code
+    (``executes_code``, e.g. humaneval) is refused unless ``allow_code_execution`` is set, and
+    warned about on stderr when it is; ``validate`` runs nothing and skips that.
 
     Raises :class:`DatasetError` / :class:`UsageError` with a message naming the file, row or flag.
     """
     resolved = resolve_dataset(config.dataset)
     task_spec = config.task or resolved.default_task or DEFAULT_TASK
-    task = load_task(task_spec)
+    # Plain "self-correct" wraps the dataset's default task (qa for a file that is not built in).
+    task = load_task(task_spec, default_base=resolved.default_task or DEFAULT_TASK,
+                     review_prompt=config.review_prompt_text())
+    if check_code_execution:
+        check_code_execution_allowed(task, task_spec, config)
     dataset = load_dataset(
         resolved,
         id_column=config.id_column,
@@ -98,6 +111,9 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     task_name = task.name or task_spec
     identity = config.identity(dataset_sha256=dataset.sha256, task_name=task_name, prompt_version=task.prompt_version)
     run_id = config.run_id or make_run_id(dataset.name, config.model, task_name, identity)
+    run_dir = run_dir_inside(config.output_dir, run_id)
+    if check_output_dir:
+        check_output_dir_usable(config.output_dir, run_dir)
     return PreparedRun(
         config=config,
         dataset=dataset,
@@ -105,10 +121,137 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         task_spec=task_spec,
         identity=identity,
         run_id=run_id,
-        run_dir=config.output_dir / run_id,
+        run_dir=run_dir,
         samples=dataset.samples,
         selection=filter_shard(dataset.samples, config.shard),
     )
+
+
+def check_code_execution_allowed(task: Task, task_spec: str, config: RunConfig) -> None:
+    """Refuse a code-running task without ``--allow-code-execution``; warn once when allowed.
+
+    Checked right after the task is loaded, before the dataset is read or anything is written or
+    sent, so a refused run costs nothing.
+    """
+    if not getattr(task, "executes_code", False):
+        return
+    if not config.allow_code_execution:
+        raise UsageError(
+            f"--task {task_spec}: this task runs model-written Python code on this machine (in a child "
+            "process with resource limits, which is not a security sandbox). Pass --allow-code-execution "
+            "(allow_code_execution=True from Python) to run it, preferably inside a container or VM."
+        )
+    _warn(
+        f"--allow-code-execution: task {task_spec} will run model-written code on this machine "
+        "(child process with limits and a scrubbed environment; not a security boundary)"
+    )
+
+
+def run_dir_inside(output_dir: Path, run_id: str) -> Path:
+    """``output_dir / run_id``, refusing any run ID that would put the run anywhere else.
+
+    ``RunConfig`` already limits ``--run-id`` to ``[A-Za-z0-9][A-Za-z0-9._-]*``, and derived
+    run IDs are built from slugs; this is the last line of defence for both: the run directory
+    must be exactly one level below the output directory (no ``/``, no ``.`` or ``..``).
+    """
+    bad = (
+        run_id in ("", ".", "..")
+        or "/" in run_id
+        or (os.altsep is not None and os.altsep in run_id)
+        or "\x00" in run_id
+    )
+    run_dir = Path(output_dir) / run_id
+    out_abs = os.path.normpath(os.path.abspath(output_dir))
+    if bad or os.path.dirname(os.path.normpath(os.path.abspath(run_dir))) != out_abs:
+        raise UsageError(f"--run-id {run_id!r}: must be a single directory name inside --output-dir {output_dir}")
+    return run_dir
+
+
+def check_output_dir_usable(output_dir: Path, run_dir: Path) -> None:
+    """Refuse (:class:`UsageError`, exit 2, naming ``--output-dir``) before any request is sent
+    when the run could not write its files: the output directory (or the nearest existing
+    parent it would be created in) is a file or not writable, or the run directory is a file.
+
+    Checked without writing anything: ``os.access`` also reports a read-only filesystem or an
+    immutable directory for root, who otherwise passes every permission check.
+    """
+    out = Path(output_dir)
+    for candidate in (out, *out.absolute().parents):
+        if candidate.is_symlink() and not candidate.exists():
+            raise UsageError(f"--output-dir {out}: {candidate} is a broken symlink or a symlink loop")
+        if not candidate.exists():
+            continue
+        if not candidate.is_dir():
+            what = "is a file" if candidate.is_file() else "is not a directory"
+            if candidate == out:
+                raise UsageError(f"--output-dir {out}: {what}, not a directory")
+            raise UsageError(f"--output-dir {out}: cannot create it, {candidate} {what}")
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            where = "" if candidate == out else f" (it would be created in {candidate}, which is not writable)"
+            raise UsageError(f"--output-dir {out}: not writable{where}; choose another --output-dir")
+        break
+    if run_dir.exists() or run_dir.is_symlink():
+        if not run_dir.is_dir():
+            raise UsageError(f"--output-dir {out}: the run directory {run_dir} exists but is not a directory")
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise UsageError(f"--output-dir {out}: the run directory {run_dir} is not writable")
+
+
+def _warn(message: str) -> None:
+    # Like the runner's warnings: on stderr, even with --quiet (they are about the user's data).
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class _ResultsSeen:
+    """What the run directory's results files hold, as far as this run's checks care."""
+
+    records: int = 0
+    in_dataset: int = 0  # records whose sample id is in the dataset
+    foreign: dict[str, int] = field(default_factory=dict)  # sample id not in the dataset -> records
+    mismatch: str | None = None  # the first record that contradicts this command, described
+
+
+def _scan_results(prepared: PreparedRun, *, check_records: bool) -> _ResultsSeen:
+    """One pass over every results file of the run (all shards), garbage lines skipped.
+
+    ``check_records`` also compares each record with this command (model, task, input hash);
+    only needed when the manifest is missing, and the input hash costs a JSON dump per record.
+    """
+    from .sample_runner import input_hash as _input_hash  # the same formula as the records'
+
+    seen = _ResultsSeen()
+    all_ids = prepared.dataset.all_ids
+    by_id = {s.id: s for s in prepared.samples}
+    task_name = prepared.task.name or prepared.task_spec
+    model = prepared.config.model
+    for path in results_files(prepared.run_dir):
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.endswith(b"\n"):
+                    break
+                rec = parse_record_line(raw)
+                if rec is None:
+                    continue
+                seen.records += 1
+                sid = rec["sample_id"]
+                if sid not in all_ids:
+                    seen.foreign[sid] = seen.foreign.get(sid, 0) + 1
+                else:
+                    seen.in_dataset += 1
+                if not check_records or seen.mismatch is not None:
+                    continue
+                where = f"{path.name} line {number} (sample {sid!r})"
+                if rec.get("model") != model:
+                    seen.mismatch = f"{where} has model {rec.get('model')!r}, this command has {model!r}"
+                elif rec.get("task") != task_name:
+                    seen.mismatch = f"{where} has task {rec.get('task')!r}, this command has {task_name!r}"
+                elif sid in by_id and "input_hash" in rec and rec["input_hash"] != _input_hash(by_id[sid]):
+                    seen.mismatch = (
+                        f"{where} was made from other input (input_hash {rec['input_hash']!r}); the row in "
+                        f"{prepared.dataset.path} {prepared.dataset.row_label} {by_id[sid].row} differs"
+                    )
+    return seen
 
 
 def check_or_create_manifest(prepared: PreparedRun) -> dict[str, Any]:
@@ -116,20 +259,28 @@ def check_or_create_manifest(prepared: PreparedRun) -> dict[str, Any]:
 
     A resume whose identity fields differ is refused with a field-by-field diff (it would mix
     two experiments in one ledger). A changed ``--limit`` is not identity: the sample count is
-    updated.
+    updated. A manifest that is not a JSON object is refused (:class:`LedgerCorruptError`).
+
+    A *missing* manifest beside existing results (deleted by hand, or results copied in) is
+    recreated from this command only if the results agree with it; see
+    :func:`_recreate_manifest_or_refuse`. Records for sample ids the dataset does not have are
+    reported with a warning, kept, and listed in the manifest as ``ids_not_in_dataset``.
     """
     path = prepared.run_dir / MANIFEST
-    fresh = prepared.manifest()
-    if create_json_exclusive(path, fresh):
-        return fresh
-    try:
-        existing = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ConfigDriftError(
-            f"{path}: not valid JSON ({e}); cannot tell which experiment this run directory holds. "
-            "Move it aside or use --overwrite."
-        ) from None
+    existing = CheckpointManager(prepared.run_dir).read_manifest()
+    seen = _scan_results(prepared, check_records=existing is None)
+    if existing is None:
+        fresh = prepared.manifest()
+        if seen.records:
+            fresh["recreated"] = _recreate_manifest_or_refuse(prepared, seen)
+        if create_json_exclusive(path, fresh):
+            _note_foreign_ids(prepared, fresh, seen)
+            return fresh
+        # Another shard created it between our read and our create: check against theirs.
+        existing = CheckpointManager(prepared.run_dir).read_manifest() or {}
     old_identity = existing.get("identity") or {}
+    if not isinstance(old_identity, dict):
+        old_identity = {}
     diff = diff_identity(old_identity, prepared.identity)
     if diff:
         raise ConfigDriftError(
@@ -144,7 +295,73 @@ def check_or_create_manifest(prepared: PreparedRun) -> dict[str, Any]:
         existing["limit"] = prepared.config.limit
         existing["updated_at"] = utc_now()
         write_json_atomic(path, existing)
+    _note_foreign_ids(prepared, existing, seen)
     return existing
+
+
+def _recreate_manifest_or_refuse(prepared: PreparedRun, seen: _ResultsSeen) -> dict[str, Any]:
+    """Decide whether a missing manifest may be rebuilt from this command; return a note for it.
+
+    Why recreate at all: the results are the valuable part, and refusing would leave a user
+    whose manifest was deleted no way to resume but to pay again with ``--overwrite``. Why not
+    always: a manifest pins the experiment, so writing one from *this* command over results made
+    by another would silently mix two experiments in one ledger (promise 6: never damage).
+
+    So we recreate only when everything the records themselves show agrees with this command:
+    every record's ``model`` and ``task``; the ``input_hash`` of every record whose sample is in
+    this selection (the row's content is the same); and at least one record is for a sample of
+    this dataset. What records do not show (temperature, max tokens, top-p, seed, prompt version)
+    cannot be checked from them; with a derived run ID they are covered by the hash in the
+    directory's name, which matches this command; with ``--run-id`` they are taken on trust, and
+    the warning says so. Otherwise refuse (exit 2) naming the first contradicting record.
+    """
+    run_dir = prepared.run_dir
+    problem = seen.mismatch
+    if problem is None and seen.in_dataset == 0:
+        examples = ", ".join(repr(i) for i in list(seen.foreign)[:3])
+        problem = f"none of the {seen.records} record(s) is for a sample of {prepared.dataset.path} (e.g. {examples})"
+    if problem is not None:
+        raise ConfigDriftError(
+            f"{run_dir / MANIFEST} is missing, and the results in {run_dir} do not match this command: "
+            f"{problem}. Recreating the manifest from this command would mix two experiments in one "
+            "ledger, so the run is refused; the results are left as they are. Use the command that "
+            "made this run, a different --run-id, or --overwrite to move the old run aside."
+        )
+    if prepared.config.run_id is None:
+        unchecked = "the run ID's hash, which covers them, matches this command"
+    else:
+        unchecked = "with --run-id they are taken on trust: if the run used other values, move it aside"
+    _warn(
+        f"{run_dir / MANIFEST} was missing; recreated it from this command because the {seen.records} "
+        f"record(s) in the results agree with it (model, task and the input of every sample checked). "
+        f"Temperature, max tokens, top-p, seed and prompt version are not in the records: {unchecked}."
+    )
+    return {"at": utc_now(), "records_checked": seen.records, "run_id_given": prepared.config.run_id is not None}
+
+
+def _note_foreign_ids(prepared: PreparedRun, manifest: dict[str, Any], seen: _ResultsSeen) -> None:
+    """Warn about records for sample ids the dataset lacks, and list them in the manifest.
+
+    They are kept (never delete results), and they are not part of this run: the runner's
+    totals and pending count come from the dataset's samples only. The manifest lists them so
+    that readers (stats, reports) can leave them out too. The list is small in practice: with a
+    manifest in place the dataset's content is pinned by its sha256, so foreign records only come
+    from results copied in or a manifest that was recreated.
+    """
+    foreign = sorted(seen.foreign)
+    if foreign:
+        examples = ", ".join(repr(i) for i in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        _warn(
+            f"{sum(seen.foreign.values())} record(s) in {prepared.run_dir} are for {len(foreign)} sample id(s) "
+            f"that are not in {prepared.dataset.path}: {examples}. They are kept, and not counted as done or "
+            "pending for this run."
+        )
+    if manifest.get("ids_not_in_dataset", []) != foreign:
+        if foreign:
+            manifest["ids_not_in_dataset"] = foreign
+        else:
+            manifest.pop("ids_not_in_dataset", None)
+        write_json_atomic(prepared.run_dir / MANIFEST, manifest)
 
 
 def _versions() -> dict[str, str]:

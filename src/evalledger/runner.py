@@ -6,13 +6,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import os
 import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,20 +17,26 @@ from typing import Any
 
 from .committer import GroupCommitter
 from .config import RunConfig
-from .errors import EvalLedgerError, FatalProviderError, RunExistsError
-from .fsutil import utc_now
-from .ledger import CheckpointManager, iter_file_records, move_run_aside, results_files
+from .diskspace import check_free_space, describe_free, disk_failure_message, is_disk_error
+from .errors import DiskSpaceError, EvalLedgerError, FatalProviderError, RunExistsError, UsageError
+from .budget import Budget, Estimate, estimate_pending
+from .ledger import CheckpointManager, billed, calls_files, iter_file_records, move_run_aside, results_files
 from .prepare import PreparedRun, check_or_create_manifest, prepare_run
 from .progress import Progress
 from .providers import make_provider
-from .providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
-from .retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
-from .samples import Sample, sample_rng
+from .pricing import Price, price_for
+from .providers.base import ErrorInfo, Provider
+from .retry import RetryPolicy
+from .sample_runner import RunState, SampleContext, StopRun, run_sample
+from .samples import Sample
+from .signals import install_signal_handlers
 
 EXIT_OK = 0
 EXIT_ERRORS_LEFT = 1
 EXIT_FATAL = 2
+EXIT_OUTAGE = 3
 EXIT_DISK = 4
+EXIT_BUDGET = 5
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -45,7 +48,7 @@ class RunSummary:
     run_id: str
     run_dir: Path
     exit_code: int
-    status: str  # complete | errors | interrupted | fatal | disk
+    status: str  # complete | errors | interrupted | fatal | outage | disk | budget
     total_samples: int  # in this invocation's selection (the shard, after --limit)
     skipped_completed: int  # already ok in the ledger: no request sent
     attempted: int
@@ -60,23 +63,6 @@ class RunSummary:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-class _StopRun(Exception):
-    """Raised inside a worker to end the run (fatal provider error)."""
-
-
-@dataclass
-class _RunState:
-    stop: asyncio.Event
-    fatal: ErrorInfo | None = None
-    fatal_model_hint: str = ""
-    signal_received: int | None = None
-    requests: int = 0
-    successes: int = 0
-    attempted: int = 0
-    in_flight: int = 0
-    workers: list[asyncio.Task[Any]] = field(default_factory=list)
-
-
 def run_experiment(config: RunConfig) -> RunSummary:
     """Run (or resume) an experiment to completion or interruption. Blocking.
 
@@ -87,6 +73,22 @@ def run_experiment(config: RunConfig) -> RunSummary:
     return asyncio.run(run_experiment_async(config))
 
 
+def estimate_experiment(config: RunConfig) -> Estimate:
+    """Projected tokens and cost of the samples ``run`` would send now (nothing is sent or written).
+
+    Uses the run's finished samples' average usage once there are any, else prompt lengths and
+    ``max_tokens``. ``cost_usd`` is None when the model has no known price.
+    """
+    # Estimating sends nothing and runs nothing: the code-execution and output-dir gates do not apply.
+    prepared = prepare_run(config, check_output_dir=False, check_code_execution=False)
+    price = price_for(config.model, prices_file=config.prices_file, price_input=config.price_input,
+                      price_output=config.price_output)
+    seen = _scan_ledger(CheckpointManager(prepared.run_dir, config.shard))
+    done = seen.completed if config.retry_errors else seen.completed | seen.errored
+    pending = [s for s in prepared.selection if s.id not in done]
+    return estimate_pending(prepared.task, pending, config.max_tokens, price, seen.observed)
+
+
 async def run_experiment_async(config: RunConfig) -> RunSummary:
     """The async form of :func:`run_experiment`, for callers that already run an event loop."""
     t0 = time.monotonic()
@@ -94,6 +96,13 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     # Built now (no network yet) so a bad --model or a missing key is refused before anything is written.
     provider = make_provider(config.model, base_url=config.base_url, api_key=config.resolved_api_key(),
                              timeout=config.request_timeout, concurrency=config.concurrency)
+    price = price_for(config.model, prices_file=config.prices_file, price_input=config.price_input,
+                      price_output=config.price_output)
+    if config.max_cost is not None and price is None:
+        raise UsageError(
+            f"--max-cost needs a price for {config.model}, and the price table has none: pass "
+            "--price-input/--price-output (USD per 1M tokens) or --prices FILE"
+        )
     moved_aside = None
     run_dir = prepared.run_dir
     if config.overwrite and run_dir.exists():
@@ -104,21 +113,28 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
             f"run {prepared.run_id} already has results in {run_dir}; --no-resume will not overwrite them. "
             "Drop --no-resume to continue it, or pass --overwrite to move it aside and start afresh."
         )
-    config.output_dir.mkdir(parents=True, exist_ok=True)
     ledger = CheckpointManager(run_dir, config.shard)
-    ledger.open_writer()  # LockHeldError (exit 2) if another process writes this run/shard
     try:
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        ledger.open_writer()  # LockHeldError (exit 2) if another process writes this run/shard
         if ledger.repaired_tail is not None:
             _warn(config, f"repaired a torn last line in {ledger.results_path.name}; the partial bytes are kept in {ledger.repaired_tail}")
+        for message in ledger.repair_warnings:  # garbage lines moved aside (item 5 of issue 4)
+            _warn(config, message)
         check_or_create_manifest(prepared)
-        summary = await _execute(prepared, ledger, provider, t0)
+        summary = await _execute(prepared, ledger, provider, price, t0)
+    except OSError as e:
+        if is_disk_error(e):  # a full disk while setting up: nothing was sent yet
+            raise DiskSpaceError(f"cannot write to {run_dir}: {e}; {describe_free(run_dir)}") from e
+        raise
     finally:
         ledger.close()
     summary.moved_aside = moved_aside
     return summary
 
 
-async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: Provider, t0: float) -> RunSummary:
+async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: Provider, price: Price | None,
+                   t0: float) -> RunSummary:
     config = prepared.config
     state_doc, problem = ledger.read_resume_state()
     had_results = ledger.results_path.exists() and ledger.results_path.stat().st_size > 0
@@ -133,44 +149,88 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         random.seed(config.seed)
         counters = _count_records(ledger.results_path)
 
-    completed = ledger.completed_ids()
-    excluded = set(completed)
-    if not config.retry_errors:
-        excluded |= {r["sample_id"] for r in ledger.iter_records() if r.get("status") == "error"}
+    seen = _scan_ledger(ledger)
+    completed = seen.completed
+    excluded = set(completed) if config.retry_errors else completed | seen.errored
     pending = [s for s in prepared.selection if s.id not in excluded]
     skipped = sum(1 for s in prepared.selection if s.id in completed)
+    if pending:
+        prompt_bytes = sum(len(json.dumps(s.fields, default=str)) for s in pending[:200]) // min(len(pending), 200)
+        check_free_space(prepared.run_dir, ledger.results_path, len(pending), prompt_bytes, config.max_tokens,
+                         config.min_free_mb)
 
     label = prepared.run_id if config.shard is None else f"{prepared.run_id} [shard {config.shard[0]}/{config.shard[1]}]"
+    # Concurrency is fixed for now, so progress shows the configured limit. Hook for the adaptive
+    # limiter / retry loop: call progress.set_concurrency(n) and progress.note_rate_limit_wait(s).
     progress = Progress(len(prepared.selection), len(prepared.selection) - len(pending), quiet=config.quiet,
-                        interval=config.progress_interval, label=label)
+                        interval=config.progress_interval, label=label, concurrency=config.concurrency)
     _info(config, f"run {prepared.run_id}: {len(prepared.selection)} samples, {skipped} already done, "
                   f"{len(pending)} to run → {prepared.run_dir}")
+    estimate = estimate_pending(prepared.task, pending, config.max_tokens, price, seen.observed)
+    if pending:
+        _info(config, estimate.line())
+    budget = None
+    if config.max_cost is not None:
+        budget = Budget(config.max_cost, seen.billed_cost, estimate.per_sample_cost or 0.0)
 
-    run = _RunState(stop=asyncio.Event())
+    run = RunState(stop=asyncio.Event())
     new = {"ok": 0, "error": 0}  # acknowledged by this invocation
     requests_before = counters["requests"]
     since_checkpoint = 0
 
+    state_warned = False
+    consecutive_errors = 0
+
     def write_state() -> None:
+        nonlocal state_warned
         counters["requests"] = requests_before + run.requests
-        ledger.write_resume_state({**counters, "completed_samples": len(completed)}, prepared.config_hash)
+        try:
+            ledger.write_resume_state({**counters, "completed_samples": len(completed)}, prepared.config_hash)
+        except OSError as e:
+            # The JSONL is the source of truth and the state is rebuilt from it; never stop for this.
+            if not state_warned:
+                state_warned = True
+                _warn(config, f"could not write {ledger.state_path.name}: {e} (it will be rebuilt from the results)")
 
     def on_commit(records: list[dict[str, Any]]) -> None:
-        nonlocal since_checkpoint
+        nonlocal since_checkpoint, consecutive_errors
         for r in records:
+            if budget is not None:
+                budget.add((r.get("paid") or {}).get("cost_usd") or 0.0, True, r.get("cost_usd"))
             if r["status"] == "ok":
                 new["ok"] += 1
                 counters["ok_records"] += 1
                 completed.add(r["sample_id"])
+                consecutive_errors = 0
             else:
                 new["error"] += 1
                 counters["error_records"] += 1
+                consecutive_errors += 1
+                if config.max_consecutive_errors and consecutive_errors >= config.max_consecutive_errors \
+                        and run.outage is None:
+                    # Circuit breaker: the API looks down; stop paying for requests that fail.
+                    run.outage = r.get("error") or {}
+                    run.stop.set()
         progress.update(records)
         since_checkpoint += len(records)
         if since_checkpoint >= config.checkpoint_every:
             since_checkpoint = 0
             write_state()  # small file, atomic; cheap next to the appends it follows
 
+    async def persist_call(rec: dict[str, Any]) -> None:
+        await asyncio.to_thread(ledger.append_calls, [rec])
+        if budget is not None:
+            budget.add(rec.get("cost_usd") or 0.0, False)
+
+    multi_turn = prepared.task.multi_turn
+    ctx = SampleContext(
+        task=prepared.task, task_name=prepared.task.name or prepared.task_spec, model=config.model,
+        shard=config.shard, seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens,
+        top_p=config.top_p, policy=RetryPolicy(max_attempts=config.max_attempts, max_wait=config.max_retry_wait),
+        provider=provider, run=run, price=price,
+        cached_calls=ledger.cached_calls({s.id for s in pending}) if multi_turn and pending else {},
+        persist_call=persist_call if multi_turn else None,
+    )
     started = False
     committer = GroupCommitter(ledger, on_commit=on_commit)
     restore_signals = lambda: None  # noqa: E731
@@ -179,17 +239,13 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
             await provider.start()
             started = True
             committer.start()
-            restore_signals = _install_signal_handlers(run, config)
-            await _schedule(prepared, provider, committer, run, pending)
+            restore_signals = install_signal_handlers(run, config)
+            await _schedule(ctx, config.concurrency, committer, run, pending, budget)
             await committer.close()
     finally:
         restore_signals()
         progress.close()
-        if committer.failure is None:
-            try:
-                write_state()
-            except OSError as e:
-                _warn(config, f"could not write the resume state: {e}")
+        write_state()  # even after a failed append: the state is another file and may still fit
         if started:
             await provider.aclose()
 
@@ -210,10 +266,20 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
     )
     if committer.failure is not None:
         summary.exit_code, summary.status = EXIT_DISK, "disk"
-        summary.message = _disk_message(ledger.results_path, committer.failure)
+        summary.message = disk_failure_message(ledger.results_path, committer.failure)
     elif run.fatal is not None:
         summary.exit_code, summary.status = EXIT_FATAL, "fatal"
         summary.message = _fatal_message(run.fatal, config, provider)
+    elif run.budget_hit and budget is not None:
+        summary.exit_code, summary.status = EXIT_BUDGET, "budget"
+        summary.message = budget.message(remaining)
+    elif run.outage is not None:
+        summary.exit_code, summary.status = EXIT_OUTAGE, "outage"
+        summary.message = (
+            f"stopped: {config.max_consecutive_errors} samples in a row ended in errors, so the API looks down "
+            f"(last: {run.outage.get('type')}: {run.outage.get('message')}). Everything finished so far is saved; "
+            "resume later with the command below (--max-consecutive-errors changes the threshold)."
+        )
     elif run.signal_received is not None:
         summary.exit_code = EXIT_SIGINT if run.signal_received == signal.SIGINT else EXIT_SIGTERM
         summary.status = "interrupted"
@@ -227,17 +293,27 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
     return summary
 
 
-async def _schedule(prepared: PreparedRun, provider: Provider, committer: GroupCommitter,
-                    run: _RunState, pending: list[Sample]) -> None:
+async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitter, run: RunState,
+                    pending: list[Sample], budget: Budget | None) -> None:
     """Feed samples through a bounded queue to ``concurrency`` workers (no task per sample)."""
-    config = prepared.config
-    n_workers = min(config.concurrency, len(pending))
+    n_workers = min(concurrency, len(pending))
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=n_workers * 2)
 
     async def producer() -> None:
         for sample in pending:
             if run.stop.is_set():
                 break
+            # Admit a sample only if the budget covers it and everything queued or in flight. The
+            # projection shrinks as samples finish (max_tokens is an upper bound), so while others
+            # are still running, wait for them and ask again before giving up.
+            while budget is not None and not budget.admits(run.in_flight + queue.qsize()):
+                if run.in_flight + queue.qsize() == 0 or run.stop.is_set():
+                    run.budget_hit = not run.stop.is_set()
+                    break
+                budget.changed.clear()
+                await budget.changed.wait()
+            if run.budget_hit or run.stop.is_set():
+                break  # queued samples still run: they were admitted
             await queue.put(sample)
         for _ in range(n_workers):
             await queue.put(None)
@@ -247,18 +323,23 @@ async def _schedule(prepared: PreparedRun, provider: Provider, committer: GroupC
             sample = await queue.get()
             if sample is None or run.stop.is_set():
                 return
+            # In flight until its record is committed: until then its cost is not in the budget's
+            # spend, so the producer must keep counting it.
             run.in_flight += 1
             try:
-                record = await _run_sample(prepared, provider, run, sample)
-            except _StopRun:
-                return
+                try:
+                    record = await run_sample(ctx, sample)
+                except StopRun:
+                    return
+                try:
+                    await committer.commit(record)
+                except Exception:
+                    run.stop.set()  # the ledger cannot take more: stop dispatching
+                    return
             finally:
                 run.in_flight -= 1
-            try:
-                await committer.commit(record)
-            except Exception:
-                run.stop.set()  # the ledger cannot take more: stop dispatching
-                return
+                if budget is not None:
+                    budget.changed.set()
 
     prod = asyncio.create_task(producer(), name="evalledger-producer")
     run.workers = [asyncio.create_task(worker(), name=f"evalledger-worker-{i}") for i in range(n_workers)]
@@ -269,92 +350,34 @@ async def _schedule(prepared: PreparedRun, provider: Provider, committer: GroupC
         await asyncio.gather(prod, return_exceptions=True)
 
 
-async def _run_sample(prepared: PreparedRun, provider: Provider, run: _RunState, sample: Sample) -> dict[str, Any]:
-    """Run one sample through the task; return its record (ok or error). Raises _StopRun on fatal."""
-    config = prepared.config
-    policy = RetryPolicy(max_attempts=config.max_attempts, max_wait=config.max_retry_wait)
-    responses: list[ChatResponse] = []
-    attempts = 0
-    started_at = utc_now()
-    t0 = time.monotonic()
-    run.attempted += 1
+@dataclass
+class _LedgerScan:
+    completed: set[str]
+    errored: set[str]
+    observed: tuple[int, int, int]  # ok samples, their input and output tokens
+    billed_cost: float
 
-    def count_request() -> None:
-        run.requests += 1
 
-    async def generate(messages: list[dict[str, str]]) -> str:
-        nonlocal attempts
-        request = ChatRequest(messages=messages, model=config.model, temperature=config.temperature,
-                              max_tokens=config.max_tokens, seed=config.seed, top_p=config.top_p)
-        try:
-            resp, n = await call_with_retries(lambda: provider.complete(request), provider.classify, policy, count_request)
-        except (NonRetryable, RetriesExhausted) as e:
-            attempts += e.attempts
-            raise
-        attempts += n
-        run.successes += 1
-        responses.append(resp)
-        return resp.text
-
-    record: dict[str, Any] = {
-        "sample_id": sample.id,
-        "status": "ok",
-        "attempts": 0,
-        "shard": None if config.shard is None else f"{config.shard[0]}/{config.shard[1]}",
-        "model": config.model,
-        "task": prepared.task.name or prepared.task_spec,
-        "input_hash": _input_hash(sample),
-    }
-    error: dict[str, Any] | None = None
-    output = None
-    try:
-        output = await prepared.task.run(sample, generate, sample_rng(config.seed, sample.id))
-    except (NonRetryable, RetriesExhausted) as e:
-        info = e.info
-        if info.kind is ErrorKind.FATAL or (
-            isinstance(e, RetriesExhausted) and run.successes == 0 and "Connection" in info.type
-        ):
-            # Fatal: stop the whole run at once; no error record (no flood of identical errors).
-            if run.fatal is None:
-                run.fatal = info
-            run.stop.set()
-            raise _StopRun() from None
-        error = {"type": info.type, "message": info.message, "retryable": info.retryable,
-                 "status_code": info.status_code}
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:  # a task or scorer bug for this sample: record it, keep going
-        error = {"type": type(e).__name__, "message": str(e) or type(e).__name__, "retryable": False,
-                 "status_code": None}
-
-    usage = {"input_tokens": sum(r.input_tokens for r in responses),
-             "output_tokens": sum(r.output_tokens for r in responses)}
-    if output is not None:
-        record.update(
-            prompt=output.messages,
-            response=output.responses[0] if len(output.responses) == 1 else output.responses,
-            prediction=output.score.prediction,
-            target=output.score.target,
-            score=output.score.score,
-            correct=bool(output.score.correct),
-        )
-        if output.extra:
-            record["extra"] = output.extra
-    else:
-        record.update(prompt=None, response=[r.text for r in responses] or None, prediction=None,
-                      target=None, score=None, correct=None)
-    record.update(
-        status="ok" if error is None else "error",
-        attempts=attempts,
-        usage=usage,
-        cost_usd=None,  # no price table yet: unknown, not zero
-        latency_s=round(time.monotonic() - t0, 4),
-        request_ids=[r.request_id for r in responses],
-        error=error,
-        started_at=started_at,
-        finished_at=utc_now(),
-    )
-    return record
+def _scan_ledger(ledger: CheckpointManager) -> _LedgerScan:
+    """One pass over every results and calls file: what is done, what errored, usage and spend so far."""
+    completed: set[str] = set()
+    errored: set[str] = set()
+    n = tin = tout = 0
+    cost = 0.0
+    for rec in ledger.iter_records():
+        if rec.get("status") == "ok":
+            completed.add(rec["sample_id"])
+            usage = rec.get("usage") or {}
+            n += 1
+            tin += int(usage.get("input_tokens") or 0)
+            tout += int(usage.get("output_tokens") or 0)
+        else:
+            errored.add(rec["sample_id"])
+        cost += billed(rec)[2] or 0.0
+    for path in calls_files(ledger.run_dir):
+        for rec in iter_file_records(path):
+            cost += rec.get("cost_usd") or 0.0
+    return _LedgerScan(completed, errored - completed, (n, tin, tout), cost)
 
 
 _COUNTERS = ("ok_records", "error_records", "requests")
@@ -365,49 +388,9 @@ def _count_records(path: Path) -> dict[str, int]:
     counts = dict.fromkeys(_COUNTERS, 0)
     for rec in iter_file_records(path):
         counts["ok_records" if rec.get("status") == "ok" else "error_records"] += 1
-        counts["requests"] += int(rec.get("attempts") or 0)
+        attempts = rec.get("attempts")
+        counts["requests"] += attempts if isinstance(attempts, int) and attempts > 0 else 0
     return counts
-
-
-def _input_hash(sample: Sample) -> str:
-    body = json.dumps(sample.fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def _install_signal_handlers(run: _RunState, config: RunConfig):  # type: ignore[no-untyped-def]
-    """SIGINT/SIGTERM/SIGUSR1: stop dispatching, grace period, then cancel. Second SIGINT: now."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # signal handlers can only be installed from the main thread
-    loop = asyncio.get_running_loop()
-    grace_handle: list[asyncio.TimerHandle] = []
-
-    def cancel_in_flight() -> None:
-        for t in run.workers:
-            t.cancel()
-
-    def on_signal(signum: int) -> None:
-        if run.signal_received is None:
-            run.signal_received = signum
-            run.stop.set()
-            _warn(config, f"received {signal.Signals(signum).name}: no new samples; waiting up to "
-                          f"{config.grace_seconds:g}s for {run.in_flight} in-flight sample(s)"
-                          + (" (Ctrl-C again to stop now)" if signum == signal.SIGINT else ""))
-            grace_handle.append(loop.call_later(config.grace_seconds, cancel_in_flight))
-        elif signum == signal.SIGINT:
-            _warn(config, "second SIGINT: cancelling in-flight requests now")
-            cancel_in_flight()
-
-    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
-    for s in sigs:
-        loop.add_signal_handler(s, on_signal, s)
-
-    def restore() -> None:
-        for h in grace_handle:
-            h.cancel()
-        for s in sigs:
-            loop.remove_signal_handler(s)
-
-    return restore
 
 
 def _has_results(run_dir: Path) -> bool:
@@ -427,16 +410,6 @@ def _fatal_message(info: ErrorInfo, config: RunConfig, provider: Provider | None
     else:
         fix = "the provider refused the request in a way no retry fixes"
     return f"stopped: {fix}\n  provider said: {info.message}"
-
-
-def _disk_message(path: Path, exc: BaseException) -> str:
-    try:
-        st = os.statvfs(path.parent)
-        free = f"{st.f_bavail * st.f_frsize / 1e6:.1f} MB free"
-    except OSError:
-        free = "free space unknown"
-    return (f"stopped: writing {path} failed ({exc}); {free}. Records written before are intact; "
-            "free some space and run the same command again to resume.")
 
 
 def _info(config: RunConfig, msg: str) -> None:

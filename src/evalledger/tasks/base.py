@@ -56,6 +56,13 @@ class Task(ABC):
     name: str = ""
     prompt_version: str = "1"
     required_fields: tuple[str, ...] = ()
+    #: True if scoring runs model-written code: the run then needs --allow-code-execution.
+    executes_code: bool = False
+    #: True for tasks that call the model more than once per sample: the runner then persists every
+    #: call (calls.jsonl) and replays identical calls on resume, so no turn is paid for twice.
+    multi_turn: bool = False
+    #: Model calls per sample, for cost estimates.
+    calls_per_sample: int = 1
 
     @abstractmethod
     def build_messages(self, sample: Sample) -> list[Message]:

@@ -1,0 +1,727 @@
+"""Running on a cluster: ``evalledger slurm``, ``evalledger status`` and ``evalledger merge``.
+
+The library side comes first (:func:`run_status`, :func:`merge_run`, :func:`slurm_run_command`),
+so everything the commands do is reachable from Python; the click commands at the bottom only
+parse flags, call these and print.
+
+Rate limits across shards: every task runs its own ``evalledger run``, so a per-process limit
+(``--rpm``/``--tpm``, when the run command has them) applies to each task separately. Give each
+task the key's limit divided by the number of tasks that run at once (``--max-parallel``, or
+``--shards`` without it). A limiter shared by the shards of one host is a separate piece of work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from .cli_options import config_from_options, experiment_options
+from .config import RunConfig
+from .datasets import BUILTIN_DATASETS, load_dataset, resolve_dataset, shard_of
+from .errors import DatasetError, EvalLedgerError, UsageError
+from .fsutil import hostname, write_bytes_atomic
+from .ledger import CheckpointManager, ReadReport, iter_file_records, results_files, shard_of_file
+from .slurm import (
+    DEFAULT_GRACE_SECONDS,
+    SlurmOptions,
+    log_path_pattern,
+    python_command,
+    read_submissions,
+    record_submission,
+    render_script,
+    slurm_dir,
+    submit_script,
+    write_script,
+)
+
+__all__ = [
+    "MergeReport",
+    "RunStatus",
+    "ShardStatus",
+    "expected_sample_ids",
+    "lock_state",
+    "merge_run",
+    "run_status",
+    "merge",
+    "slurm",
+    "status",
+]
+
+#: A running shard with no new record or checkpoint for this long is reported as stalled.
+DEFAULT_STALLED_AFTER = 600.0
+
+
+# ============================================================================================
+# Which samples a run should have
+
+
+def expected_sample_ids(run_dir: Path) -> list[str]:
+    """The run's sample IDs in dataset order (after ``--limit``), from its manifest and dataset.
+
+    Raises :class:`DatasetError` if the dataset file is gone or no longer has the sha256 the run
+    was made with: the IDs could not be trusted then.
+    """
+    manifest = CheckpointManager(run_dir).read_manifest()
+    if manifest is None:
+        raise UsageError(f"{run_dir}: no manifest.json, so the run's dataset is unknown")
+    cfg = manifest.get("config") or {}
+    ds = manifest.get("dataset") or {}
+    spec = cfg.get("dataset")
+    # A built-in name brings its own id column; a path is taken from the manifest, absolute.
+    resolved = resolve_dataset(spec) if spec in BUILTIN_DATASETS else resolve_dataset(Path(ds.get("path", spec or "")))
+    if ds.get("sha256") and resolved.sha256 != ds["sha256"]:
+        raise DatasetError(
+            f"dataset {resolved.path} changed since run {Path(run_dir).name} was made "
+            f"(sha256 {ds['sha256'][:12]}… then, {resolved.sha256[:12]}… now); cannot check coverage"
+        )
+    dataset = load_dataset(resolved, id_column=cfg.get("id_column"), limit=manifest.get("limit"))
+    return [s.id for s in dataset.samples]
+
+
+# ============================================================================================
+# Locks, seen from outside
+
+
+def _proc_locks() -> set[tuple[int, int, int]] | None:
+    """(major, minor, inode) of every file lock on this host, or None if /proc/locks is unreadable."""
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    held: set[tuple[int, int, int]] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2147586 0 EOF"; blocked waiters are marked "->".
+        if len(parts) < 6 or "->" in parts[1]:
+            continue
+        try:
+            major, minor, inode = parts[5].split(":")
+            held.add((int(major, 16), int(minor, 16), int(inode)))
+        except ValueError:
+            continue
+    return held
+
+
+def lock_state(lock_path: Path, owner_path: Path) -> tuple[str, dict[str, Any] | None]:
+    """Whether a writer holds ``lock_path``, without taking the lock.
+
+    Taking it, even for an instant, could make a task that starts at that instant fail with
+    "lock held"; so this reads ``/proc/locks`` instead. Returns ``(state, owner)``: ``"held"``,
+    ``"free"``, ``"held elsewhere"`` (the owner file names another host, whose locks this host
+    cannot see, e.g. on NFS), or ``"unknown"``; ``owner`` is the owner file's content if any.
+    """
+    owner: dict[str, Any] | None = None
+    try:
+        owner = json.loads(owner_path.read_text())
+    except (OSError, ValueError):
+        owner = None
+    try:
+        st = os.stat(lock_path)
+    except FileNotFoundError:
+        return "free", owner
+    held = _proc_locks()
+    if held is not None and (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held:
+        return "held", owner
+    if owner is not None and owner.get("host") not in (None, hostname()):
+        return "held elsewhere", owner  # the owner file is removed on a clean close
+    if held is None:
+        return "unknown", owner
+    return "free", owner
+
+
+# ============================================================================================
+# Status
+
+
+@dataclass
+class ShardStatus:
+    """Progress of one shard. ``total`` is None when the dataset could not be read."""
+
+    shard: int
+    shards: int
+    total: int | None
+    done: int
+    errors: int  # samples of this shard whose latest record is an error (no ok record yet)
+    records: int  # lines in the shard's own results file
+    last_activity: str | None  # UTC, the later of its results file's and resume state's mtimes
+    idle_seconds: float | None
+    lock: str
+    owner: dict[str, Any] | None
+    state: str  # done | running | stalled | queued | stopped | missing
+    slurm_state: str | None = None  # the array task's state in squeue (PENDING, RUNNING …), if queued
+
+    @property
+    def label(self) -> str:
+        """``K/N``."""
+        return f"{self.shard}/{self.shards}"
+
+
+@dataclass
+class RunStatus:
+    """Progress of a run over all its shards (``shards`` None: an unsharded run)."""
+
+    run_id: str
+    run_dir: str
+    shards: int | None
+    total: int | None
+    done: int
+    errors: int
+    pending: int | None
+    shard_status: list[ShardStatus]
+    missing: list[int]
+    stalled: list[int]
+    running: list[int]
+    other_files: list[str]  # results files of an unsharded run or another shard count
+    last_activity: str | None
+    dataset_problem: str | None = None
+    last_job_id: str | None = None
+    complete: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form (what ``status --json`` prints)."""
+        d = dataclasses.asdict(self)
+        d["shard_status"] = [dataclasses.asdict(s) for s in self.shard_status]
+        return d
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_iso(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _mtime(*paths: Path) -> float | None:
+    times = []
+    for p in paths:
+        try:
+            times.append(p.stat().st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(times) if times else None
+
+
+def _slurm_task_states(job_id: str) -> dict[int, str] | None:
+    """Array task id -> squeue state for a job, or None if squeue is absent or does not know the job.
+
+    Best effort, for display only: a shard whose task waits in the queue is "queued", not "missing".
+    """
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return None
+    try:
+        r = subprocess.run([squeue, "-h", "-r", "-j", job_id, "-o", "%K %T"], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None  # e.g. the job finished long ago and the controller forgot it
+    states: dict[int, str] = {}
+    for line in r.stdout.splitlines():
+        task, _, state = line.strip().partition(" ")
+        if task.isdigit():
+            states[int(task)] = state.strip()
+    return states
+
+
+def _shard_count(run_dir: Path, requested: int | None) -> int | None:
+    """N from --shards, else the latest submission, else the shard files (if they agree)."""
+    if requested is not None:
+        return requested
+    subs = read_submissions(run_dir)
+    if subs:
+        return subs[-1].shards
+    seen = {sh[1] for p in results_files(run_dir) if (sh := shard_of_file(p)) is not None}
+    seen |= {int(p.name.rsplit("-of-", 1)[1]) for p in run_dir.glob(".lock.shard-*-of-*")
+             if not p.name.endswith(".owner") and p.name.rsplit("-of-", 1)[1].isdigit()}
+    if len(seen) > 1:
+        raise UsageError(f"{run_dir} has shard files for several shard counts ({', '.join(map(str, sorted(seen)))}); "
+                         "pick one with --shards N")
+    return seen.pop() if seen else None
+
+
+def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float = DEFAULT_STALLED_AFTER,
+               now: float | None = None, query_slurm: bool = True) -> RunStatus:
+    """Per-shard progress of a run: done/total/errors, last activity, lock, and what is missing or stalled.
+
+    Reads only (never takes a lock), so it is safe while tasks are writing. A shard is ``done``
+    when every one of its samples has an ok record (in any results file of the run), ``running``
+    while its lock is held, ``stalled`` when held but silent for ``stalled_after`` seconds,
+    ``queued`` when its array task waits in Slurm's queue (asked of ``squeue`` for the last job
+    ``evalledger slurm --submit`` recorded, if ``query_slurm``), ``stopped`` when it has results
+    but nobody writes it, ``missing`` when it never started and is not queued.
+    """
+    run_dir = Path(run_dir)
+    now = time.time() if now is None else now
+    n = _shard_count(run_dir, shards)
+    if n is not None and n < 1:
+        raise UsageError(f"--shards {n}: must be at least 1")
+    dataset_problem = None
+    try:
+        expected: list[str] | None = expected_sample_ids(run_dir)
+    except EvalLedgerError as e:
+        expected, dataset_problem = None, e.message
+    # The merged view over every file: a sample is done once any writer recorded it ok.
+    latest = CheckpointManager(run_dir).latest_records()
+    ok_ids = {sid for sid, r in latest.items() if r.get("status") == "ok"}
+    err_ids = {sid for sid, r in latest.items() if r.get("status") != "ok"}
+    manifest = CheckpointManager(run_dir).read_manifest() or {}
+    total = len(expected) if expected is not None else manifest.get("sample_count")
+    universe = set(expected) if expected is not None else None
+
+    shard_rows: list[ShardStatus] = []
+    other_files: list[str] = []
+    for p in results_files(run_dir):
+        sh = shard_of_file(p)
+        if sh is None or sh[1] != n:
+            other_files.append(p.name)
+    subs = read_submissions(run_dir)
+    # Array task K runs shard K only for the layout of the last submission.
+    slurm_states = (_slurm_task_states(subs[-1].job_id) if query_slurm and subs and subs[-1].shards == n
+                    else None) or {}
+    if n is not None:
+        members: dict[int, set[str]] = {k: set() for k in range(1, n + 1)}
+        for sid in (expected if expected is not None else ok_ids | err_ids):
+            members[shard_of(sid, n)].add(sid)
+        for k in range(1, n + 1):
+            cm = CheckpointManager(run_dir, (k, n))
+            lock, owner = lock_state(cm.lock_path, cm.owner_path)
+            report = ReadReport()
+            for _ in iter_file_records(cm.results_path, report):
+                pass
+            mine = members[k]
+            done = len(mine & ok_ids)
+            errors = len(mine & err_ids)
+            shard_total = len(mine) if expected is not None else None
+            last = _mtime(cm.results_path, cm.state_path)
+            idle = None if last is None else max(0.0, now - last)
+            started = cm.results_path.exists() or cm.state_path.exists()
+            if shard_total is not None and done >= shard_total:
+                state = "done"
+            elif lock in ("held", "held elsewhere"):
+                # Quiet since the later of its last write and the moment the writer took the lock.
+                since = _parse_iso(owner.get("since")) if owner else None
+                marks = [t for t in (last, since) if t is not None]
+                quiet_for = now - max(marks) if marks else None
+                state = "stalled" if quiet_for is not None and quiet_for >= stalled_after else "running"
+            elif slurm_states.get(k) in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"):
+                state = "queued"
+            elif started:
+                state = "stopped"
+            else:
+                state = "missing"
+            shard_rows.append(ShardStatus(shard=k, shards=n, total=shard_total, done=done, errors=errors,
+                                          records=report.lines, last_activity=_iso(last), idle_seconds=idle,
+                                          lock=lock, owner=owner, state=state, slurm_state=slurm_states.get(k)))
+    done_all = len(ok_ids & universe) if universe is not None else len(ok_ids)
+    errors_all = len(err_ids & universe) if universe is not None else len(err_ids)
+    all_files = [*results_files(run_dir), *run_dir.glob("resume_state*.json")]
+    return RunStatus(
+        run_id=run_dir.name,
+        run_dir=str(run_dir),
+        shards=n,
+        total=total,
+        done=done_all,
+        errors=errors_all,
+        pending=None if total is None else max(total - done_all, 0),
+        shard_status=shard_rows,
+        missing=[s.shard for s in shard_rows if s.state == "missing"],
+        stalled=[s.shard for s in shard_rows if s.state == "stalled"],
+        running=[s.shard for s in shard_rows if s.state == "running"],
+        other_files=other_files,
+        last_activity=_iso(_mtime(*all_files)),
+        dataset_problem=dataset_problem,
+        last_job_id=subs[-1].job_id if subs else None,
+        complete=total is not None and done_all >= total,
+    )
+
+
+# ============================================================================================
+# Merge
+
+
+@dataclass
+class MergeReport:
+    """What :func:`merge_run` found and wrote."""
+
+    run_id: str
+    output: str | None  # None: nothing written (coverage not exact and not allowed)
+    written: int
+    expected: int
+    files: list[str]
+    ok_records: int
+    duplicates_dropped: int  # ok records beyond the one kept per sample
+    missing: list[str] = field(default_factory=list)  # dataset samples without an ok record
+    errors_only: list[str] = field(default_factory=list)  # the missing ones whose latest record is an error
+    extra: list[str] = field(default_factory=list)  # ok samples the dataset does not have (left out)
+    misplaced: list[str] = field(default_factory=list)  # "id in file" where the shard file does not own the id
+    writers: list[str] = field(default_factory=list)  # shards whose lock is held right now
+
+    @property
+    def exact(self) -> bool:
+        """True when every dataset sample is covered once and nothing else is there."""
+        return not (self.missing or self.extra or self.misplaced)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form."""
+        return {**dataclasses.asdict(self), "exact": self.exact}
+
+
+def merge_run(run_dir: Path, output: Path, *, allow_incomplete: bool = False) -> MergeReport:
+    """Write one deduplicated ledger of a run: per sample its latest ok record, in dataset order.
+
+    Checks that the results cover the dataset exactly: every sample has an ok record, no ok
+    record is for a sample the dataset lacks, and every shard file holds only samples of its own
+    shard. If not, nothing is written unless ``allow_incomplete`` (then the ok records of the
+    dataset's samples are written). "Latest" is by ``finished_at``; the file is written
+    atomically. Raises :class:`UsageError` if ``output`` would overwrite a results file of the run.
+    """
+    run_dir = Path(run_dir)
+    output = Path(output)
+    if output.resolve().parent == run_dir.resolve() and (output.name.startswith("results") and output.name.endswith(".jsonl")):
+        raise UsageError(f"-o {output}: that name is read as a results file of the run; write the merge elsewhere")
+    expected = expected_sample_ids(run_dir)
+    universe = set(expected)
+    best: dict[str, dict[str, Any]] = {}
+    latest_any: dict[str, dict[str, Any]] = {}
+    ok_records = 0
+    misplaced: list[str] = []
+    files = results_files(run_dir)
+    for path in files:
+        sh = shard_of_file(path)
+        for rec in iter_file_records(path):
+            sid = rec["sample_id"]
+            if sh is not None and shard_of(sid, sh[1]) != sh[0]:
+                misplaced.append(f"{sid} in {path.name}")
+            latest_any[sid] = rec
+            if rec.get("status") != "ok":
+                continue
+            ok_records += 1
+            cur = best.get(sid)
+            if cur is None or str(rec.get("finished_at") or "") >= str(cur.get("finished_at") or ""):
+                best[sid] = rec
+    # A later error does not undo an ok: the sample stays done (DESIGN promise 3).
+    missing = [sid for sid in expected if sid not in best]
+    errors_only = [sid for sid in missing if sid in latest_any]
+    extra = sorted(sid for sid in best if sid not in universe)
+    writers = []
+    for lock in sorted(run_dir.glob(".lock*")):
+        if lock.name.endswith(".owner") or lock.name == ".lock.run":
+            continue
+        state, _ = lock_state(lock, lock.with_name(lock.name + ".owner"))
+        if state in ("held", "held elsewhere"):
+            writers.append(lock.name.removeprefix(".lock.") if lock.name != ".lock" else "unsharded")
+    report = MergeReport(run_id=run_dir.name, output=None, written=0, expected=len(expected),
+                         files=[p.name for p in files], ok_records=ok_records,
+                         duplicates_dropped=ok_records - len(best), missing=missing, errors_only=errors_only,
+                         extra=extra, misplaced=misplaced, writers=writers)
+    if not report.exact and not allow_incomplete:
+        return report
+    lines = [json.dumps(best[sid], ensure_ascii=False, separators=(",", ":")) + "\n" for sid in expected if sid in best]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(output, "".join(lines).encode())
+    report.output = str(output)
+    report.written = len(lines)
+    return report
+
+
+# ============================================================================================
+# The `evalledger run` command line a job array task runs
+
+
+#: Options of `evalledger run` that the slurm command does not pass on: the task picks its
+#: shard itself.
+_NOT_FORWARDED = ("shard",)
+
+#: The slurm command's own options (everything else on it is an `evalledger run` option).
+_SLURM_OWN = ("shards", "partition", "time_limit", "cpus", "mem", "max_parallel", "job_name", "sbatch_args",
+              "script_path", "submit")
+
+
+def _long_flag(opts: list[str]) -> str:
+    longs = [o for o in opts if o.startswith("--")]
+    return max(longs, key=len) if longs else opts[0]
+
+
+def slurm_run_command(ctx: click.Context, config: RunConfig) -> list[str]:
+    """The ``evalledger run … --shard auto`` argv for the job, from the run options on this command line.
+
+    Options left at their defaults are left out (the task gets the same defaults), except that
+    the dataset and output directory are made absolute (tasks may start elsewhere) and the grace
+    period defaults to :data:`~evalledger.slurm.DEFAULT_GRACE_SECONDS` (below Slurm's KillWait).
+    Other relative paths (``--prices`` …) resolve the same way because the job starts in the
+    directory it was submitted from (``--chdir``).
+    """
+    argv = [*python_command(), "run"]
+    for p in ctx.command.params:
+        if (not isinstance(p, click.Option) or p.name is None or p.name in _SLURM_OWN
+                or p.name in _NOT_FORWARDED or p.name not in ctx.params):
+            continue
+        value = ctx.params[p.name]
+        flag = _long_flag(p.opts)
+        if p.name == "dataset":
+            value = config.dataset
+        elif p.name == "output_dir":
+            value = str(config.output_dir)
+        elif ctx.get_parameter_source(p.name) in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            if p.name == "grace_seconds":
+                argv += [flag, f"{DEFAULT_GRACE_SECONDS:g}"]
+            continue
+        if p.is_flag and p.secondary_opts:
+            argv.append(flag if value else _long_flag(p.secondary_opts))
+        elif p.is_flag:
+            if value:
+                argv.append(flag)
+        elif p.multiple:
+            for v in value or ():
+                argv += [flag, str(v)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return [*argv, "--shard", "auto"]
+
+
+def _config_from_params(params: dict[str, Any]) -> RunConfig:
+    config = config_from_options({k: v for k, v in params.items() if k not in _NOT_FORWARDED})
+    # Tasks may start on another machine or in another directory: pin these down now.
+    dataset = config.dataset
+    if dataset not in BUILTIN_DATASETS:
+        dataset = str(Path(dataset).expanduser().resolve())
+    return config.replace(dataset=dataset, output_dir=config.output_dir.expanduser().resolve())
+
+
+def _fail(exc: EvalLedgerError) -> None:
+    click.echo(f"error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+# ============================================================================================
+# Commands
+
+
+@click.command(context_settings={"max_content_width": 100})
+@experiment_options
+@click.option("--shards", type=int, required=True, help="Number of shards = array tasks; task K runs shard K/N.")
+@click.option("--partition", default=None, help="Slurm partition (sbatch --partition).")
+@click.option("--time", "time_limit", default=None, metavar="TIME",
+              help="Time limit per task, Slurm format (e.g. 4:00:00). 60 s before it a task saves and requeues itself.")
+@click.option("--cpus", type=int, default=1, show_default=True, help="CPUs per task (sbatch --cpus-per-task).")
+@click.option("--mem", default=None, help="Memory per task, Slurm format (e.g. 4G).")
+@click.option("--max-parallel", type=int, default=None, metavar="K", help="Run at most K tasks at once (--array=1-N%K).")
+@click.option("--job-name", default=None, help="Slurm job name. Default: evalledger-<run_id>.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="OPT",
+              help="Extra sbatch option, verbatim (e.g. --sbatch-arg=--account=proj). Repeatable.")
+@click.option("--script", "script_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the script. Default: <run_dir>/slurm/run-N-shards.sbatch.")
+@click.option("--submit", is_flag=True, help="Submit the script with sbatch and print the job ID.")
+@click.pass_context
+def slurm(ctx: click.Context, **params: Any) -> None:
+    """Write (and with --submit, submit) a Slurm job array that runs this experiment in N shards.
+
+    Takes every option of `evalledger run` (see `evalledger run --help`) plus the Slurm options
+    below. Each task runs `evalledger run … --shard auto`; pre-empted or time-limited tasks save,
+    are requeued and resume without paying twice; a task whose shard is complete exits 0 at once.
+
+    Rate limits: --rpm/--tpm (where the run command has them) apply to each task on its own, so
+    give each task the key's limit divided by the tasks that run at once (--max-parallel, else
+    --shards).
+    """
+    options = SlurmOptions(shards=params.pop("shards"), partition=params.pop("partition"),
+                           time=params.pop("time_limit"), cpus=params.pop("cpus"), mem=params.pop("mem"),
+                           max_parallel=params.pop("max_parallel"), job_name=params.pop("job_name"),
+                           extra_sbatch=tuple(params.pop("sbatch_args")))
+    script_path: Path | None = params.pop("script_path")
+    do_submit: bool = params.pop("submit")
+    from .prepare import check_or_create_manifest, prepare_run
+
+    try:
+        options.validate()
+        if params.get("shard") is not None:
+            raise UsageError("--shard with slurm: each task picks its own shard (--shard auto); give --shards N")
+        if params.get("overwrite"):
+            raise UsageError("--overwrite with slurm: every task would move the run aside again. Run "
+                             "`evalledger run … --overwrite --limit 1` once first (or move the run directory "
+                             "aside yourself), then submit without --overwrite")
+        if params.get("resume") is False:
+            raise UsageError("--no-resume with slurm: a requeued task must resume its own shard; drop --no-resume")
+        config = _config_from_params(params)
+        prepared = prepare_run(config)  # the whole dataset is checked here, before anything is queued
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        prepared.run_dir.mkdir(parents=True, exist_ok=True)
+        check_or_create_manifest(prepared)  # refuses config drift now, not in N tasks later
+        run_command = slurm_run_command(ctx, config)
+        path = (script_path.expanduser().resolve() if script_path is not None
+                else slurm_dir(prepared.run_dir) / f"run-{options.shards}-shards.sbatch")
+        text = render_script(run_command, options, run_id=prepared.run_id, run_dir=prepared.run_dir,
+                             workdir=Path.cwd(), sample_count=len(prepared.samples), script_path=path)
+        write_script(path, text)
+        # Logs go under the run directory even when the script is written elsewhere.
+        log_path_pattern(prepared.run_dir, options.shards).parent.mkdir(parents=True, exist_ok=True)
+    except EvalLedgerError as e:
+        _fail(e)
+    n, m = options.shards, len(prepared.samples)
+    click.echo(f"wrote {path}: {n} array tasks for run {prepared.run_id} ({m} samples)")
+    if n > m:
+        click.echo(f"note: {n} shards for {m} samples; {n - m} or more shards have nothing to do and exit 0 at once",
+                   err=True)
+    for limit in ("rpm", "tpm"):
+        value = params.get(limit)
+        if value:
+            click.echo(f"note: --{limit} {value} applies to each task; with up to {options.tasks_at_once} tasks at "
+                       f"once the key sees up to {value * options.tasks_at_once:g}", err=True)
+    status_cmd = shlex.join(["evalledger", "status", prepared.run_id, "--output-dir", str(config.output_dir)])
+    merge_cmd = shlex.join(["evalledger", "merge", prepared.run_id, "--output-dir", str(config.output_dir),
+                            "-o", f"{prepared.run_id}.merged.jsonl"])
+    log_one = str(log_path_pattern(prepared.run_dir, n)).replace("%a", "1")
+    if not do_submit:
+        click.echo(f"submit with:  sbatch {shlex.quote(str(path))}")
+        click.echo(f"then watch:   {status_cmd}")
+        return
+    try:
+        job_id = submit_script(path)
+        record_submission(prepared.run_dir, job_id, options, path)
+    except EvalLedgerError as e:
+        _fail(e)
+    throttle = f", at most {options.max_parallel} at once" if options.max_parallel and options.max_parallel < n else ""
+    click.echo(f"submitted Slurm job {job_id}: tasks 1-{n}{throttle}")
+    click.echo(f"watch:      squeue -j {job_id}")
+    click.echo(f"            {status_cmd}")
+    click.echo(f"            tail -f {shlex.quote(log_one)}")
+    click.echo(f"when done:  {merge_cmd}")
+
+
+def _resolve(run_ref: str, output_dir: Path) -> Path:
+    from .report import resolve_run_dir
+
+    return resolve_run_dir(run_ref, output_dir)
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"),
+              show_default=True, help="Where run directories live (when RUN is a run ID).")
+@click.option("--shards", type=int, default=None,
+              help="Shard count to report. Default: the last `evalledger slurm --submit`, else the shard files.")
+@click.option("--stalled-after", type=float, default=DEFAULT_STALLED_AFTER, show_default=True,
+              help="Seconds without a new record after which a running shard counts as stalled.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(run_ref: str, output_dir: Path, shards: int | None, stalled_after: float, as_json: bool) -> None:
+    """Progress of a (sharded) run: per shard done/total/errors, last activity, lock; missing and stalled shards."""
+    try:
+        st = run_status(_resolve(run_ref, output_dir), shards=shards, stalled_after=stalled_after)
+    except EvalLedgerError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(st.to_dict(), indent=2, default=str))
+        return
+    total = "?" if st.total is None else st.total
+    job = f", last Slurm job {st.last_job_id}" if st.last_job_id else ""
+    click.echo(f"run {st.run_id}: {st.done}/{total} done, {st.errors} with errors, "
+               f"{'?' if st.pending is None else st.pending} pending{job}")
+    if st.dataset_problem:
+        click.echo(f"warning: per-shard totals unknown: {st.dataset_problem}", err=True)
+    if st.shards is None:
+        click.echo("not sharded (no shard files and no Slurm submission); see `evalledger stats` for details")
+    else:
+        header = f"{'shard':>7}  {'done':>11}  {'errors':>6}  {'state':<8}  {'slurm':<9}  {'lock':<14}  last activity"
+        click.echo(header)
+        for s in st.shard_status:
+            frac = f"{s.done}/{'?' if s.total is None else s.total}"
+            who = f" (pid {s.owner.get('pid')} on {s.owner.get('host')})" if s.owner and s.lock != "free" else ""
+            click.echo(f"{s.label:>7}  {frac:>11}  {s.errors:>6}  {s.state:<8}  {s.slurm_state or '-':<9}  {s.lock:<14}  "
+                       f"{s.last_activity or '-'} ({_ago(s.idle_seconds)}){who}")
+        summary = [f"{sum(1 for s in st.shard_status if s.state == 'done')}/{st.shards} shards done"]
+        if st.running:
+            summary.append(f"running: {', '.join(map(str, st.running))}")
+        if st.stalled:
+            summary.append(f"STALLED (lock held, no progress for {stalled_after:g}s): {', '.join(map(str, st.stalled))}")
+        queued = [s.shard for s in st.shard_status if s.state == "queued"]
+        if queued:
+            summary.append(f"queued: {', '.join(map(str, queued))}")
+        if st.missing:
+            summary.append(f"missing (never started, not queued): {', '.join(map(str, st.missing))}")
+        stopped = [s.shard for s in st.shard_status if s.state == "stopped"]
+        if stopped:
+            summary.append(f"stopped before finishing: {', '.join(map(str, stopped))}")
+        click.echo("; ".join(summary))
+    if st.other_files:
+        click.echo(f"also read: {', '.join(st.other_files)}")
+    if st.complete:
+        click.echo(f"complete: merge with  evalledger merge {shlex.quote(st.run_dir)} -o merged.jsonl")
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The merged JSONL file to write.")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"),
+              show_default=True, help="Where run directories live (when RUN is a run ID).")
+@click.option("--allow-incomplete", is_flag=True,
+              help="Write the samples that are done even if the shards do not cover the dataset exactly.")
+@click.option("--json", "as_json", is_flag=True, help="Print the merge report as JSON on stdout.")
+def merge(run_ref: str, output: Path, output_dir: Path, allow_incomplete: bool, as_json: bool) -> None:
+    """Write one deduplicated ledger of RUN (latest ok record per sample, dataset order) to -o FILE.
+
+    Checks that the shards cover the dataset exactly (every sample once, nothing else); if not,
+    writes nothing and exits 1 unless --allow-incomplete.
+    """
+    try:
+        rep = merge_run(_resolve(run_ref, output_dir), output, allow_incomplete=allow_incomplete)
+    except EvalLedgerError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+
+    def some(ids: list[str]) -> str:
+        return ", ".join(ids[:5]) + (f" … and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+    if rep.writers:
+        click.echo(f"warning: still being written: {', '.join(rep.writers)}; this merge is a snapshot", err=True)
+    problems = []
+    if rep.missing:
+        problems.append(f"{len(rep.missing)} of {rep.expected} samples have no ok record "
+                        f"({len(rep.errors_only)} ended in errors, {len(rep.missing) - len(rep.errors_only)} never ran): "
+                        f"{some(rep.missing)}")
+    if rep.extra:
+        problems.append(f"{len(rep.extra)} ok records are for samples not in the dataset (left out): {some(rep.extra)}")
+    if rep.misplaced:
+        problems.append(f"{len(rep.misplaced)} records sit in a shard file that does not own them: {some(rep.misplaced)}")
+    if rep.output is not None:
+        click.echo(f"merged {rep.written} samples → {rep.output} ({rep.ok_records} ok records read from "
+                   f"{len(rep.files)} files, {rep.duplicates_dropped} duplicates dropped)", err=as_json)
+    if problems:
+        verdict = "written anyway (--allow-incomplete)" if rep.output else "nothing written; pass --allow-incomplete to write what is done"
+        click.echo("error: the shards do not cover the dataset exactly:\n  " + "\n  ".join(problems) + f"\n{verdict}",
+                   err=True)
+        if rep.output is None:
+            sys.exit(1)
+        return
+    click.echo(f"coverage exact: each of the {rep.expected} dataset samples appears once", err=as_json)

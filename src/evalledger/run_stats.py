@@ -1,0 +1,230 @@
+"""The stats dict of a run: counts, accuracy with a Wilson interval, errors, latency, cost, speed.
+
+Also whether a process is writing the run right now, found *without* touching its locks: probing
+a lock by taking it, even for a microsecond, could make a writer starting at that instant fail
+with "lock held". On Linux the kernel's own table (/proc/locks) answers the question read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import LedgerCorruptError
+from .ledger import CheckpointManager
+from .scan import RunScan, scan_run
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# A gap longer than this between finished samples is a pause (the run was stopped and resumed
+# later), not slow progress: it is left out of throughput and ETA.
+IDLE_GAP_S = 300.0
+# The self-correct task's own labels (tasks/self_correct.py: transition()).
+TRANSITIONS = ("correct→correct", "correct→incorrect", "incorrect→correct", "incorrect→incorrect")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """The Wilson score interval for a proportion (95 % by default); None when ``n`` is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0 % and 100 %.
+    """
+    if n <= 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # Exact ends at 0 % and 100 % (floating point would give 0.9999999…).
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _held_inodes() -> set[tuple[int, int, int]] | None:
+    """(major, minor, inode) of every file with a lock in the kernel's table; None if unknown."""
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    held = set()
+    for line in text.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 22303 fe:00:2156988 0 EOF" (a "->" marks a waiter: skip it)
+        if len(parts) < 6 or parts[1] == "->":
+            continue
+        try:
+            major, minor, inode = parts[5].split(":")
+            held.add((int(major, 16), int(minor, 16), int(inode)))
+        except ValueError:
+            continue
+    return held
+
+
+def lock_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Locks of a run that a process holds right now: ``{lock file name: owner info}``.
+
+    Read-only. Uses /proc/locks where it exists (local filesystems); elsewhere, and for locks
+    taken on other hosts of a shared filesystem, falls back to the ``.owner`` file and whether
+    its pid is alive on this host (assumed alive on another host).
+    """
+    run_dir = Path(run_dir)
+    held_inodes = _held_inodes()
+    out: dict[str, dict[str, Any]] = {}
+    for lock in sorted(run_dir.glob(".lock*")):
+        if lock.name.endswith(".owner") or lock.name == ".lock.run":
+            continue  # .lock.run is shared by shard writers; the per-shard locks say who is writing
+        owner: dict[str, Any] = {}
+        try:
+            owner = json.loads(lock.with_name(lock.name + ".owner").read_text())
+        except (OSError, ValueError):
+            pass
+        held = False
+        if held_inodes is not None:
+            try:
+                st = lock.stat()
+                held = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held_inodes
+            except OSError:
+                held = False
+        if not held and owner:
+            held = _owner_alive(owner)
+        if held:
+            out[lock.name] = owner
+    return out
+
+
+def _owner_alive(owner: dict[str, Any]) -> bool:
+    from .fsutil import hostname
+
+    if owner.get("host") != hostname():
+        return True  # cannot see another host's processes: trust the owner file
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _active_seconds(finished: "pd.Series") -> tuple[float, int, int, float]:
+    """Working time between finishes (gaps over IDLE_GAP_S removed), the finishes in it, and the
+    last session's count and span."""
+    import numpy as np
+
+    t = np.sort(finished.dropna().dt.as_unit("ns").astype("int64").to_numpy()) / 1e9
+    if len(t) < 2:
+        return 0.0, 0, len(t), 0.0
+    gaps = np.diff(t)
+    working = gaps <= IDLE_GAP_S
+    active = float(gaps[working].sum())
+    breaks = np.nonzero(gaps > IDLE_GAP_S)[0]
+    start = int(breaks[-1]) + 1 if len(breaks) else 0
+    return active, int(working.sum()), len(t) - start, float(t[-1] - t[start])
+
+
+def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
+    """The stats dict of a scanned run; ``df`` is ``frame_from_scan(scan)`` (passed in, not rebuilt)."""
+    import pandas as pd
+
+    try:
+        manifest = CheckpointManager(scan.run_dir).read_manifest() or {}
+        manifest_problem = None
+    except LedgerCorruptError as e:  # still worth showing what the results say
+        manifest, manifest_problem = {}, e.message
+    total = manifest.get("sample_count")
+    is_ok = df["status"] == "ok"
+    ok = df[is_ok.fillna(False)]
+    errs = df[~is_ok.fillna(False)]
+    completed = len(ok)
+    correct = int(ok["correct"].fillna(False).sum())
+    ci = wilson_interval(correct, completed)
+    lat = ok["latency_s"].dropna().astype(float)
+    active_s, active_n, session_n, session_span = _active_seconds(df["finished_at"])
+    throughput = active_n / active_s if active_s > 0 else None
+    locks = lock_status(scan.run_dir)
+    running = bool(locks)
+    pending = None if total is None else max(total - completed, 0)
+    recent_rate = (session_n - 1) / session_span if session_span > 0 else None
+    eta = pending / recent_rate if running and pending and recent_rate else None
+    cost = scan.cost_usd if scan.cost_known else None
+    state_times = []
+    for p in scan.run_dir.glob("resume_state*.json"):
+        try:
+            state_times.append(json.loads(p.read_text()).get("last_checkpoint"))
+        except (OSError, ValueError):
+            pass
+    checkpoints = [t for t in [*state_times, scan.last_finished] if t]
+    shards = {}
+    for fs in scan.file_summaries:
+        lock_name = ".lock" if fs.shard is None else f".lock.shard-{fs.shard.replace('/', '-of-')}"
+        shards[fs.shard or "all"] = {"file": fs.name, "ok": len(fs.ok_ids), "error_records": fs.error_records,
+                                     "records": fs.records, "last_finished": fs.last_finished,
+                                     "running": lock_name in locks}
+    stats: dict[str, Any] = {
+        "run_id": scan.run_dir.name,
+        "run_dir": str(scan.run_dir),
+        "model": (manifest.get("config") or {}).get("model"),
+        "task": manifest.get("task"),
+        "dataset": (manifest.get("dataset") or {}).get("name"),
+        "total_samples": total,
+        "completed_samples": completed,
+        "error_count": len(errs),
+        "pending_samples": pending,
+        "correct_count": correct,
+        "accuracy": (correct / completed) if completed else None,
+        "accuracy_ci95": list(ci) if ci else None,
+        "errors_by_type": dict(Counter(errs["error_type"].fillna("unknown").astype(str)).most_common()),
+        "latency_p50_s": float(lat.quantile(0.5)) if len(lat) else None,
+        "latency_p95_s": float(lat.quantile(0.95)) if len(lat) else None,
+        "input_tokens": scan.input_tokens,
+        "output_tokens": scan.output_tokens,
+        "cost_usd": cost,
+        "cost_per_correct_usd": (cost / correct) if cost is not None and correct else None,
+        "throughput_per_min": throughput * 60 if throughput else None,
+        "running": running,
+        "writers": locks,
+        "eta_s": eta,
+        "last_checkpoint": max(checkpoints) if checkpoints else None,
+        "records_read": scan.records_read,
+        "unparseable_lines": scan.unparseable_lines,
+        "partial_tail_bytes": scan.partial_tail_bytes,
+        "files": {fs.name: {"completed": len(fs.ok_ids)} for fs in scan.file_summaries},
+        "shards": shards,
+    }
+    if manifest_problem:
+        stats["manifest_problem"] = manifest_problem
+    stats.update(_self_correction(ok))
+    return stats
+
+
+def _self_correction(ok: "pd.DataFrame") -> dict[str, Any]:
+    """Transition counts and accuracy before/after, when the task recorded them (else nothing)."""
+    if "correct_before" not in ok.columns and "transition" not in ok.columns:
+        return {}
+    out: dict[str, Any] = {}
+    if "correct_before" in ok.columns and "correct_after" in ok.columns:
+        both = ok[ok["correct_before"].notna() & ok["correct_after"].notna()]
+        before, after = both["correct_before"].astype(bool), both["correct_after"].astype(bool)
+        words = {True: "correct", False: "incorrect"}
+        derived = before.map(words) + "→" + after.map(words)
+        counts = Counter(derived)
+        out["accuracy_before"] = float(before.mean()) if len(both) else None
+        out["accuracy_after"] = float(after.mean()) if len(both) else None
+    else:
+        counts = Counter(ok["transition"].dropna().astype(str))
+    out["transitions"] = {k: int(counts.get(k, 0)) for k in TRANSITIONS} | {
+        k: int(v) for k, v in counts.items() if k not in TRANSITIONS}
+    return out
+
+
+def run_stats(run_dir: str | Path) -> dict[str, Any]:
+    """Stats of the run in ``run_dir`` (one pass over its ledger, all shards)."""
+    from .frames import frame_from_scan
+
+    scan = scan_run(run_dir, text=False)
+    return stats_from_scan(scan, frame_from_scan(scan))
