@@ -16,8 +16,13 @@ from .ledger import CheckpointManager
 class GroupCommitter:
     """Batches appends to a :class:`CheckpointManager` from many asyncio workers."""
 
-    def __init__(self, ledger: CheckpointManager, on_commit: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+    def __init__(self, ledger: CheckpointManager, on_commit: Callable[[list[dict[str, Any]]], None] | None = None,
+                 fsync: str = "batch") -> None:
+        """``fsync``: ``batch`` (records waiting together share one fsync), ``always`` (one write and
+        one fsync per record) or ``off`` (whole-line writes, no fsync: safe against kill -9 because
+        the kernel keeps written data, not against power loss)."""
         self.ledger = ledger
+        self.fsync = fsync
         self.on_commit = on_commit
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -48,12 +53,17 @@ class GroupCommitter:
                 if self._closing:
                     return
                 continue
-            batch, self._pending = self._pending, []
+            if self.fsync == "always":
+                batch, self._pending = self._pending[:1], self._pending[1:]
+                if self._pending:
+                    self._wake.set()
+            else:
+                batch, self._pending = self._pending, []
             records = [r for r, _ in batch]
             try:
                 if self.failure is not None:
                     raise self.failure
-                await asyncio.to_thread(self.ledger.append_records, records)
+                await asyncio.to_thread(self.ledger.append_records, records, fsync=self.fsync != "off")
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                 if self.failure is None:
                     self.failure = exc

@@ -67,6 +67,10 @@ class RunConfig:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None  # read the key from this variable instead of the SDK's default
+    rpm: float | None = None  # requests per minute, shared by all workers (None: no limit)
+    tpm: float | None = None  # tokens per minute (prompt estimate + max_tokens, corrected by usage)
+    adaptive_concurrency: bool = True  # halve in-flight requests on 429/529, grow back on success
+    fsync: str = "batch"  # always | batch | off
     max_cost: float | None = None  # USD budget for the whole run, across resumes
     prices_file: str | None = None  # a price table replacing the shipped prices.toml
     price_input: float | None = None  # USD per 1M input tokens, overrides the table
@@ -106,6 +110,12 @@ class RunConfig:
             raise UsageError(f"--checkpoint-every {self.checkpoint_every}: must be at least 1")
         if self.max_attempts < 1:
             raise UsageError(f"--max-attempts {self.max_attempts}: must be at least 1")
+        if self.rpm is not None and self.rpm <= 0:
+            raise UsageError(f"--rpm {self.rpm}: must be positive")
+        if self.tpm is not None and self.tpm <= 0:
+            raise UsageError(f"--tpm {self.tpm}: must be positive")
+        if self.fsync not in ("always", "batch", "off"):
+            raise UsageError(f"--fsync {self.fsync!r}: choose always, batch or off")
         if self.max_cost is not None and self.max_cost <= 0:
             raise UsageError(f"--max-cost {self.max_cost}: must be a positive amount of USD")
         if self.max_consecutive_errors < 0:
@@ -200,6 +210,9 @@ class RunConfig:
             ("--api-key-env", self.api_key_env, defaults.api_key_env),
             ("--request-timeout", self.request_timeout, defaults.request_timeout),
             ("--max-retry-wait", self.max_retry_wait, defaults.max_retry_wait),
+            ("--rpm", self.rpm, defaults.rpm),
+            ("--tpm", self.tpm, defaults.tpm),
+            ("--fsync", self.fsync, defaults.fsync),
             ("--max-cost", self.max_cost, defaults.max_cost),
             ("--prices", self.prices_file, defaults.prices_file),
             ("--price-input", self.price_input, defaults.price_input),
@@ -214,6 +227,8 @@ class RunConfig:
             args += ["--shard", f"{self.shard[0]}/{self.shard[1]}"]
         if not self.retry_errors:
             args.append("--no-retry-errors")
+        if not self.adaptive_concurrency:
+            args.append("--no-adaptive-concurrency")
         if self.allow_code_execution:
             args.append("--allow-code-execution")
         return args

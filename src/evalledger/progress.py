@@ -45,6 +45,7 @@ class Progress:
         self.concurrency = concurrency
         self.rate_limit_waits = 0
         self.rate_limit_wait_s = 0.0
+        self.paused_now = 0  # requests waiting on a rate-limit pause right now (see set_paused)
         self.quiet = quiet
         self.interval = interval
         self.stream = stream or sys.stderr
@@ -92,6 +93,11 @@ class Progress:
         self.concurrency = limit
         self._refresh()
 
+    def set_paused(self, waiting: int) -> None:
+        """Hook: how many requests are waiting right now on a rate-limit pause (so a run never looks stuck)."""
+        self.paused_now = waiting
+        self._refresh()
+
     def note_rate_limit_wait(self, seconds: float) -> None:
         """Hook: a worker is about to sleep ``seconds`` because of a rate limit (429, Retry-After, RPM/TPM)."""
         self.rate_limit_waits += 1
@@ -107,7 +113,9 @@ class Progress:
         cost = f"${self.cost_usd:.4f}" if self.cost_known else "?"
         conc = "-" if self.concurrency is None else str(self.concurrency)
         waits = f"{self.rate_limit_waits} ({self.rate_limit_wait_s:.0f}s)" if self.rate_limit_waits else "0"
-        return f"ok={self.ok} err={self.errors} acc={acc} cost={cost} conc={conc} rl_waits={waits}"
+        paused = getattr(self, "paused_now", 0)
+        pause = f" paused={paused}" if paused else ""
+        return f"ok={self.ok} err={self.errors} acc={acc} cost={cost} conc={conc} rl_waits={waits}{pause}"
 
     def status_line(self) -> str:
         """The plain status line (what non-TTY mode prints)."""

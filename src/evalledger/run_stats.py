@@ -129,8 +129,6 @@ def _active_seconds(finished: "pd.Series") -> tuple[float, int, int, float]:
 
 def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     """The stats dict of a scanned run; ``df`` is ``frame_from_scan(scan)`` (passed in, not rebuilt)."""
-    import pandas as pd
-
     try:
         manifest = CheckpointManager(scan.run_dir).read_manifest() or {}
         manifest_problem = None

@@ -15,16 +15,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .budget import Budget, Estimate, estimate_pending
 from .committer import GroupCommitter
 from .config import RunConfig
-from .diskspace import check_free_space, describe_free, disk_failure_message, is_disk_error
-from .errors import DiskSpaceError, EvalLedgerError, FatalProviderError, RunExistsError, UsageError
-from .budget import Budget, Estimate, estimate_pending
-from .ledger import CheckpointManager, billed, calls_files, iter_file_records, move_run_aside, results_files
+from .diskspace import (
+    check_free_space,
+    describe_free,
+    disk_failure_message,
+    is_disk_error,
+)
+from .errors import (
+    DiskSpaceError,
+    EvalLedgerError,
+    FatalProviderError,
+    RunExistsError,
+    UsageError,
+)
+from .ledger import (
+    CheckpointManager,
+    billed,
+    calls_files,
+    iter_file_records,
+    move_run_aside,
+    results_files,
+)
+from .limits import Limits
 from .prepare import PreparedRun, check_or_create_manifest, prepare_run
+from .pricing import Price, price_for
 from .progress import Progress
 from .providers import make_provider
-from .pricing import Price, price_for
 from .providers.base import ErrorInfo, Provider
 from .retry import RetryPolicy
 from .sample_runner import RunState, SampleContext, StopRun, run_sample
@@ -60,7 +79,9 @@ class RunSummary:
     message: str = ""
     resume_command: str | None = None
     moved_aside: Path | None = None
+    # light summary of the run (or shard): counts, accuracy, cost; get_stats() has the full dict
     stats: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)  # 429s seen, limit decreases, pause/throttle seconds
 
 
 def run_experiment(config: RunConfig) -> RunSummary:
@@ -174,7 +195,7 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         budget = Budget(config.max_cost, seen.billed_cost, estimate.per_sample_cost or 0.0)
 
     run = RunState(stop=asyncio.Event())
-    new = {"ok": 0, "error": 0}  # acknowledged by this invocation
+    new: dict[str, Any] = {"ok": 0, "error": 0, "spent": 0.0}  # acknowledged by this invocation
     requests_before = counters["requests"]
     since_checkpoint = 0
 
@@ -201,10 +222,16 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
                 new["ok"] += 1
                 counters["ok_records"] += 1
                 completed.add(r["sample_id"])
+                (seen.correct.add if r.get("correct") is True else seen.correct.discard)(r["sample_id"])
+                seen.errored.discard(r["sample_id"])
+                new["spent"] += (r.get("paid") or {}).get("cost_usd") or 0.0
                 consecutive_errors = 0
             else:
                 new["error"] += 1
                 counters["error_records"] += 1
+                if r["sample_id"] not in completed:
+                    seen.errored.add(r["sample_id"])
+                new["spent"] += (r.get("paid") or {}).get("cost_usd") or 0.0
                 consecutive_errors += 1
                 if config.max_consecutive_errors and consecutive_errors >= config.max_consecutive_errors \
                         and run.outage is None:
@@ -219,9 +246,13 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
 
     async def persist_call(rec: dict[str, Any]) -> None:
         await asyncio.to_thread(ledger.append_calls, [rec])
+        new["spent"] += rec.get("cost_usd") or 0.0
         if budget is not None:
             budget.add(rec.get("cost_usd") or 0.0, False)
 
+    limits = Limits(max_concurrency=config.concurrency, adaptive=config.adaptive_concurrency, rpm=config.rpm,
+                    tpm=config.tpm, on_change=lambda limit, paused: (progress.set_concurrency(limit),
+                                                                     progress.set_paused(paused)))
     multi_turn = prepared.task.multi_turn
     ctx = SampleContext(
         task=prepared.task, task_name=prepared.task.name or prepared.task_spec, model=config.model,
@@ -229,10 +260,10 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         top_p=config.top_p, policy=RetryPolicy(max_attempts=config.max_attempts, max_wait=config.max_retry_wait),
         provider=provider, run=run, price=price,
         cached_calls=ledger.cached_calls({s.id for s in pending}) if multi_turn and pending else {},
-        persist_call=persist_call if multi_turn else None,
+        persist_call=persist_call if multi_turn else None, limits=limits,
     )
     started = False
-    committer = GroupCommitter(ledger, on_commit=on_commit)
+    committer = GroupCommitter(ledger, on_commit=on_commit, fsync=config.fsync)
     restore_signals = lambda: None  # noqa: E731
     try:
         if pending:
@@ -289,7 +320,19 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         summary.message = f"{remaining} sample(s) ended with errors (see {ledger.errors_path}); run again to retry them"
     if summary.exit_code != EXIT_OK:
         summary.resume_command = config.resume_command()
-    summary.stats = ledger.get_stats()
+    # A light summary from what the run already holds: the full get_stats() re-reads every file,
+    # ~35 s on a million records, too slow for a Slurm pre-emption window.
+    selection_ids = {s.id for s in prepared.selection}
+    done = selection_ids & completed
+    n_correct = len(selection_ids & seen.correct)
+    summary.stats = {
+        "run_id": prepared.run_id, "run_dir": str(prepared.run_dir), "shard": config.shard,
+        "total_samples": len(selection_ids), "completed_samples": len(done),
+        "error_count": len(selection_ids & seen.errored), "pending_samples": len(selection_ids) - len(done),
+        "correct_count": n_correct, "accuracy": n_correct / len(done) if done else None,
+        "cost_usd": (seen.billed_cost + new["spent"]) if price is not None else None,
+    }
+    summary.limits = {**limits.stats.__dict__, "final_limit": limits.limit}
     return summary
 
 
@@ -353,6 +396,7 @@ async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommit
 @dataclass
 class _LedgerScan:
     completed: set[str]
+    correct: set[str]
     errored: set[str]
     observed: tuple[int, int, int]  # ok samples, their input and output tokens
     billed_cost: float
@@ -361,12 +405,15 @@ class _LedgerScan:
 def _scan_ledger(ledger: CheckpointManager) -> _LedgerScan:
     """One pass over every results and calls file: what is done, what errored, usage and spend so far."""
     completed: set[str] = set()
+    correct: set[str] = set()
     errored: set[str] = set()
     n = tin = tout = 0
     cost = 0.0
     for rec in ledger.iter_records():
         if rec.get("status") == "ok":
             completed.add(rec["sample_id"])
+            # the last ok record decides, as in the merged view
+            (correct.add if rec.get("correct") is True else correct.discard)(rec["sample_id"])
             usage = rec.get("usage") or {}
             n += 1
             tin += int(usage.get("input_tokens") or 0)
@@ -377,7 +424,7 @@ def _scan_ledger(ledger: CheckpointManager) -> _LedgerScan:
     for path in calls_files(ledger.run_dir):
         for rec in iter_file_records(path):
             cost += rec.get("cost_usd") or 0.0
-    return _LedgerScan(completed, errored - completed, (n, tin, tout), cost)
+    return _LedgerScan(completed, correct, errored - completed, (n, tin, tout), cost)
 
 
 _COUNTERS = ("ok_records", "error_records", "requests")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from .fsutil import canonical_json, utc_now
+from .limits import RATE_LIMIT_STATUSES, Limits, estimate_request_tokens
 from .pricing import Price
 from .providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
 from .retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
@@ -67,6 +68,8 @@ class SampleContext:
     cached_calls: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: durably appends one call record (multi-turn tasks only)
     persist_call: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    #: concurrency slots, the shared rate-limit pause, RPM/TPM (None: workers only)
+    limits: Limits | None = None
 
     @property
     def multi_turn(self) -> bool:
@@ -81,6 +84,23 @@ def call_key(request: ChatRequest) -> str:
     body = {"messages": request.messages, "model": request.model, "temperature": request.temperature,
             "max_tokens": request.max_tokens, "seed": request.seed, "top_p": request.top_p}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:32]
+
+
+async def _attempt(ctx: SampleContext, request: ChatRequest) -> ChatResponse:
+    """One HTTP request, gated by the run's limits; 429/529 feed back into them."""
+    if ctx.limits is None:
+        return await ctx.provider.complete(request)
+    async with ctx.limits.request(estimate_request_tokens(request.messages, request.max_tokens)) as slot:
+        try:
+            resp = await ctx.provider.complete(request)
+        except Exception as e:
+            info = ctx.provider.classify(e)
+            if info.status_code in RATE_LIMIT_STATUSES and info.kind is ErrorKind.TRANSIENT:
+                ctx.limits.rate_limited(info.retry_after)
+            raise
+        slot.used(resp.input_tokens + resp.output_tokens)
+        ctx.limits.succeeded()
+        return resp
 
 
 def input_hash(sample: Sample) -> str:
@@ -117,7 +137,7 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
             replayed.append(True)
             return hit["response"]
         try:
-            resp, n = await call_with_retries(lambda: ctx.provider.complete(request), ctx.provider.classify,
+            resp, n = await call_with_retries(lambda: _attempt(ctx, request), ctx.provider.classify,
                                               ctx.policy, count_request)
         except (NonRetryable, RetriesExhausted) as e:
             attempts += e.attempts

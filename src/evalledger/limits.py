@@ -1,0 +1,186 @@
+"""Rate limits and adaptive concurrency, shared by every worker of a run.
+
+* ``--rpm`` / ``--tpm``: token buckets refilling continuously. A request takes one request token and
+  its estimated tokens (prompt characters / 4 + ``max_tokens``) before it is sent; once the
+  response reports its real usage, the difference is given back (or charged).
+* Adaptive concurrency (AIMD): a 429 (or Anthropic's 529) halves the number of requests allowed in
+  flight, at most once per episode, and pauses *every* worker for the server's ``Retry-After``;
+  each ``limit`` successes in a row add one slot back, up to ``--concurrency``.
+
+This module decides only when a request may go; retrying is ``retry.py``'s job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+RATE_LIMIT_STATUSES = frozenset({429, 529})
+DEFAULT_PAUSE = 1.0  # seconds, when a 429 carries no Retry-After
+
+
+class TokenBucket:
+    """``per_minute`` tokens a minute, refilled continuously; holds at most ``capacity``.
+
+    A request larger than the capacity waits for a full bucket and then takes it into debt, so it
+    is delayed rather than refused.
+    """
+
+    def __init__(self, per_minute: float, capacity: float | None = None, clock: Callable[[], float] = time.monotonic):
+        if per_minute <= 0:
+            raise ValueError("per_minute must be positive")
+        self.rate = per_minute / 60.0
+        # Ten seconds' worth: enough for bursts, small enough not to trip a provider's own window.
+        self.capacity = capacity if capacity is not None else max(1.0, per_minute / 6.0)
+        self.tokens = self.capacity
+        self._clock = clock
+        self._last = clock()
+        self._lock = asyncio.Lock()  # waiters are served in arrival order
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def wait_time(self, n: float) -> float:
+        self._refill()
+        need = min(n, self.capacity)
+        return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
+
+    async def acquire(self, n: float = 1.0) -> float:
+        """Take ``n`` tokens, sleeping until they are there. Returns the seconds waited."""
+        waited = 0.0
+        async with self._lock:
+            while (delay := self.wait_time(n)) > 0:
+                await asyncio.sleep(delay)
+                waited += delay
+            self.tokens -= n
+        return waited
+
+    def adjust(self, delta: float) -> None:
+        """Give back (``delta`` > 0) or charge (< 0) tokens after the real usage is known."""
+        self._refill()
+        self.tokens = min(self.capacity, self.tokens + delta)
+
+
+@dataclass
+class LimitStats:
+    """What the limiter did, for progress and the run summary."""
+
+    rate_limited: int = 0  # 429/529 responses seen
+    decreases: int = 0
+    paused_s: float = 0.0  # total seconds requests waited on a rate-limit pause
+    throttled_s: float = 0.0  # total seconds requests waited on --rpm/--tpm
+    min_limit: int = 0
+
+
+@dataclass
+class Limits:
+    """Everything that gates one request: concurrency slots, the shared pause, RPM and TPM."""
+
+    max_concurrency: int
+    adaptive: bool = True
+    rpm: float | None = None
+    tpm: float | None = None
+    on_change: Callable[[int, int], None] | None = None  # (current limit, requests waiting on a pause)
+    stats: LimitStats = field(default_factory=LimitStats)
+
+    def __post_init__(self) -> None:
+        self.limit = self.max_concurrency
+        self.stats.min_limit = self.limit
+        self.in_use = 0
+        self.waiting_on_pause = 0
+        self.pause_until = 0.0
+        self._successes = 0
+        self._episode_end = 0.0
+        self._cond = asyncio.Condition()
+        self._rpm = TokenBucket(self.rpm) if self.rpm else None
+        self._tpm = TokenBucket(self.tpm) if self.tpm else None
+
+    def _notify_change(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.limit, self.waiting_on_pause)
+
+    @asynccontextmanager
+    async def request(self, estimated_tokens: int) -> AsyncIterator["_Slot"]:
+        """Hold a slot for one HTTP request: waits for concurrency, the shared pause, RPM and TPM."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_use < self.limit)
+            self.in_use += 1
+        slot = _Slot(self, estimated_tokens)
+        try:
+            await self._wait_for_pause()
+            # (not `x += await …`: that reads x before awaiting and loses other coroutines' updates)
+            if self._rpm is not None:
+                waited = await self._rpm.acquire(1)
+                self.stats.throttled_s += waited
+            if self._tpm is not None:
+                waited = await self._tpm.acquire(estimated_tokens)
+                self.stats.throttled_s += waited
+            yield slot
+        finally:
+            async with self._cond:
+                self.in_use -= 1
+                self._cond.notify_all()
+
+    async def _wait_for_pause(self) -> None:
+        while (delay := self.pause_until - time.monotonic()) > 0:
+            self.waiting_on_pause += 1
+            self._notify_change()
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self.waiting_on_pause -= 1
+                self.stats.paused_s += delay
+            self._notify_change()
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        """A 429/529: pause everyone for Retry-After; halve the limit once per episode."""
+        now = time.monotonic()
+        pause = retry_after if retry_after is not None else DEFAULT_PAUSE
+        self.stats.rate_limited += 1
+        self.pause_until = max(self.pause_until, now + pause)
+        self._successes = 0
+        # One episode = the 429s that arrive while the requests in flight at the first one drain:
+        # they all reflect the same overload, so only the first one cuts the limit.
+        if self.adaptive and now >= self._episode_end:
+            self.limit = max(1, math.floor(self.limit / 2))
+            self.stats.decreases += 1
+            self.stats.min_limit = min(self.stats.min_limit, self.limit)
+            self._episode_end = now + pause + 1.0
+        self._notify_change()
+
+    def succeeded(self) -> None:
+        """Additive increase: one more slot after ``limit`` successes in a row."""
+        if not self.adaptive or self.limit >= self.max_concurrency:
+            return
+        self._successes += 1
+        if self._successes >= self.limit:
+            self._successes = 0
+            self.limit += 1
+            self._notify_change()
+            asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+
+class _Slot:
+    def __init__(self, limits: Limits, estimated_tokens: int) -> None:
+        self.limits = limits
+        self.estimated = estimated_tokens
+
+    def used(self, actual_tokens: int) -> None:
+        """Correct the TPM bucket with the usage the response reported."""
+        if self.limits._tpm is not None:
+            self.limits._tpm.adjust(self.estimated - actual_tokens)
+
+
+def estimate_request_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+    """Tokens a request may use, before sending it: prompt characters / 4 plus ``max_tokens``."""
+    return int(sum(len(m.get("content") or "") for m in messages) / 4) + 3 * len(messages) + max_tokens

@@ -1,0 +1,144 @@
+"""Rate limits (--rpm/--tpm), adaptive concurrency on 429s, and --fsync modes, through the real SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from evalledger import CheckpointManager, RunConfig, UsageError, run_experiment
+from evalledger.committer import GroupCommitter
+from evalledger.limits import Limits, TokenBucket
+from helpers import all_records, write_qa_dataset
+
+
+def cfg(server, data: Path, out: Path, **kw) -> RunConfig:
+    base = dict(dataset=str(data), model="openai/test-model", output_dir=out, base_url=server.openai_base_url,
+                api_key="sk-test", quiet=True, concurrency=8, max_retry_wait=2.0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_token_bucket_refills_continuously():
+    now = [0.0]
+    bucket = TokenBucket(per_minute=600, capacity=10, clock=lambda: now[0])  # 10 per second
+    assert bucket.wait_time(10) == 0
+    bucket.tokens -= 10
+    assert bucket.wait_time(5) == pytest.approx(0.5)
+    now[0] += 0.2
+    assert bucket.wait_time(5) == pytest.approx(0.3)  # 2 tokens came back in 0.2 s
+    bucket.adjust(+100)
+    assert bucket.tokens == 10  # never above capacity
+    assert bucket.wait_time(50) == 0  # larger than capacity: waits for a full bucket, then goes into debt
+
+
+def test_rpm_spaces_requests_after_the_burst(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 14)
+    t0 = time.monotonic()
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", rpm=60))  # 1/s, a 10-request burst
+    took = time.monotonic() - t0
+    assert s.exit_code == 0 and fake_server.request_count == 14
+    arrivals = sorted(r.received_at for r in fake_server.requests)
+    # the first 10 go at once; the other 4 come one per second
+    assert arrivals[9] - arrivals[0] < 1.0
+    assert arrivals[13] - arrivals[9] >= 3.5, [round(a - arrivals[0], 2) for a in arrivals]
+    assert took >= 3.5 and s.limits["throttled_s"] >= 3.0
+
+
+def test_tpm_limits_tokens_and_is_corrected_by_usage(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 12)
+    # each request is estimated at ~40 prompt tokens + max_tokens 200 = ~240; capacity 600 (tpm/6)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", tpm=3600, max_tokens=200))
+    assert s.exit_code == 0
+    arrivals = sorted(r.received_at for r in fake_server.requests)
+    # only ~2-3 fit in the first burst; the real usage (~50 tokens) is given back after each response,
+    # so the run is far faster than 12 × 240 tokens at 60 tokens/s (48 s) would be
+    assert arrivals[3] - arrivals[0] > 0.5
+    assert arrivals[-1] - arrivals[0] < 25
+
+
+def test_429_halves_concurrency_pauses_everyone_and_recovers(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 120)
+    fake_server.latency = 0.05
+    fake_server.fail_next(6, status=429, retry_after=1.0)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", concurrency=16))
+    assert s.exit_code == 0 and s.ok == 120
+    lim = s.limits
+    assert lim["rate_limited"] == 6
+    assert lim["decreases"] == 1  # one episode, one cut, however many 429s it held
+    assert lim["min_limit"] == 8
+    assert lim["final_limit"] > lim["min_limit"]  # grew back on success
+    assert lim["paused_s"] > 0
+    reqs = sorted(fake_server.requests, key=lambda r: r.received_at)
+    first_429 = next(r.received_at for r in reqs if r.status == 429)
+    # The pause applied to every worker: apart from the opening burst (sent together, before any
+    # answer could come back), nothing arrived until Retry-After had passed.
+    later = [r.received_at - first_429 for r in reqs if r.received_at > first_429 + 0.1]
+    assert later and min(later) >= 0.9, min(later)
+
+
+def test_adaptive_concurrency_can_be_turned_off(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 20)
+    fake_server.fail_next(3, status=429, retry_after=0.2)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", concurrency=8, adaptive_concurrency=False))
+    assert s.exit_code == 0 and s.limits["decreases"] == 0 and s.limits["final_limit"] == 8
+    assert s.limits["rate_limited"] == 3 and s.limits["paused_s"] > 0  # the pause still applies
+
+
+def test_limits_concurrency_slots_are_respected():
+    async def main():
+        lim = Limits(max_concurrency=4)
+        lim.rate_limited(0.0)  # limit 4 → 2
+        peak = 0
+        active = 0
+
+        async def one():
+            nonlocal peak, active
+            async with lim.request(10):
+                active += 1
+                peak = max(peak, active)
+                await asyncio.sleep(0.01)
+                active -= 1
+
+        await asyncio.gather(*(one() for _ in range(20)))
+        return peak, lim.limit
+
+    peak, limit = asyncio.run(main())
+    assert peak == 2 and limit == 2
+
+
+@pytest.mark.parametrize("mode,expect_batches", [("always", "per-record"), ("batch", "fewer"), ("off", "fewer")])
+def test_fsync_modes(tmp_path, mode, expect_batches):
+    ledger = CheckpointManager(tmp_path / "run").open_writer()
+
+    async def main():
+        c = GroupCommitter(ledger, fsync=mode)
+        c.start()
+        await asyncio.gather(*(c.commit({"sample_id": f"s{i}", "status": "ok"}) for i in range(50)))
+        await c.close()
+        return c
+
+    c = asyncio.run(main())
+    ledger.close()
+    lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["sample_id"] for x in lines) == sorted(f"s{i}" for i in range(50))
+    if expect_batches == "per-record":
+        assert c.batches == 50
+    else:
+        assert c.batches < 50
+
+
+def test_bad_limit_flags_are_refused():
+    for kw, flag in (({"rpm": 0}, "--rpm"), ({"tpm": -5}, "--tpm"), ({"fsync": "sometimes"}, "--fsync")):
+        with pytest.raises(UsageError, match=flag):
+            RunConfig(dataset="gsm8k", **kw)
+
+
+def test_fsync_always_end_to_end_and_in_resume_command(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 5)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", fsync="always", rpm=6000))
+    assert s.exit_code == 0 and len(all_records(s.run_dir)) == 5
+    assert "--fsync always" in cfg(fake_server, data, tmp_path, fsync="always", rpm=6000).resume_command()
