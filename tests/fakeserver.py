@@ -331,6 +331,9 @@ class FakeServer:
         """
         self.latency: float = latency
         self.responder: Responder = responder or answer_from_marker
+        #: extra headers on successful answers, from the request's 1-based arrival number
+        #: (e.g. x-ratelimit-remaining-requests for pacing tests); settable at runtime
+        self.success_headers: Callable[[int], dict[str, str]] | None = None
         self._requested_port = port
         self._shutdown_timeout = shutdown_timeout
 
@@ -743,7 +746,10 @@ class FakeServer:
                 "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
             }
         self._set_status(record, 200)
-        return web.json_response(payload, headers=self._id_headers(record))
+        headers = self._id_headers(record)
+        if self.success_headers is not None:
+            headers.update(self.success_headers(record.seq))
+        return web.json_response(payload, headers=headers)
 
     def _error_response(self, record: RecordedRequest, fault: Fault) -> web.Response:
         model = str(record.body.get("model", ""))

@@ -142,3 +142,31 @@ def test_fsync_always_end_to_end_and_in_resume_command(fake_server, tmp_path):
     s = run_experiment(cfg(fake_server, data, tmp_path / "out", fsync="always", rpm=6000))
     assert s.exit_code == 0 and len(all_records(s.run_dir)) == 5
     assert "--fsync always" in cfg(fake_server, data, tmp_path, fsync="always", rpm=6000).resume_command()
+
+
+@pytest.mark.parametrize("style", ["openai", "anthropic"])
+def test_rate_limit_headers_pace_before_the_wall(fake_server, tmp_path, style):
+    """When the provider says its window is nearly used up, everyone waits for the reset: no 429 needed."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 12)
+    fake_server.latency = 0.02
+
+    def headers(seq: int) -> dict[str, str]:
+        if seq != 4:
+            return {}
+        if style == "openai":
+            return {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.2s"}
+        from datetime import datetime, timedelta, timezone
+
+        reset = (datetime.now(timezone.utc) + timedelta(seconds=1.2)).isoformat().replace("+00:00", "Z")
+        return {"anthropic-ratelimit-requests-remaining": "0", "anthropic-ratelimit-requests-reset": reset}
+
+    fake_server.success_headers = headers
+    model = "openai/test-model" if style == "openai" else "anthropic/claude-test"
+    base = fake_server.openai_base_url if style == "openai" else fake_server.anthropic_base_url
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", model=model, base_url=base, concurrency=2))
+    assert s.exit_code == 0 and s.limits["paced"] >= 1 and s.limits["rate_limited"] == 0
+    reqs = sorted(fake_server.requests, key=lambda r: r.received_at)
+    fourth = next(r for r in reqs if r.seq == 4)
+    # requests sent after the 4th's answer arrived waited for the window to reset (~1.2 s)
+    later = [r.received_at - fourth.received_at for r in reqs if r.seq > 5]
+    assert later and min(later) >= 1.0, min(later)

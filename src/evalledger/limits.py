@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import AsyncIterator, Callable
 
 RATE_LIMIT_STATUSES = frozenset({429, 529})
@@ -76,6 +78,7 @@ class LimitStats:
     paused_s: float = 0.0  # total seconds requests waited on a rate-limit pause
     throttled_s: float = 0.0  # total seconds requests waited on --rpm/--tpm
     min_limit: int = 0
+    paced: int = 0  # pauses taken because rate-limit headers said the window was nearly used up
 
 
 @dataclass
@@ -98,6 +101,7 @@ class Limits:
         self._successes = 0
         self._episode_end = 0.0
         self._cond = asyncio.Condition()
+        self._last_estimate = 0
         self._rpm = TokenBucket(self.rpm) if self.rpm else None
         self._tpm = TokenBucket(self.tpm) if self.tpm else None
 
@@ -112,6 +116,7 @@ class Limits:
             await self._cond.wait_for(lambda: self.in_use < self.limit)
             self.in_use += 1
         slot = _Slot(self, estimated_tokens)
+        self._last_estimate = estimated_tokens
         try:
             await self._wait_for_pause()
             # (not `x += await …`: that reads x before awaiting and loses other coroutines' updates)
@@ -154,6 +159,25 @@ class Limits:
             self._episode_end = now + pause + 1.0
         self._notify_change()
 
+    def observe_headers(self, headers: dict[str, str]) -> None:
+        """Pace before the wall: when the provider says fewer requests (or tokens) remain in its
+        window than could be in flight, pause everyone until that window resets."""
+        if not headers:
+            return
+        now = time.monotonic()
+        pause = 0.0
+        for kind, need in (("requests", self.in_use), ("tokens", self._tokens_in_flight_estimate())):
+            remaining, reset = _remaining_and_reset(headers, kind)
+            if remaining is not None and reset is not None and remaining <= need:
+                pause = max(pause, reset)
+        if pause > 0:
+            self.stats.paced += 1
+            self.pause_until = max(self.pause_until, now + pause)
+            self._notify_change()
+
+    def _tokens_in_flight_estimate(self) -> int:
+        return self.in_use * self._last_estimate
+
     def succeeded(self) -> None:
         """Additive increase: one more slot after ``limit`` successes in a row."""
         if not self.adaptive or self.limit >= self.max_concurrency:
@@ -184,3 +208,42 @@ class _Slot:
 def estimate_request_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
     """Tokens a request may use, before sending it: prompt characters / 4 plus ``max_tokens``."""
     return int(sum(len(m.get("content") or "") for m in messages) / 4) + 3 * len(messages) + max_tokens
+
+
+def _remaining_and_reset(headers: dict[str, str], kind: str) -> tuple[int | None, float | None]:
+    """(remaining, seconds until reset) for ``requests`` or ``tokens`` from OpenAI's or Anthropic's headers."""
+    for remaining_key, reset_key in (
+        (f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}"),  # OpenAI: "1s", "6m0s", "20ms"
+        (f"anthropic-ratelimit-{kind}-remaining", f"anthropic-ratelimit-{kind}-reset"),  # RFC 3339 time
+    ):
+        if remaining_key in headers:
+            try:
+                remaining = int(float(headers[remaining_key]))
+            except ValueError:
+                return None, None
+            return remaining, parse_reset(headers.get(reset_key))
+    return None, None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset(value: str | None) -> float | None:
+    """Seconds until a rate-limit window resets: ``"6m0s"``, ``"1.5s"``, ``"20ms"`` or an RFC 3339 time."""
+    if not value:
+        return None
+    value = value.strip()
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)

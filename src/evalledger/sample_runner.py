@@ -99,6 +99,7 @@ async def _attempt(ctx: SampleContext, request: ChatRequest) -> ChatResponse:
                 ctx.limits.rate_limited(info.retry_after)
             raise
         slot.used(resp.input_tokens + resp.output_tokens)
+        ctx.limits.observe_headers(resp.ratelimit_headers)
         ctx.limits.succeeded()
         return resp
 

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ..errors import UsageError
-from .base import ChatRequest, ChatResponse, ErrorInfo, Provider, classify_sdk_error
+from .base import ChatRequest, ChatResponse, ErrorInfo, Provider, classify_sdk_error, parse_raw, ratelimit_headers
 
 
 class AnthropicProvider(Provider):
@@ -51,7 +51,8 @@ class AnthropicProvider(Provider):
         # and SDK 2.x no longer takes them. RunConfig refuses non-default values for anthropic/.
         if system:
             kwargs["system"] = system
-        resp = await self._client.messages.create(**kwargs)
+        raw = await self._client.messages.with_raw_response.create(**kwargs)
+        resp = await parse_raw(raw)
         text = "".join(getattr(b, "text", "") for b in resp.content if getattr(b, "type", None) == "text")
         return ChatResponse(
             text=text,
@@ -60,6 +61,7 @@ class AnthropicProvider(Provider):
             request_id=getattr(resp, "_request_id", None) or resp.id,
             finish_reason=resp.stop_reason,
             model=resp.model,
+            ratelimit_headers=ratelimit_headers(raw.headers),
         )
 
     def classify(self, exc: BaseException) -> ErrorInfo:

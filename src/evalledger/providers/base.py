@@ -59,6 +59,8 @@ class ChatResponse:
     finish_reason: str | None = None
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the provider's rate-limit headers (x-ratelimit-* / anthropic-ratelimit-*), for pacing
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)
 
 
 class Provider(ABC):
@@ -175,3 +177,21 @@ def _status_message(exc: Any) -> str:
             if isinstance(err, dict):
                 msg = err.get("message")
     return f"HTTP {exc.status_code}: {msg or exc}"
+
+
+def ratelimit_headers(headers: Any) -> dict[str, str]:
+    """The rate-limit headers of a response, lower-cased (the rest is not worth keeping)."""
+    out = {}
+    for k, v in headers.items():
+        k = k.lower()
+        if k.startswith("x-ratelimit-") or k.startswith("anthropic-ratelimit-"):
+            out[k] = v
+    return out
+
+
+async def parse_raw(raw: Any) -> Any:
+    """``raw.parse()`` of a ``with_raw_response`` call: sync in openai's legacy wrapper, async in anthropic's."""
+    parsed = raw.parse()
+    if hasattr(parsed, "__await__"):
+        parsed = await parsed
+    return parsed

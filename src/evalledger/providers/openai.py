@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ..errors import UsageError
-from .base import ChatRequest, ChatResponse, ErrorInfo, Provider, classify_sdk_error
+from .base import ChatRequest, ChatResponse, ErrorInfo, Provider, classify_sdk_error, parse_raw, ratelimit_headers
 
 
 class OpenAIProvider(Provider):
@@ -56,7 +56,8 @@ class OpenAIProvider(Provider):
             kwargs["top_p"] = request.top_p
         if request.seed is not None and self.send_seed:
             kwargs["seed"] = request.seed
-        resp = await self._client.chat.completions.create(**kwargs)
+        raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
+        resp = await parse_raw(raw)
         choice = resp.choices[0] if resp.choices else None
         text = (choice.message.content if choice and choice.message else None) or ""
         usage = resp.usage
@@ -67,6 +68,7 @@ class OpenAIProvider(Provider):
             request_id=getattr(resp, "_request_id", None) or resp.id,
             finish_reason=choice.finish_reason if choice else None,
             model=resp.model,
+            ratelimit_headers=ratelimit_headers(raw.headers),
         )
 
     def classify(self, exc: BaseException) -> ErrorInfo:
