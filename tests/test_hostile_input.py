@@ -29,29 +29,12 @@ import pytest
 from evalledger import DatasetError, RunConfig, UsageError, run_experiment
 from evalledger.datasets import load_dataset
 from evalledger.prepare import prepare_run, run_dir_inside
-from helpers import cli_env, popen_cli, write_qa_dataset
+from helpers import cli_env, run_many, write_qa_dataset
 
 MODEL = "openai/test-model"
 BIG = 50 * 1024 * 1024  # the issue's "50 MB single field"
 
 
-def run_many(argvs: list[list[str]], env: dict[str, str], cwd: Path, timeout: float = 120,
-             at_once: int = 6) -> list[subprocess.CompletedProcess[str]]:
-    """CLI invocations, ``at_once`` at a time (start-up dominates; the machine has 2 cores)."""
-    done: list[subprocess.CompletedProcess[str]] = []
-    for i in range(0, len(argvs), at_once):
-        batch = argvs[i:i + at_once]
-        procs = [popen_cli(a, env, cwd=cwd) for a in batch]
-        try:
-            for a, p in zip(batch, procs):
-                out, err = p.communicate(timeout=timeout)
-                done.append(subprocess.CompletedProcess(a, p.returncode, out, err))
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-    return done
 
 
 def assert_refused(r: subprocess.CompletedProcess[str], needles: list[str], name: str) -> None:
