@@ -82,6 +82,7 @@ def resume_argv(stderr: str, env: dict[str, str]) -> list[str]:
 CRASH_KILLS = int(os.environ.get("EVALLEDGER_CRASH_KILLS", "20"))
 
 
+@pytest.mark.timeout(240 + 12 * CRASH_KILLS)  # a soak (EVALLEDGER_CRASH_KILLS=200) runs for many minutes
 def test_sigkill_at_random_moments_then_resume_completes_exactly_once(fake_server, tmp_path):
     """The crash campaign: CRASH_KILLS kill -9s at seeded random moments, resuming each time.
 

@@ -181,3 +181,11 @@ def test_group_commit_batches_and_acknowledges_only_after_fsync(tmp_path):
     assert committer.batches < 200  # records that finished together shared a write + fsync
     lines = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
     assert sorted(json.loads(x)["sample_id"] for x in lines) == sorted(f"s{i}" for i in range(200))
+
+
+def test_a_lone_surrogate_in_a_response_is_written_not_fatal(tmp_path):
+    with CheckpointManager(tmp_path / "run") as m:
+        m.append_records([rec("a", response="half an emoji \ud83d here"), rec("b")])
+    m = CheckpointManager(tmp_path / "run")
+    assert m.completed_ids() == {"a", "b"}
+    assert m.latest_records()["a"]["response"] == "half an emoji ? here"

@@ -33,6 +33,7 @@ from .config import RunConfig
 from .datasets import BUILTIN_DATASETS, load_dataset, resolve_dataset, shard_of
 from .errors import DatasetError, EvalLedgerError, UsageError
 from .fsutil import hostname, write_bytes_atomic
+from .run_stats import held_lock_inodes
 from .ledger import CheckpointManager, ReadReport, iter_file_records, results_files, shard_of_file
 from .slurm import (
     DEFAULT_GRACE_SECONDS,
@@ -95,26 +96,6 @@ def expected_sample_ids(run_dir: Path) -> list[str]:
 # Locks, seen from outside
 
 
-def _proc_locks() -> set[tuple[int, int, int]] | None:
-    """(major, minor, inode) of every file lock on this host, or None if /proc/locks is unreadable."""
-    try:
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    held: set[tuple[int, int, int]] = set()
-    for line in text.splitlines():
-        parts = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2147586 0 EOF"; blocked waiters are marked "->".
-        if len(parts) < 6 or "->" in parts[1]:
-            continue
-        try:
-            major, minor, inode = parts[5].split(":")
-            held.add((int(major, 16), int(minor, 16), int(inode)))
-        except ValueError:
-            continue
-    return held
-
-
 def lock_state(lock_path: Path, owner_path: Path) -> tuple[str, dict[str, Any] | None]:
     """Whether a writer holds ``lock_path``, without taking the lock.
 
@@ -132,7 +113,7 @@ def lock_state(lock_path: Path, owner_path: Path) -> tuple[str, dict[str, Any] |
         st = os.stat(lock_path)
     except FileNotFoundError:
         return "free", owner
-    held = _proc_locks()
+    held = held_lock_inodes()
     if held is not None and (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held:
         return "held", owner
     if owner is not None and owner.get("host") not in (None, hostname()):

@@ -106,6 +106,12 @@ def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
                                           + (", running" if sh["running"] else "")))
     if s["unparseable_lines"] or s["partial_tail_bytes"]:
         rows.append(("unreadable", f"{s['unparseable_lines']} lines, {s['partial_tail_bytes']} bytes of partial tail"))
+    if s["unknown_sample_ids"]:
+        ids = s["unknown_sample_ids"]
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        rows.append(("not in dataset", f"{len(ids)} sample(s), not counted above: {shown}"))
+    if s.get("manifest_problem"):
+        rows.append(("manifest problem", s["manifest_problem"]))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {'-' if v is None else v}")
@@ -208,7 +214,8 @@ def error_groups(run: str | Path, output_dir: str | Path = "outputs") -> list[di
     from .frames import load_results
 
     df = load_results(run, output_dir, text=False)
-    errs = df[df["status"] != "ok"]
+    df = df[df["in_dataset"].fillna(True).astype(bool)]  # as in the stats: the run's samples only
+    errs = df[(df["status"] != "ok").fillna(True).astype(bool)]
     groups = []
     for etype, g in errs.groupby(errs["error_type"].fillna("unknown"), sort=False):
         first = g.iloc[0]

@@ -2,17 +2,23 @@
 
 Typed columns so that analysis code does not have to clean them: errors have ``correct`` = NA
 (never False: an error is not a wrong answer), counts are nullable integers, timestamps are UTC.
+A value of the wrong type in a hand-edited record (text where a number belongs, ``NaN`` or
+``Infinity``, an integer beyond 64 bits) becomes NA rather than an error.
+
+Records for sample ids that the manifest lists as ``ids_not_in_dataset`` are kept as rows (never
+hide results) with ``in_dataset`` False; stats, ``errors`` and the report leave them out.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .ledger import MANIFEST, CheckpointManager
-from .scan import BASE_COLUMNS, SELF_CORRECTION_KEYS, RunScan, scan_run
+from .ledger import MANIFEST
+from .scan import BASE_COLUMNS, SELF_CORRECTION_KEYS, RunScan, read_manifest_facts, scan_run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,8 +46,17 @@ def _typed(values: list[Any], dtype: str, valid: Any) -> Any:
 
     try:
         return pd.array(values, dtype=dtype)  # fast path: a well-formed ledger
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return pd.array([v if valid(v) else None for v in values], dtype=dtype)
+
+
+def _is_int64(v: Any) -> bool:
+    return type(v) is int and -(2**63) <= v < 2**63
+
+
+def _finite(values: list[Any]) -> list[Any]:
+    """Numbers as they are; NaN, ±Infinity and anything not a number become None (NA)."""
+    return [v if (type(v) is int or (type(v) is float and math.isfinite(v))) else None for v in values]
 
 
 def frame_from_scan(scan: RunScan, *, keep_row: bool = False) -> "pd.DataFrame":
@@ -56,16 +71,25 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False) -> "pd.DataFrame":
         if name in STRING_COLUMNS:
             data[name] = pd.array(values, dtype="string")
         elif name in INT_COLUMNS:
-            data[name] = _typed(values, "Int64", lambda v: isinstance(v, int))
+            if not all(v is None or _is_int64(v) for v in values):  # pandas would cast 1e30 to junk
+                values = [v if _is_int64(v) else None for v in values]
+            data[name] = _typed(values, "Int64", _is_int64)
         elif name in FLOAT_COLUMNS:
-            data[name] = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype("Float64").array
+            data[name] = pd.array(_finite(values), dtype="Float64")
         elif name in TIME_COLUMNS:
+            if not all(v is None or type(v) is str for v in values):
+                values = [v if type(v) is str else None for v in values]  # a number is not a time here
             data[name] = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce").array
         elif name == "correct":
             data[name] = _typed(values, "boolean", lambda v: isinstance(v, bool))
         elif name == "score":
             dt = _score_dtype(values)
-            data[name] = pd.array(values, dtype=dt) if dt else pd.Series(values, dtype=object).array
+            if dt == "Float64":
+                values = _finite(values)  # a NaN score is no score, like a missing one
+            try:
+                data[name] = pd.array(values, dtype=dt) if dt else pd.Series(values, dtype=object).array
+            except (TypeError, ValueError, OverflowError):
+                data[name] = pd.Series(values, dtype=object).array
         else:
             data[name] = pd.Series(values, dtype=object).array
     df = pd.DataFrame(data)
@@ -83,6 +107,11 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False) -> "pd.DataFrame":
             df[col] = pd.array([None if v is None else str(v) for v in values], dtype="string")
         else:
             df[col] = pd.Series(values, dtype=object)
+    foreign = scan.manifest.ids_not_in_dataset
+    if "in_dataset" in df.columns:  # a task's own field of that name
+        df = df.rename(columns={"in_dataset": EXTRA_COLLISION_PREFIX + "in_dataset"})
+    df["in_dataset"] = pd.array([sid not in foreign for sid in scan.columns["sample_id"]] if foreign
+                                else [True] * len(df), dtype="boolean")
     if keep_row:
         df["_row"] = range(len(df))
     return df.sort_values("sample_id", kind="stable").reset_index(drop=True)
@@ -95,7 +124,9 @@ def load_results(run: str | Path, output_dir: str | Path = "outputs", *, text: b
     correct, score, prediction, target, input_tokens, output_tokens, cost_usd, latency_s, attempts,
     model, task, shard, error_type, error_message, error_status_code, started_at, finished_at,
     response`` (left out with ``text=False``), then any self-correction columns (``correct_before``,
-    ``correct_after``, ``transition``) and other per-record fields (``extra_<key>``) when present.
+    ``correct_after``, ``transition``) and other per-record fields (``extra_<key>``) when present,
+    and ``in_dataset``: False for a sample id the manifest lists as ``ids_not_in_dataset`` (results
+    kept from another dataset, not part of this run; :func:`get_stats` leaves them out), else True.
     Safe while the run is writing: never takes the lock, ignores a partial last line.
     """
     from .report import resolve_run_dir
@@ -120,17 +151,14 @@ def run_dirs(output_dir: str | Path) -> list[Path]:
 
 def run_meta(run_dir: Path) -> dict[str, Any]:
     """The manifest facts a listing needs (model, dataset, task, sample count), tolerating a bad manifest."""
-    try:
-        m = CheckpointManager(run_dir).read_manifest() or {}
-    except Exception:  # a corrupt manifest must not hide the other runs in a listing
-        m = {}
+    m = read_manifest_facts(run_dir)  # a corrupt manifest must not hide the other runs in a listing
     return {
         "run_id": run_dir.name,
-        "model": (m.get("config") or {}).get("model"),
-        "dataset": (m.get("dataset") or {}).get("name"),
-        "task": m.get("task"),
-        "total_samples": m.get("sample_count"),
-        "created_at": m.get("created_at"),
+        "model": m.model,
+        "dataset": m.dataset,
+        "task": m.task,
+        "total_samples": m.sample_count,
+        "created_at": m.created_at,
     }
 
 
@@ -169,7 +197,7 @@ def load_runs(
         df.insert(0, "run_id", pd.array([meta["run_id"]] * len(df), dtype="string"))
         frames.append(df)
     if not frames:
-        empty = pd.DataFrame({c: [] for c in ("run_id", "dataset", *BASE_COLUMNS)})
+        empty = pd.DataFrame({c: [] for c in ("run_id", "dataset", *BASE_COLUMNS, "in_dataset")})
         return empty
     return pd.concat(frames, ignore_index=True)
 

@@ -122,29 +122,55 @@ def iter_file_records(path: Path, report: ReadReport | None = None) -> Iterator[
             yield rec
 
 
+def is_record(obj: Any) -> bool:
+    """Whether a parsed JSON value has the shape every reader relies on: an object with a string
+    ``sample_id`` and a ``status`` that is a string (or absent/null, read as "not ok")."""
+    return type(obj) is dict and type(obj.get("sample_id")) is str and (
+        obj.get("status") is None or type(obj["status"]) is str)
+
+
 def parse_record_line(raw: bytes) -> dict[str, Any] | None:
     """The record a complete line holds, or None if the line is garbage.
 
-    A record is a JSON object whose ``sample_id`` is a string (our writer never writes anything
-    else). Anything else (not JSON, NUL bytes left by a power loss, a JSON array, an object without
-    a string id) is garbage: readers skip it and the writer moves it aside on open. Requiring a
-    string id also keeps hostile lines such as ``{"sample_id": [1]}`` from crashing the set and
-    dict look-ups every reader does by id.
+    The one rule for what a results line is, shared by every reader (``scan``, stats, DataFrames,
+    reports, resume) and by the writer's repair, so that all of them count the same lines.
+
+    A record is a JSON object whose ``sample_id`` is a string and whose ``status`` is a string or
+    absent (our writer never writes anything else). Anything else (not JSON, NUL bytes left by a
+    power loss, a JSON array, an object without a string id, a status like ``5`` or ``[1]``) is
+    garbage: readers skip it and the writer moves it aside on open. Requiring a string id and
+    status also keeps hostile lines such as ``{"sample_id": [1]}`` from crashing the set and dict
+    look-ups every reader does by them.
+
+    ``NaN``/``Infinity`` (which Python's ``json.dumps``, our writer, emits for float nan/inf) are
+    accepted: orjson refuses them, so such a line is re-read with ``json``. A line whose strings
+    hold a lone surrogate escape (``"\\ud800"``) is garbage: it cannot be encoded as UTF-8, so our
+    writer cannot have written it, and it would crash whatever prints or exports it.
     """
     rec = None
     if _fast_loads is not None:
         try:
             rec = _fast_loads(raw)
         except ValueError:
-            rec = None  # orjson refuses NaN, huge integers and lone surrogates, which json accepts
+            rec = None  # orjson refuses NaN, Infinity and lone surrogates, which json accepts
     if rec is None:
         try:
             rec = json.loads(raw)
         except ValueError:  # includes UnicodeDecodeError
             return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("sample_id"), str):
+        if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(rec):
+            return None
+    if not is_record(rec):
         return None
     return rec
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def iter_run_records(run_dir: Path, report: ReadReport | None = None) -> Iterator[dict[str, Any]]:
@@ -326,7 +352,7 @@ class CheckpointManager:
             raise RuntimeError("CheckpointManager.append_records needs open_writer() first")
         if not records:
             return
-        data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+        data = encode_lines(records)
         start = self._size
         try:
             view = memoryview(data)
@@ -354,7 +380,7 @@ class CheckpointManager:
         if self._calls_fd is None:
             repair_torn_tail(self.calls_path)  # a crash mid-append leaves at most one partial line
             self._calls_fd = os.open(self.calls_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        data = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records).encode()
+        data = encode_lines(records)
         view = memoryview(data)
         while view:
             view = view[os.write(self._calls_fd, view):]
@@ -570,6 +596,21 @@ def _state_shape_problem(state: dict[str, Any]) -> str | None:
         if not ok:
             return "numpy_random_state is not a valid random state"
     return None
+
+
+def encode_lines(records: list[dict[str, Any]]) -> bytes:
+    """Records as newline-terminated JSON lines in UTF-8.
+
+    A lone surrogate (a model reply can carry one, e.g. half an emoji decoded from "\\ud83d") cannot
+    be encoded as UTF-8; it becomes "?" rather than failing the write, which the runner would have to
+    treat like a full disk. Readers reject lines holding a lone-surrogate escape, so escaping it
+    instead would make the record unreadable.
+    """
+    text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def _describe_owner(owner_path: Path) -> str:

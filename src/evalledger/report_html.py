@@ -267,7 +267,8 @@ def error_table(runs: list[RunView]) -> str:
 
     rows = []
     for r in runs:
-        errs = r.df[r.df["status"] != "ok"]
+        df = r.df[r.df["in_dataset"].fillna(True).astype(bool)]  # as in the stats: the run's samples only
+        errs = df[(df["status"] != "ok").fillna(True).astype(bool)]
         for etype, g in errs.groupby(errs["error_type"].fillna("unknown"), sort=False):
             first = g.iloc[0]
             msg = first["error_message"]
@@ -294,9 +295,10 @@ def sample_browser(runs: list[RunView], n: int) -> str:
     """The first ``n`` samples of each group (all, incorrect, errors) per run, with a filter."""
     picked: dict[tuple[int, int], set[str]] = {}
     for ri, r in enumerate(runs):
-        df = r.df
-        groups = {"all": df, "incorrect": df[(df["status"] == "ok") & (df["correct"] == False)],  # noqa: E712
-                  "error": df[df["status"] != "ok"]}
+        df = r.df[r.df["in_dataset"].fillna(True).astype(bool)]  # as in the stats: the run's samples only
+        is_ok = (df["status"] == "ok").fillna(False).astype(bool)
+        groups = {"all": df, "incorrect": df[is_ok & (df["correct"] == False).fillna(False).astype(bool)],  # noqa: E712
+                  "error": df[~is_ok]}
         for kind, g in groups.items():
             for row in g["_row"].head(n):
                 picked.setdefault((ri, int(row)), set()).add(kind)
@@ -308,7 +310,7 @@ def sample_browser(runs: list[RunView], n: int) -> str:
             kinds = picked[(ri, row)]
             status = rec.get("status")
             verdict = ("error" if status != "ok" else "correct" if rec.get("correct") else "incorrect")
-            err = rec.get("error") or {}
+            err = rec.get("error") if isinstance(rec.get("error"), dict) else {}
             rows_html.append(
                 f'<tr class="{verdict}" data-kinds="{" ".join(sorted(kinds))}"><td>{_e(r.stats["run_id"])}</td>'
                 f"<td>{_e(rec.get('sample_id'))}</td><td>{verdict}</td><td>{_e(rec.get('prediction'))}</td>"

@@ -14,8 +14,6 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import LedgerCorruptError
-from .ledger import CheckpointManager
 from .scan import RunScan, scan_run
 
 if TYPE_CHECKING:
@@ -45,7 +43,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return lo, hi
 
 
-def _held_inodes() -> set[tuple[int, int, int]] | None:
+def held_lock_inodes() -> set[tuple[int, int, int]] | None:
     """(major, minor, inode) of every file with a lock in the kernel's table; None if unknown."""
     try:
         text = Path("/proc/locks").read_text()
@@ -55,7 +53,7 @@ def _held_inodes() -> set[tuple[int, int, int]] | None:
     for line in text.splitlines():
         parts = line.split()
         # "1: FLOCK  ADVISORY  WRITE 22303 fe:00:2156988 0 EOF" (a "->" marks a waiter: skip it)
-        if len(parts) < 6 or parts[1] == "->":
+        if len(parts) < 6 or "->" in parts[1]:
             continue
         try:
             major, minor, inode = parts[5].split(":")
@@ -73,7 +71,7 @@ def lock_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     its pid is alive on this host (assumed alive on another host).
     """
     run_dir = Path(run_dir)
-    held_inodes = _held_inodes()
+    held_inodes = held_lock_inodes()
     out: dict[str, dict[str, Any]] = {}
     for lock in sorted(run_dir.glob(".lock*")):
         if lock.name.endswith(".owner") or lock.name == ".lock.run":
@@ -128,13 +126,18 @@ def _active_seconds(finished: "pd.Series") -> tuple[float, int, int, float]:
 
 
 def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
-    """The stats dict of a scanned run; ``df`` is ``frame_from_scan(scan)`` (passed in, not rebuilt)."""
-    try:
-        manifest = CheckpointManager(scan.run_dir).read_manifest() or {}
-        manifest_problem = None
-    except LedgerCorruptError as e:  # still worth showing what the results say
-        manifest, manifest_problem = {}, e.message
-    total = manifest.get("sample_count")
+    """The stats dict of a scanned run; ``df`` is ``frame_from_scan(scan)`` (passed in, not rebuilt).
+
+    Samples the manifest lists as ``ids_not_in_dataset`` are not part of the run: they are left
+    out of every count, accuracy, latency and throughput, and listed under ``unknown_sample_ids``.
+    Tokens and cost still sum over every record: those requests were paid for.
+    """
+    manifest = scan.manifest
+    total = manifest.sample_count
+    unknown = sorted(df.loc[~df["in_dataset"].fillna(True).astype(bool), "sample_id"].astype(str))
+    if unknown:
+        df = df[df["in_dataset"].fillna(True).astype(bool)]
+    foreign = manifest.ids_not_in_dataset
     is_ok = df["status"] == "ok"
     ok = df[is_ok.fillna(False)]
     errs = df[~is_ok.fillna(False)]
@@ -153,22 +156,25 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     state_times = []
     for p in scan.run_dir.glob("resume_state*.json"):
         try:
-            state_times.append(json.loads(p.read_text()).get("last_checkpoint"))
+            state = json.loads(p.read_bytes())
         except (OSError, ValueError):
-            pass
+            continue
+        # Any JSON at all may be there; only a string time is a checkpoint time.
+        if isinstance(state, dict) and type(state.get("last_checkpoint")) is str:
+            state_times.append(state["last_checkpoint"])
     checkpoints = [t for t in [*state_times, scan.last_finished] if t]
     shards = {}
     for fs in scan.file_summaries:
         lock_name = ".lock" if fs.shard is None else f".lock.shard-{fs.shard.replace('/', '-of-')}"
-        shards[fs.shard or "all"] = {"file": fs.name, "ok": len(fs.ok_ids), "error_records": fs.error_records,
+        shards[fs.shard or "all"] = {"file": fs.name, "ok": len(fs.ok_ids - foreign), "error_records": fs.error_records,
                                      "records": fs.records, "last_finished": fs.last_finished,
                                      "running": lock_name in locks}
     stats: dict[str, Any] = {
         "run_id": scan.run_dir.name,
         "run_dir": str(scan.run_dir),
-        "model": (manifest.get("config") or {}).get("model"),
-        "task": manifest.get("task"),
-        "dataset": (manifest.get("dataset") or {}).get("name"),
+        "model": manifest.model,
+        "task": manifest.task,
+        "dataset": manifest.dataset,
         "total_samples": total,
         "completed_samples": completed,
         "error_count": len(errs),
@@ -191,11 +197,12 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
         "records_read": scan.records_read,
         "unparseable_lines": scan.unparseable_lines,
         "partial_tail_bytes": scan.partial_tail_bytes,
-        "files": {fs.name: {"completed": len(fs.ok_ids)} for fs in scan.file_summaries},
+        "files": {fs.name: {"completed": len(fs.ok_ids - foreign)} for fs in scan.file_summaries},
         "shards": shards,
+        "unknown_sample_ids": unknown,
     }
-    if manifest_problem:
-        stats["manifest_problem"] = manifest_problem
+    if manifest.problem:
+        stats["manifest_problem"] = manifest.problem
     stats.update(_self_correction(ok))
     return stats
 

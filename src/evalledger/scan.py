@@ -10,20 +10,26 @@ field is pulled out with a list comprehension, the cheapest loop Python has. Why
 installed: ``json.loads`` is ~3.5x slower and dominates the pass (see benchmarks/bench_results.py).
 
 Safe while a run is writing: no lock is taken, a last line without its newline is ignored (it may
-be being written right now) and complete lines that do not parse are counted, not raised.
+be being written right now) and complete lines that are not records are counted, not raised.
+Which lines are records is decided by :func:`evalledger.ledger.parse_record_line` alone (the batch
+fast path only takes lines that rule would take the same way). Fields of the wrong type in a record
+(a ``usage`` that is a list, a cost that is text, a ``NaN`` cost) never crash a reader: they are
+read as missing.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import math
 from dataclasses import dataclass, field
 from itertools import accumulate, compress
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable
 
-from .ledger import results_files
+from .errors import LedgerCorruptError
+from .ledger import CheckpointManager, is_record, parse_record_line, results_files
 
 try:  # optional speed-up: same results, ~3.5x faster parsing
     import orjson
@@ -63,6 +69,66 @@ class FileSummary:
 
 
 @dataclass
+class ManifestFacts:
+    """What readers take from a run's manifest, each field checked: a wrong type reads as unknown.
+
+    ``problem`` says what was wrong (unreadable file, a field of the wrong type), or is None.
+    """
+
+    model: str | None = None
+    task: str | None = None
+    dataset: str | None = None
+    sample_count: int | None = None
+    created_at: str | None = None
+    ids_not_in_dataset: frozenset[str] = frozenset()
+    problem: str | None = None
+
+
+def _text_or_none(value: Any, what: str, problems: list[str]) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    problems.append(f"{what} is not a string")
+    return None
+
+
+def read_manifest_facts(run_dir: str | Path) -> ManifestFacts:
+    """The manifest's facts for readers; never raises for what the file holds (see :class:`ManifestFacts`)."""
+    try:
+        m = CheckpointManager(run_dir).read_manifest() or {}
+    except LedgerCorruptError as e:  # still worth showing what the results say
+        return ManifestFacts(problem=e.message)
+    problems: list[str] = []
+    config, dataset = m.get("config"), m.get("dataset")
+    if config is not None and not isinstance(config, dict):
+        problems.append("config is not an object")
+    if dataset is not None and not isinstance(dataset, dict):
+        problems.append("dataset is not an object")
+    count = m.get("sample_count")
+    if count is not None and (type(count) is not int or count < 0):
+        problems.append("sample_count is not a whole number")
+        count = None
+    foreign = m.get("ids_not_in_dataset")
+    if foreign is None:
+        foreign = []
+    elif not isinstance(foreign, list):
+        problems.append("ids_not_in_dataset is not a list")
+        foreign = []
+    elif not all(type(i) is str for i in foreign):
+        problems.append("ids_not_in_dataset holds values that are not strings (ignored)")
+    facts = ManifestFacts(
+        model=_text_or_none(config.get("model") if isinstance(config, dict) else None, "config.model", problems),
+        task=_text_or_none(m.get("task"), "task", problems),
+        dataset=_text_or_none(dataset.get("name") if isinstance(dataset, dict) else None, "dataset.name", problems),
+        sample_count=count,
+        created_at=_text_or_none(m.get("created_at"), "created_at", problems),
+        ids_not_in_dataset=frozenset(i for i in foreign if type(i) is str),
+    )
+    if problems:
+        facts.problem = f"{Path(run_dir) / 'manifest.json'}: " + "; ".join(problems) + " (read as unknown)"
+    return facts
+
+
+@dataclass
 class RunScan:
     """The result of :func:`scan_run`: the latest-record view as columns, plus sums over *all* records."""
 
@@ -80,6 +146,7 @@ class RunScan:
     unparseable_lines: int = 0
     partial_tail_bytes: int = 0
     last_finished: str | None = None
+    manifest: ManifestFacts = field(default_factory=ManifestFacts)
 
 
 def _flatten_extras(rec: dict[str, Any]) -> dict[str, Any] | None:
@@ -109,24 +176,63 @@ def _parse_lines(lines: list[bytes], scan: RunScan) -> tuple[list[dict[str, Any]
     line by line, counting the lines that are not records.
     """
     try:
+        # orjson takes a subset of what parse_record_line takes, with the same result; any line
+        # it refuses (NaN, garbage) sends the batch to the slow path, which is parse_record_line.
         recs = [_loads(raw) for raw in lines]
-        for r in recs:  # a JSON value that is not a record object with a sample_id
-            if type(r) is not dict or type(r.get("sample_id")) is not str:
-                raise ValueError
+        if not all(map(is_record, recs)):
+            raise ValueError
         return recs, list(range(len(lines)))
     except (ValueError, TypeError):
         recs, where = [], []
         for j, raw in enumerate(lines):
-            try:
-                r = _loads(raw)
-            except (ValueError, TypeError):
-                r = None
-            if type(r) is dict and type(r.get("sample_id")) is str:
+            r = parse_record_line(raw)
+            if r is not None:
                 recs.append(r)
                 where.append(j)
             else:
                 scan.unparseable_lines += 1
         return recs, where
+
+
+def _as_text(value: Any) -> str | None:
+    """A text column's cell: strings stay, anything else a hand-edited record holds becomes its JSON."""
+    if value is None or type(value) is str:
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except ValueError:
+        return str(value)
+
+
+def _shared_texts(table: dict[Any, Any], values: list[Any]) -> list[Any]:
+    """``values`` with one shared object per distinct string (see LOW_CARDINALITY)."""
+    try:
+        if all(v is None or type(v) is str for v in values):
+            return list(map(table.setdefault, values, values))
+    except TypeError:
+        pass
+    values = [_as_text(v) for v in values]
+    return list(map(table.setdefault, values, values))
+
+
+def _is_count(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _is_amount(v: Any) -> bool:
+    return (type(v) is float and math.isfinite(v)) or (type(v) is int)
+
+
+def _total(values: list[Any], valid: Callable[[Any], bool]) -> Any:
+    """Sum of the valid values (fast path: all are valid, which a well-formed ledger guarantees)."""
+    try:
+        total = sum(filter(None, values))
+        finite = type(total) is int or (type(total) is float and math.isfinite(total))
+        if finite and all(v is None or valid(v) for v in values):
+            return total
+    except TypeError:
+        pass
+    return sum(v for v in values if v is not None and valid(v))
 
 
 # Columns with few distinct values: one shared str object per value instead of one per record
@@ -139,6 +245,8 @@ def scan_run(run_dir: str | Path, *, text: bool = True) -> RunScan:
 
     Per sample the view holds its latest ``ok`` record, or its latest error if it has none
     (DESIGN promise 3). ``text=False`` leaves out the response text (for stats and listings).
+    The manifest's facts are read too (:func:`read_manifest_facts`), so that every reader of the
+    scan sees the same sample count and the same ``ids_not_in_dataset``.
     """
     # The cyclic GC would walk every live container again and again while millions are
     # allocated (quadratic in effect: 70 s instead of 10 s on a million records); nothing
@@ -164,7 +272,8 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
     fields = ("correct", "score", "prediction", "target", "latency_s", "attempts", "started_at", "model", "task",
               "shard") + (("response",) if text else ())
     getter = itemgetter(*fields)
-    scan = RunScan(run_dir=run_dir, columns={}, extras=[], locations=[], files=files, file_summaries=[])
+    scan = RunScan(run_dir=run_dir, columns={}, extras=[], locations=[], files=files, file_summaries=[],
+                   manifest=read_manifest_facts(run_dir))
     known = KNOWN_KEYS
     cost_known = True
     for fi, path in enumerate(files):
@@ -190,11 +299,19 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
                 recs, where = _parse_lines(lines, scan)
                 fs.records += len(recs)
                 usages = [r.get("usage") or _EMPTY for r in recs]
+                if not all(type(u) is dict for u in usages):
+                    usages = [u if type(u) is dict else _EMPTY for u in usages]
                 errs = [r.get("error") or _EMPTY for r in recs]
-                statuses = [r.get("status") for r in recs]
+                if not all(type(e) is dict for e in errs):
+                    errs = [e if type(e) is dict else _EMPTY for e in errs]
+                statuses = [r.get("status") for r in recs]  # str or None (parse_record_line)
                 ids = [r["sample_id"] for r in recs]
                 finished = [r.get("finished_at") for r in recs]
+                if not all(f is None or type(f) is str for f in finished):
+                    finished = [f if type(f) is str else None for f in finished]
                 costs = [r.get("cost_usd") for r in recs]
+                if not all(c is None or _is_amount(c) for c in costs):
+                    costs = [c if _is_amount(c) else None for c in costs]  # not a number: no known cost
                 allc["sample_id"] += ids
                 allc["status"] += map(shared["status"].setdefault, statuses, statuses)
                 try:  # every field present (the runner's records): one C-level getter per record
@@ -203,7 +320,7 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
                     picked = [[r.get(name) for r in recs] for name in fields]
                 for name, values in zip(fields, picked):
                     sm = shared.get(name)
-                    allc[name] += values if sm is None else map(sm.setdefault, values, values)
+                    allc[name] += values if sm is None else _shared_texts(sm, values)
                 in_tokens = [u.get("input_tokens") for u in usages]
                 out_tokens = [u.get("output_tokens") for u in usages]
                 allc["input_tokens"] += in_tokens
@@ -211,8 +328,8 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
                 allc["cost_usd"] += costs
                 types = [e.get("type") for e in errs]
                 messages = [e.get("message") for e in errs]
-                allc["error_type"] += map(shared["error_type"].setdefault, types, types)
-                allc["error_message"] += map(shared["error_message"].setdefault, messages, messages)
+                allc["error_type"] += _shared_texts(shared["error_type"], types)
+                allc["error_message"] += _shared_texts(shared["error_message"], messages)
                 allc["error_status_code"] += [e.get("status_code") for e in errs]
                 allc["finished_at"] += finished
                 # One set union per batch (C speed) tells whether any record has fields to pass through.
@@ -226,9 +343,9 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
                 all_locs += [base | offsets[j] for j in where]
                 # Tokens and cost over every record: each one stands for requests that were paid.
                 # (filter/compress/count: C-level loops; this runs once per record of a million)
-                scan.input_tokens += sum(filter(None, in_tokens))
-                scan.output_tokens += sum(filter(None, out_tokens))
-                scan.cost_usd += sum(filter(None, costs))
+                scan.input_tokens += _total(in_tokens, _is_count)
+                scan.output_tokens += _total(out_tokens, _is_count)
+                scan.cost_usd += _total(costs, _is_amount)
                 if cost_known and None in costs and any(c is None and u for c, u in zip(costs, usages)):
                     cost_known = False  # a paid record without a price: the total is unknown, not lower
                 fs.ok_ids.update(compress(ids, map("ok".__eq__, statuses)))
@@ -277,7 +394,7 @@ def fetch_records(scan: RunScan, rows: list[int]) -> list[dict[str, Any]]:
             if f is None:
                 f = handles[fi] = open(scan.files[fi], "rb")
             f.seek(pos)
-            out.append(_loads(f.readline()))
+            out.append(parse_record_line(f.readline()) or {})  # {}: the file was replaced since the scan
     finally:
         for f in handles.values():
             f.close()
