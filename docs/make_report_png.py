@@ -24,13 +24,13 @@ DOCS = Path(__file__).resolve().parent
 RUNS = [  # model, dataset, accuracy, mean latency (s), cost per sample (USD), error rate
     ("openai/gpt-4o-mini", "gsm8k", 0.91, 2.1, 0.00021, 0.01),
     ("anthropic/claude-sonnet-4-5", "gsm8k", 0.95, 3.4, 0.0041, 0.02),
-    ("vllm/Llama-3.1-8B-Instruct", "gsm8k", 0.78, 1.2, 0.0, 0.04),
+    ("vllm/Llama-3.1-8B-Instruct", "gsm8k", 0.78, 1.2, None, 0.04),  # self-hosted: price unknown
     ("openai/gpt-4o-mini", "mmlu-elementary-math", 0.83, 0.9, 0.00009, 0.005),
     ("anthropic/claude-sonnet-4-5", "mmlu-elementary-math", 0.9, 1.6, 0.0019, 0.0),
 ]
 
 
-def write_run(out: Path, run_id: str, model: str, dataset: str, acc: float, lat: float, cost: float, err: float,
+def write_run(out: Path, run_id: str, model: str, dataset: str, acc: float, lat: float, cost: float | None, err: float,
               n: int, rng: random.Random, self_correct: bool = False) -> None:
     run = out / run_id
     run.mkdir(parents=True)
@@ -48,7 +48,7 @@ def write_run(out: Path, run_id: str, model: str, dataset: str, acc: float, lat:
              "prediction": str(i % 50) if ok else None, "target": str(i % 50 if correct else i % 7) if ok else None,
              "score": correct if ok else None, "correct": correct if ok else None,
              "usage": {"input_tokens": rng.randint(90, 160), "output_tokens": rng.randint(40, 220)},
-             "cost_usd": round(cost * rng.uniform(0.7, 1.3), 7), "latency_s": round(rng.lognormvariate(0, 0.4) * lat, 3),
+             "cost_usd": None if cost is None else round(cost * rng.uniform(0.7, 1.3), 7), "latency_s": round(rng.lognormvariate(0, 0.4) * lat, 3),
              "error": None if ok else {"type": rng.choice(["RateLimitError", "RateLimitError", "BadRequestError"]),
                                        "message": "HTTP 429: rate limit exceeded (retries exhausted)", "status_code": 429},
              "started_at": "2026-11-23T10:00:00.000Z", "finished_at": f"2026-11-23T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z"}

@@ -436,3 +436,10 @@ def test_loaded_by_name() -> None:
     assert isinstance(task, HumanEvalTask) and task.executes_code is True
     assert task.required_fields == ("task_id", "prompt", "test", "entry_point")
     assert task.validate_sample(Sample(id="x", row=1, fields={**BY_ID["HumanEval/0"], "entry_point": "nope"}))
+
+
+def test_stdlib_modules_that_register_fork_hooks_import_in_the_sandbox() -> None:
+    # `random` calls os.register_at_fork when first imported; blocking that broke HumanEval/38's tests
+    # wherever nothing had imported `random` before the prelude (a clean venv, as in CI).
+    result = run_python("import random, tempfile\nprint(random.Random(1).randint(1, 6))\n", FAST)
+    assert result.passed, result.stderr

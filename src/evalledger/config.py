@@ -17,7 +17,10 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .pricing import Price
 
 from .errors import UsageError
 
@@ -145,6 +148,13 @@ class RunConfig:
                 raise UsageError(f"--api-key-env {self.api_key_env}: that environment variable is not set")
             return key
         return None
+
+    def price(self) -> "Price | None":
+        """The price for this run's model: --price-input/--price-output, else the (--prices) table; None if unknown."""
+        from .pricing import price_for
+
+        return price_for(self.model, prices_file=self.prices_file, price_input=self.price_input,
+                         price_output=self.price_output)
 
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some fields changed."""

@@ -72,6 +72,12 @@ def calls_files(run_dir: Path) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob("calls*.jsonl") if _CALLS_RE.match(p.name))
 
 
+def calls_cost(run_dir: Path) -> float:
+    """USD billed through the turn cache (multi-turn tasks): every paid call is there exactly once."""
+    return sum(rec.get("cost_usd") or 0.0 for path in calls_files(run_dir) for rec in iter_file_records(path)
+               if isinstance(rec.get("cost_usd"), (int, float)))
+
+
 def billed(rec: dict[str, Any]) -> tuple[int, int, float | None]:
     """(input tokens, output tokens, cost or None) that one results record adds to the run's bill.
 

@@ -34,14 +34,14 @@ from .errors import (
 from .ledger import (
     CheckpointManager,
     billed,
-    calls_files,
+    calls_cost,
     iter_file_records,
     move_run_aside,
     results_files,
 )
 from .limits import Limits
 from .prepare import PreparedRun, check_or_create_manifest, prepare_run
-from .pricing import Price, price_for
+from .pricing import Price
 from .progress import Progress
 from .providers import make_provider
 from .providers.base import ErrorInfo, Provider
@@ -102,8 +102,7 @@ def estimate_experiment(config: RunConfig) -> Estimate:
     """
     # Estimating sends nothing and runs nothing: the code-execution and output-dir gates do not apply.
     prepared = prepare_run(config, check_output_dir=False, check_code_execution=False)
-    price = price_for(config.model, prices_file=config.prices_file, price_input=config.price_input,
-                      price_output=config.price_output)
+    price = config.price()
     seen = _scan_ledger(CheckpointManager(prepared.run_dir, config.shard))
     done = seen.completed if config.retry_errors else seen.completed | seen.errored
     pending = [s for s in prepared.selection if s.id not in done]
@@ -117,8 +116,7 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     # Built now (no network yet) so a bad --model or a missing key is refused before anything is written.
     provider = make_provider(config.model, base_url=config.base_url, api_key=config.resolved_api_key(),
                              timeout=config.request_timeout, concurrency=config.concurrency)
-    price = price_for(config.model, prices_file=config.prices_file, price_input=config.price_input,
-                      price_output=config.price_output)
+    price = config.price()
     if config.max_cost is not None and price is None:
         raise UsageError(
             f"--max-cost needs a price for {config.model}, and the price table has none: pass "
@@ -421,9 +419,7 @@ def _scan_ledger(ledger: CheckpointManager) -> _LedgerScan:
         else:
             errored.add(rec["sample_id"])
         cost += billed(rec)[2] or 0.0
-    for path in calls_files(ledger.run_dir):
-        for rec in iter_file_records(path):
-            cost += rec.get("cost_usd") or 0.0
+    cost += calls_cost(ledger.run_dir)
     return _LedgerScan(completed, correct, errored - completed, (n, tin, tout), cost)
 
 

@@ -127,7 +127,8 @@ for _module in (os, posix):
     for _name in ("fork", "forkpty", "vfork", "system", "popen", "posix_spawn", "posix_spawnp",
                   "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
                   "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
-                  "spawnvpe", "kill", "killpg", "register_at_fork"):
+                  "spawnvpe", "kill", "killpg"):
+        # (not register_at_fork: it creates nothing, and `import random` calls it at import time)
         if hasattr(_module, _name):
             setattr(_module, _name, _blocked)
 import _posixsubprocess

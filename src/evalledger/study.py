@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .budget import Estimate
 from .config import RunConfig
 from .errors import EvalLedgerError, UsageError
-from .ledger import CheckpointManager, billed, calls_files, iter_file_records
+from .ledger import CheckpointManager, billed, calls_cost
 from .runner import RunSummary, estimate_experiment, run_experiment
 
 TRANSITIONS = ("correct→correct", "correct→incorrect", "incorrect→correct", "incorrect→incorrect")
@@ -170,13 +170,7 @@ def _grid_spent(study: StudyConfig, plan: list[PairResult]) -> float:
 
 def spent_usd(run_dir: Path) -> float:
     """What a run has been billed so far (results records' ``paid`` plus the calls files)."""
-    total = 0.0
-    for rec in CheckpointManager(run_dir).iter_records():
-        total += billed(rec)[2] or 0.0
-    for path in calls_files(run_dir):
-        for rec in iter_file_records(path):
-            total += rec.get("cost_usd") or 0.0
-    return total
+    return sum(billed(rec)[2] or 0.0 for rec in CheckpointManager(run_dir).iter_records()) + calls_cost(run_dir)
 
 
 def pair_row(study: StudyConfig, pair: PairResult) -> dict[str, Any]:
