@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Iterable
-
+from .limits import estimate_prompt_tokens
 from .pricing import Price
 from .samples import Sample
 from .tasks.base import Task
 
-CHARS_PER_TOKEN = 4
-_TOKENS_PER_MESSAGE = 3
 _PROMPT_SAMPLE = 500  # samples whose prompts are measured; the rest are extrapolated
 
 
@@ -37,18 +34,6 @@ class Estimate:
                 f"output tokens, cost {cost} ({self.basis})")
 
 
-def observed_usage(records: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
-    """(samples, input tokens, output tokens) over ``ok`` records: the per-sample averages to project with."""
-    n = tin = tout = 0
-    for r in records:
-        if r.get("status") == "ok":
-            usage = r.get("usage") or {}
-            n += 1
-            tin += int(usage.get("input_tokens") or 0)
-            tout += int(usage.get("output_tokens") or 0)
-    return n, tin, tout
-
-
 def estimate_pending(task: Task, pending: list[Sample], max_tokens: int, price: Price | None,
                      observed: tuple[int, int, int] = (0, 0, 0)) -> Estimate:
     """Project tokens and cost for ``pending``: observed averages when there are any, else prompt + max_tokens."""
@@ -62,9 +47,7 @@ def estimate_pending(task: Task, pending: list[Sample], max_tokens: int, price: 
     else:
         step = max(1, len(pending) // _PROMPT_SAMPLE)
         measured = pending[::step][:_PROMPT_SAMPLE]
-        # Text tokens plus the few each message costs for its role and separators (OpenAI counts 3-4).
-        prompt = sum(sum(len(m["content"]) / CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE for m in task.build_messages(s))
-                     for s in measured) / len(measured)
+        prompt = sum(estimate_prompt_tokens(task.build_messages(s)) for s in measured) / len(measured)
         # Each later turn re-sends the conversation so far (prompt + earlier answers).
         per_in = sum(prompt + i * max_tokens for i in range(calls))
         per_out = calls * max_tokens

@@ -1,14 +1,16 @@
-"""The flags shared by ``evalledger run`` and ``evalledger estimate``, and their RunConfig."""
+"""What the CLI commands share: the experiment flags, their RunConfig, and the failure exit."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from .config import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, RunConfig
+from .errors import EvalLedgerError
 
 # Applied bottom-up by click, so listed here in the order --help shows them.
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
@@ -68,3 +70,9 @@ def config_from_options(opts: dict[str, Any]) -> RunConfig:
     if values.get("shard") is not None:
         values["shard"] = parse_shard(values["shard"])
     return RunConfig(**values)
+
+
+def fail(exc: EvalLedgerError) -> None:
+    """Print ``error: <message>`` on stderr and exit with the error's code (2 for usage, 4 disk, ...)."""
+    click.echo(f"error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)

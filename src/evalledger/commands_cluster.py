@@ -28,7 +28,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .cli_options import config_from_options, experiment_options
+from .cli_options import config_from_options, experiment_options, fail
 from .config import RunConfig
 from .datasets import BUILTIN_DATASETS, load_dataset, resolve_dataset, shard_of
 from .errors import DatasetError, EvalLedgerError, UsageError
@@ -489,11 +489,6 @@ def _config_from_params(params: dict[str, Any]) -> RunConfig:
     return config.replace(dataset=dataset, output_dir=config.output_dir.expanduser().resolve())
 
 
-def _fail(exc: EvalLedgerError) -> None:
-    click.echo(f"error: {exc.message}", err=True)
-    sys.exit(exc.exit_code)
-
-
 # ============================================================================================
 # Commands
 
@@ -557,7 +552,7 @@ def slurm(ctx: click.Context, **params: Any) -> None:
         # Logs go under the run directory even when the script is written elsewhere.
         log_path_pattern(prepared.run_dir, options.shards).parent.mkdir(parents=True, exist_ok=True)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     n, m = options.shards, len(prepared.samples)
     click.echo(f"wrote {path}: {n} array tasks for run {prepared.run_id} ({m} samples)")
     if n > m:
@@ -580,7 +575,7 @@ def slurm(ctx: click.Context, **params: Any) -> None:
         job_id = submit_script(path)
         record_submission(prepared.run_dir, job_id, options, path)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     throttle = f", at most {options.max_parallel} at once" if options.max_parallel and options.max_parallel < n else ""
     click.echo(f"submitted Slurm job {job_id}: tasks 1-{n}{throttle}")
     click.echo(f"watch:      squeue -j {job_id}")
@@ -619,7 +614,7 @@ def status(run_ref: str, output_dir: Path, shards: int | None, stalled_after: fl
     try:
         st = run_status(_resolve(run_ref, output_dir), shards=shards, stalled_after=stalled_after)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2, default=str))
         return
@@ -677,7 +672,7 @@ def merge(run_ref: str, output: Path, output_dir: Path, allow_incomplete: bool, 
     try:
         rep = merge_run(_resolve(run_ref, output_dir), output, allow_incomplete=allow_incomplete)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))
 

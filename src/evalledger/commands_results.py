@@ -7,12 +7,12 @@ takes a run's lock, so all are safe while a run is writing.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from .cli_options import fail
 from .errors import EvalLedgerError, UsageError
 
 _OUTPUT_DIR = click.option("--output-dir", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -22,11 +22,6 @@ _OUTPUT_DIR = click.option("--output-dir", "-o", "output_dir", type=click.Path(f
 # export and report write a file, and the issue's `report RUN -o report.html` gives -o to it there.
 _OUTPUT_DIR_LONG = click.option("--output-dir", "output_dir", type=click.Path(file_okay=False, path_type=Path),
                                 default=Path("outputs"), show_default=True, help="Where run directories live.")
-
-
-def _fail(exc: EvalLedgerError) -> None:
-    click.echo(f"error: {exc.message}", err=True)
-    sys.exit(exc.exit_code)
 
 
 def _pct(x: float | None) -> str:
@@ -64,7 +59,7 @@ def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
     try:
         s = get_stats(run_ref, output_dir)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     if as_json:
         click.echo(json.dumps(s, indent=2, default=str))
         return
@@ -203,7 +198,7 @@ def export(run_ref: str, output_dir: Path, fmt: str, out_path: Path | None) -> N
         path = out_path or Path(f"{run_dir.name}.{fmt}")
         n = export_results(run_dir, path, fmt)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     click.echo(f"wrote {n} rows to {path}", err=True)
 
 
@@ -236,7 +231,7 @@ def errors(run_ref: str, output_dir: Path, as_json: bool) -> None:
     try:
         groups = error_groups(run_ref, output_dir)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     if as_json:
         click.echo(json.dumps(groups, indent=2))
         return
@@ -263,5 +258,5 @@ def report(target: str, output_dir: Path, out_path: Path, n_samples: int) -> Non
     try:
         n_runs = write_report(target, out_path, output_dir=output_dir, n_samples=n_samples)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     click.echo(f"wrote {out_path} ({n_runs} run{'s' if n_runs != 1 else ''})", err=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .cli_options import fail
 from .errors import EvalLedgerError
 
 
@@ -57,7 +58,6 @@ def study(models: tuple[str, ...], datasets: tuple[str, ...], task: str | None, 
                           run_options={k: v for k, v in opts.items() if v is not None})
         summary = run_study(cfg, confirm=confirm, echo=lambda m: click.echo(m, err=True))
     except EvalLedgerError as e:
-        click.echo(f"error: {e.message}", err=True)
-        sys.exit(e.exit_code)
+        fail(e)
     click.echo(summary.table())
     sys.exit(summary.exit_code)

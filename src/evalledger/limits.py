@@ -205,9 +205,18 @@ class _Slot:
             self.limits._tpm.adjust(self.estimated - actual_tokens)
 
 
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 3  # role and separators; OpenAI counts 3-4 per message
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> float:
+    """Prompt tokens before sending: about four characters a token, plus a few per message."""
+    return sum(len(m.get("content") or "") for m in messages) / CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(messages)
+
+
 def estimate_request_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
-    """Tokens a request may use, before sending it: prompt characters / 4 plus ``max_tokens``."""
-    return int(sum(len(m.get("content") or "") for m in messages) / 4) + 3 * len(messages) + max_tokens
+    """Tokens a request may use, before sending it: the prompt estimate plus ``max_tokens``."""
+    return int(estimate_prompt_tokens(messages)) + max_tokens
 
 
 def _remaining_and_reset(headers: dict[str, str], kind: str) -> tuple[int | None, float | None]:

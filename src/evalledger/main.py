@@ -15,14 +15,9 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_options import config_from_options, experiment_options
+from .cli_options import config_from_options, experiment_options, fail
 from .config import DEFAULT_MODEL, RunConfig
 from .errors import EvalLedgerError
-
-
-def _fail(exc: EvalLedgerError) -> None:
-    click.echo(f"error: {exc.message}", err=True)
-    sys.exit(exc.exit_code)
 
 
 class _EarlyStop(Exception):
@@ -75,7 +70,7 @@ def run(**opts: Any) -> None:
         config = config_from_options(opts)
         summary = run_experiment(config)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     except KeyboardInterrupt:
         # Ctrl-C before the run's own handler was installed (e.g. while the local model loads).
         click.echo("interrupted before any sample was sent; run the same command again to start", err=True)
@@ -114,7 +109,7 @@ def estimate(**opts: Any) -> None:
     try:
         est = estimate_experiment(config_from_options(opts))
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     if as_json:
         click.echo(json.dumps(est.__dict__, indent=2))
     else:
@@ -136,7 +131,7 @@ def validate(dataset: str, task: str | None, id_column: str | None, model: str) 
         p = prepare_run(RunConfig(dataset=dataset, task=task, id_column=id_column, model=model),
                         check_output_dir=False, check_code_execution=False)
     except EvalLedgerError as e:
-        _fail(e)
+        fail(e)
     click.echo(f"{p.dataset.path}: {len(p.samples)} samples OK for task '{p.task_spec}' "
                f"(ids: {p.dataset.id_source}); run ID with --model {model}: {p.run_id}")
 
