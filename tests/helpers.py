@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +99,39 @@ def only_run_dir(output_dir: Path) -> Path:
     dirs = [d for d in output_dir.iterdir() if d.is_dir() and ".old-" not in d.name]
     assert len(dirs) == 1, dirs
     return dirs[0]
+
+
+def line_count(path: Path) -> int:
+    """Newline-terminated lines in a file (0 if it does not exist yet)."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for(predicate: Any, timeout: float, what: str, proc: Any = None) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` on timeout or if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"the CLI exited ({proc.returncode}) before {what}:\n{err}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def tiny_fs(tmp_path: Path, size: str) -> Any:
+    """A tmpfs of ``size`` mounted inside tmp_path (needs root; skips otherwise)."""
+    import pytest
+
+    mnt = tmp_path / f"fs-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -26,7 +26,17 @@ from pathlib import Path
 import pytest
 
 from evalledger import CheckpointManager
-from helpers import all_records, cli_env, marker, popen_cli, read_lines, run_cli, write_qa_dataset
+from helpers import (
+    all_records,
+    cli_env,
+    line_count,
+    marker,
+    popen_cli,
+    read_lines,
+    run_cli,
+    wait_for,
+    write_qa_dataset,
+)
 
 MODEL = "openai/test-model"
 CRASH_SEED = int(os.environ.get("EVALLEDGER_CRASH_SEED", "20261123"))
@@ -35,24 +45,6 @@ CRASH_SEED = int(os.environ.get("EVALLEDGER_CRASH_SEED", "20261123"))
 def run_args(data: Path, out: Path, run_id: str, *extra: str) -> list[str]:
     return ["run", "--dataset", str(data), "--model", MODEL, "--output-dir", str(out), "--run-id", run_id,
             "--quiet", *extra]
-
-
-def line_count(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"the CLI exited ({proc.returncode}) before {what}:\n{err}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def assert_torn_bytes_look_like_a_record_prefix(data: bytes) -> None:

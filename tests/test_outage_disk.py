@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
 from evalledger import RunConfig, get_stats, run_experiment
 from evalledger.errors import DiskSpaceError
-from helpers import all_records, cli_env, marker, run_cli, write_qa_dataset
+from helpers import all_records, cli_env, marker, run_cli, tiny_fs, write_qa_dataset
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:
@@ -69,20 +67,6 @@ def test_circuit_breaker_via_cli_exits_3(fake_server, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- disks
-
-
-@contextlib.contextmanager
-def tiny_fs(tmp_path: Path, size: str):
-    """A tmpfs of ``size`` mounted inside tmp_path (needs root; skips otherwise)."""
-    mnt = tmp_path / f"fs-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_preflight_refuses_when_the_disk_is_too_small(fake_server, tmp_path):

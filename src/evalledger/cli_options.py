@@ -27,6 +27,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--concurrency", "-c", type=int, default=8, show_default=True, help="Requests in flight at once."),
     click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an existing run. --no-resume refuses if the run has results."),
     click.option("--overwrite", is_flag=True, help="Move an existing run directory aside (<run_id>.old-<timestamp>) and start afresh."),
+    click.option("--keep-old", type=int, default=None, metavar="N", help="With --overwrite: then remove moved-aside copies of this run beyond the newest N (never one holding the only ok record of a sample; see `evalledger prune`)."),
     click.option("--allow-code-execution", is_flag=True, help="Let tasks run model-written code on this machine (humaneval; required for them). Limited child process, not a security sandbox."),
     click.option("--retry-errors/--no-retry-errors", default=True, show_default=True, help="On resume, send samples whose last record is an error again."),
     click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Write resume_state.json every N records (records themselves are always appended as they finish)."),

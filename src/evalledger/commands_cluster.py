@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
-import shutil
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +25,23 @@ from click.core import ParameterSource
 
 from .cli_options import config_from_options, experiment_options, fail
 from .config import RunConfig
-from .datasets import BUILTIN_DATASETS, load_dataset, resolve_dataset, shard_of
-from .errors import DatasetError, EvalLedgerError, UsageError
-from .fsutil import hostname, write_bytes_atomic
-from .run_stats import held_lock_inodes
-from .ledger import CheckpointManager, ReadReport, iter_file_records, results_files, shard_of_file
+from .datasets import BUILTIN_DATASETS, shard_of
+from .errors import EvalLedgerError, UsageError
+from .fsutil import write_bytes_atomic
+from .ledger import iter_file_records, results_files, shard_of_file
+from .shard_status import (
+    DEFAULT_STALLED_AFTER,
+    RunStatus,
+    ShardStatus,
+    expected_sample_ids,
+    lock_state,
+    run_status,
+)
 from .slurm import (
     DEFAULT_GRACE_SECONDS,
     SlurmOptions,
     log_path_pattern,
     python_command,
-    read_submissions,
     record_submission,
     render_script,
     slurm_dir,
@@ -60,280 +61,6 @@ __all__ = [
     "slurm",
     "status",
 ]
-
-#: A running shard with no new record or checkpoint for this long is reported as stalled.
-DEFAULT_STALLED_AFTER = 600.0
-
-
-# ============================================================================================
-# Which samples a run should have
-
-
-def expected_sample_ids(run_dir: Path) -> list[str]:
-    """The run's sample IDs in dataset order (after ``--limit``), from its manifest and dataset.
-
-    Raises :class:`DatasetError` if the dataset file is gone or no longer has the sha256 the run
-    was made with: the IDs could not be trusted then.
-    """
-    manifest = CheckpointManager(run_dir).read_manifest()
-    if manifest is None:
-        raise UsageError(f"{run_dir}: no manifest.json, so the run's dataset is unknown")
-    cfg = manifest.get("config") or {}
-    ds = manifest.get("dataset") or {}
-    spec = cfg.get("dataset")
-    # A built-in name brings its own id column; a path is taken from the manifest, absolute.
-    resolved = resolve_dataset(spec) if spec in BUILTIN_DATASETS else resolve_dataset(Path(ds.get("path", spec or "")))
-    if ds.get("sha256") and resolved.sha256 != ds["sha256"]:
-        raise DatasetError(
-            f"dataset {resolved.path} changed since run {Path(run_dir).name} was made "
-            f"(sha256 {ds['sha256'][:12]}… then, {resolved.sha256[:12]}… now); cannot check coverage"
-        )
-    dataset = load_dataset(resolved, id_column=cfg.get("id_column"), limit=manifest.get("limit"))
-    return [s.id for s in dataset.samples]
-
-
-# ============================================================================================
-# Locks, seen from outside
-
-
-def lock_state(lock_path: Path, owner_path: Path) -> tuple[str, dict[str, Any] | None]:
-    """Whether a writer holds ``lock_path``, without taking the lock.
-
-    Taking it, even for an instant, could make a task that starts at that instant fail with
-    "lock held"; so this reads ``/proc/locks`` instead. Returns ``(state, owner)``: ``"held"``,
-    ``"free"``, ``"held elsewhere"`` (the owner file names another host, whose locks this host
-    cannot see, e.g. on NFS), or ``"unknown"``; ``owner`` is the owner file's content if any.
-    """
-    owner: dict[str, Any] | None = None
-    try:
-        owner = json.loads(owner_path.read_text())
-    except (OSError, ValueError):
-        owner = None
-    try:
-        st = os.stat(lock_path)
-    except FileNotFoundError:
-        return "free", owner
-    held = held_lock_inodes()
-    if held is not None and (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held:
-        return "held", owner
-    if owner is not None and owner.get("host") not in (None, hostname()):
-        return "held elsewhere", owner  # the owner file is removed on a clean close
-    if held is None:
-        return "unknown", owner
-    return "free", owner
-
-
-# ============================================================================================
-# Status
-
-
-@dataclass
-class ShardStatus:
-    """Progress of one shard. ``total`` is None when the dataset could not be read."""
-
-    shard: int
-    shards: int
-    total: int | None
-    done: int
-    errors: int  # samples of this shard whose latest record is an error (no ok record yet)
-    records: int  # lines in the shard's own results file
-    last_activity: str | None  # UTC, the later of its results file's and resume state's mtimes
-    idle_seconds: float | None
-    lock: str
-    owner: dict[str, Any] | None
-    state: str  # done | running | stalled | queued | stopped | missing
-    slurm_state: str | None = None  # the array task's state in squeue (PENDING, RUNNING …), if queued
-
-    @property
-    def label(self) -> str:
-        """``K/N``."""
-        return f"{self.shard}/{self.shards}"
-
-
-@dataclass
-class RunStatus:
-    """Progress of a run over all its shards (``shards`` None: an unsharded run)."""
-
-    run_id: str
-    run_dir: str
-    shards: int | None
-    total: int | None
-    done: int
-    errors: int
-    pending: int | None
-    shard_status: list[ShardStatus]
-    missing: list[int]
-    stalled: list[int]
-    running: list[int]
-    other_files: list[str]  # results files of an unsharded run or another shard count
-    last_activity: str | None
-    dataset_problem: str | None = None
-    last_job_id: str | None = None
-    complete: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready form (what ``status --json`` prints)."""
-        d = dataclasses.asdict(self)
-        d["shard_status"] = [dataclasses.asdict(s) for s in self.shard_status]
-        return d
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _parse_iso(text: Any) -> float | None:
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _mtime(*paths: Path) -> float | None:
-    times = []
-    for p in paths:
-        try:
-            times.append(p.stat().st_mtime)
-        except FileNotFoundError:
-            pass
-    return max(times) if times else None
-
-
-def _slurm_task_states(job_id: str) -> dict[int, str] | None:
-    """Array task id -> squeue state for a job, or None if squeue is absent or does not know the job.
-
-    Best effort, for display only: a shard whose task waits in the queue is "queued", not "missing".
-    """
-    squeue = shutil.which("squeue")
-    if squeue is None:
-        return None
-    try:
-        r = subprocess.run([squeue, "-h", "-r", "-j", job_id, "-o", "%K %T"], capture_output=True, text=True,
-                           timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if r.returncode != 0:
-        return None  # e.g. the job finished long ago and the controller forgot it
-    states: dict[int, str] = {}
-    for line in r.stdout.splitlines():
-        task, _, state = line.strip().partition(" ")
-        if task.isdigit():
-            states[int(task)] = state.strip()
-    return states
-
-
-def _shard_count(run_dir: Path, requested: int | None) -> int | None:
-    """N from --shards, else the latest submission, else the shard files (if they agree)."""
-    if requested is not None:
-        return requested
-    subs = read_submissions(run_dir)
-    if subs:
-        return subs[-1].shards
-    seen = {sh[1] for p in results_files(run_dir) if (sh := shard_of_file(p)) is not None}
-    seen |= {int(p.name.rsplit("-of-", 1)[1]) for p in run_dir.glob(".lock.shard-*-of-*")
-             if not p.name.endswith(".owner") and p.name.rsplit("-of-", 1)[1].isdigit()}
-    if len(seen) > 1:
-        raise UsageError(f"{run_dir} has shard files for several shard counts ({', '.join(map(str, sorted(seen)))}); "
-                         "pick one with --shards N")
-    return seen.pop() if seen else None
-
-
-def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float = DEFAULT_STALLED_AFTER,
-               now: float | None = None, query_slurm: bool = True) -> RunStatus:
-    """Per-shard progress of a run: done/total/errors, last activity, lock, and what is missing or stalled.
-
-    Reads only (never takes a lock), so it is safe while tasks are writing. A shard is ``done``
-    when every one of its samples has an ok record (in any results file of the run), ``running``
-    while its lock is held, ``stalled`` when held but silent for ``stalled_after`` seconds,
-    ``queued`` when its array task waits in Slurm's queue (asked of ``squeue`` for the last job
-    ``evalledger slurm --submit`` recorded, if ``query_slurm``), ``stopped`` when it has results
-    but nobody writes it, ``missing`` when it never started and is not queued.
-    """
-    run_dir = Path(run_dir)
-    now = time.time() if now is None else now
-    n = _shard_count(run_dir, shards)
-    if n is not None and n < 1:
-        raise UsageError(f"--shards {n}: must be at least 1")
-    dataset_problem = None
-    try:
-        expected: list[str] | None = expected_sample_ids(run_dir)
-    except EvalLedgerError as e:
-        expected, dataset_problem = None, e.message
-    # The merged view over every file: a sample is done once any writer recorded it ok.
-    latest = CheckpointManager(run_dir).latest_records()
-    ok_ids = {sid for sid, r in latest.items() if r.get("status") == "ok"}
-    err_ids = {sid for sid, r in latest.items() if r.get("status") != "ok"}
-    manifest = CheckpointManager(run_dir).read_manifest() or {}
-    total = len(expected) if expected is not None else manifest.get("sample_count")
-    universe = set(expected) if expected is not None else None
-
-    shard_rows: list[ShardStatus] = []
-    other_files: list[str] = []
-    for p in results_files(run_dir):
-        sh = shard_of_file(p)
-        if sh is None or sh[1] != n:
-            other_files.append(p.name)
-    subs = read_submissions(run_dir)
-    # Array task K runs shard K only for the layout of the last submission.
-    slurm_states = (_slurm_task_states(subs[-1].job_id) if query_slurm and subs and subs[-1].shards == n
-                    else None) or {}
-    if n is not None:
-        members: dict[int, set[str]] = {k: set() for k in range(1, n + 1)}
-        for sid in (expected if expected is not None else ok_ids | err_ids):
-            members[shard_of(sid, n)].add(sid)
-        for k in range(1, n + 1):
-            cm = CheckpointManager(run_dir, (k, n))
-            lock, owner = lock_state(cm.lock_path, cm.owner_path)
-            report = ReadReport()
-            for _ in iter_file_records(cm.results_path, report):
-                pass
-            mine = members[k]
-            done = len(mine & ok_ids)
-            errors = len(mine & err_ids)
-            shard_total = len(mine) if expected is not None else None
-            last = _mtime(cm.results_path, cm.state_path)
-            idle = None if last is None else max(0.0, now - last)
-            started = cm.results_path.exists() or cm.state_path.exists()
-            if shard_total is not None and done >= shard_total:
-                state = "done"
-            elif lock in ("held", "held elsewhere"):
-                # Quiet since the later of its last write and the moment the writer took the lock.
-                since = _parse_iso(owner.get("since")) if owner else None
-                marks = [t for t in (last, since) if t is not None]
-                quiet_for = now - max(marks) if marks else None
-                state = "stalled" if quiet_for is not None and quiet_for >= stalled_after else "running"
-            elif slurm_states.get(k) in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"):
-                state = "queued"
-            elif started:
-                state = "stopped"
-            else:
-                state = "missing"
-            shard_rows.append(ShardStatus(shard=k, shards=n, total=shard_total, done=done, errors=errors,
-                                          records=report.lines, last_activity=_iso(last), idle_seconds=idle,
-                                          lock=lock, owner=owner, state=state, slurm_state=slurm_states.get(k)))
-    done_all = len(ok_ids & universe) if universe is not None else len(ok_ids)
-    errors_all = len(err_ids & universe) if universe is not None else len(err_ids)
-    all_files = [*results_files(run_dir), *run_dir.glob("resume_state*.json")]
-    return RunStatus(
-        run_id=run_dir.name,
-        run_dir=str(run_dir),
-        shards=n,
-        total=total,
-        done=done_all,
-        errors=errors_all,
-        pending=None if total is None else max(total - done_all, 0),
-        shard_status=shard_rows,
-        missing=[s.shard for s in shard_rows if s.state == "missing"],
-        stalled=[s.shard for s in shard_rows if s.state == "stalled"],
-        running=[s.shard for s in shard_rows if s.state == "running"],
-        other_files=other_files,
-        last_activity=_iso(_mtime(*all_files)),
-        dataset_problem=dataset_problem,
-        last_job_id=subs[-1].job_id if subs else None,
-        complete=total is not None and done_all >= total,
-    )
 
 
 # ============================================================================================
@@ -622,6 +349,7 @@ def status(run_ref: str, output_dir: Path, shards: int | None, stalled_after: fl
     job = f", last Slurm job {st.last_job_id}" if st.last_job_id else ""
     click.echo(f"run {st.run_id}: {st.done}/{total} done, {st.errors} with errors, "
                f"{'?' if st.pending is None else st.pending} pending{job}")
+    click.echo(f"status: {st.state_label}")
     if st.dataset_problem:
         click.echo(f"warning: per-shard totals unknown: {st.dataset_problem}", err=True)
     if st.shards is None:
@@ -633,7 +361,8 @@ def status(run_ref: str, output_dir: Path, shards: int | None, stalled_after: fl
             frac = f"{s.done}/{'?' if s.total is None else s.total}"
             who = f" (pid {s.owner.get('pid')} on {s.owner.get('host')})" if s.owner and s.lock != "free" else ""
             click.echo(f"{s.label:>7}  {frac:>11}  {s.errors:>6}  {s.state:<8}  {s.slurm_state or '-':<9}  {s.lock:<14}  "
-                       f"{s.last_activity or '-'} ({_ago(s.idle_seconds)}){who}")
+                       f"{s.last_activity or '-'} ({_ago(s.idle_seconds)}){who}"
+                       + (f"  [{s.marker}]" if s.marker and s.state != "done" else ""))
         summary = [f"{sum(1 for s in st.shard_status if s.state == 'done')}/{st.shards} shards done"]
         if st.running:
             summary.append(f"running: {', '.join(map(str, st.running))}")

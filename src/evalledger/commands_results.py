@@ -7,6 +7,7 @@ takes a run's lock, so all are safe while a run is writing.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
         ("model", s["model"]),
         ("dataset", s["dataset"]),
         ("task", s["task"]),
-        ("status", "running" if s["running"] else "not running"),
+        ("status", s["state_label"]),
         ("samples", s["total_samples"]),
         ("completed (ok)", s["completed_samples"]),
         ("with errors", s["error_count"]),
@@ -126,6 +127,7 @@ def list_runs(output_dir: str | Path) -> list[dict[str, Any]]:
             "error_count": s["error_count"], "accuracy": s["accuracy"], "cost_usd": s["cost_usd"],
             "last_activity": s["last_checkpoint"], "running": s["running"],
             "writers": [f"pid {w.get('pid')}@{w.get('host')}" for w in s["writers"].values()],
+            "state": s["state_label"], "size_bytes": s["size_bytes"],
         })
     return out
 
@@ -142,13 +144,18 @@ def list_cmd(output_dir: Path, as_json: bool) -> None:
     if not runs:
         click.echo(f"no runs in {output_dir}", err=True)
         return
+    from .prune import human_bytes
+
     rows = [[r["run_id"], r["model"], r["dataset"], r["task"],
              f"{r['completed_samples']}/{'?' if r['total_samples'] is None else r['total_samples']}",
              r["error_count"], _pct(r["accuracy"]), _usd(r["cost_usd"]) if r["cost_usd"] is not None else "?",
-             r["last_activity"], ("yes " + ",".join(r["writers"])).strip() if r["running"] else "no"]
+             human_bytes(r["size_bytes"]), r["last_activity"], r["state"]]
             for r in runs]
-    click.echo(_table(rows, ["RUN", "MODEL", "DATASET", "TASK", "DONE", "ERRORS", "ACCURACY", "COST",
-                             "LAST ACTIVITY", "RUNNING"]))
+    click.echo(_table(rows, ["RUN", "MODEL", "DATASET", "TASK", "DONE", "ERRORS", "ACCURACY", "COST", "SIZE",
+                             "LAST ACTIVITY", "STATE"]))
+    total = sum(r["size_bytes"] for r in runs)
+    free = shutil.disk_usage(output_dir).free
+    click.echo(f"{len(runs)} run(s), {human_bytes(total)} in {output_dir}; {human_bytes(free)} free on its filesystem")
 
 
 def export_results(run: str | Path, path: str | Path, fmt: str, output_dir: str | Path = "outputs") -> int:

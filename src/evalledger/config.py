@@ -60,6 +60,7 @@ class RunConfig:
     concurrency: int = 8
     resume: bool = True
     overwrite: bool = False
+    keep_old: int | None = None  # with overwrite: prune moved-aside copies of this run beyond the newest N
     allow_code_execution: bool = False  # tasks that run model-written code (humaneval) refuse without it
     retry_errors: bool = True
     checkpoint_every: int = 50
@@ -123,6 +124,12 @@ class RunConfig:
             raise UsageError(f"--max-cost {self.max_cost}: must be a positive amount of USD")
         if self.max_consecutive_errors < 0:
             raise UsageError(f"--max-consecutive-errors {self.max_consecutive_errors}: must be 0 (off) or more")
+        if self.keep_old is not None:
+            if self.keep_old < 0:
+                raise UsageError(f"--keep-old {self.keep_old}: must be 0 or more")
+            if not self.overwrite:
+                raise UsageError("--keep-old applies to the copies --overwrite moves aside: pass it with "
+                                 "--overwrite (or use `evalledger prune OUTPUT_DIR --keep N`)")
         if self.min_free_mb < 0:
             raise UsageError(f"--min-free-mb {self.min_free_mb}: must not be negative")
         if self.grace_seconds < 0:

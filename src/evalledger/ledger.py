@@ -22,6 +22,7 @@ The ledger knows nothing about models or tasks: records are plain dicts.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -274,6 +275,25 @@ class CheckpointManager:
             self.close()
             raise
         return self
+
+    @contextlib.contextmanager
+    def repair_lock(self) -> Iterator[None]:
+        """Hold this run's (or shard's) locks as a writer does, opening nothing else: for
+        ``verify --repair``, which must repair only what no writer is appending to.
+        :class:`LockHeldError` if a writer holds them."""
+        lock = filelock.FileLock(str(self.lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockHeldError(self._lock_held_message()) from None
+        try:
+            self._take_run_lock()
+            try:
+                yield
+            finally:
+                self._release_run_lock()
+        finally:
+            lock.release()
 
     def _repair_garbage_lines(self) -> None:
         """Move complete lines that are not records out of this writer's results file (see

@@ -152,6 +152,12 @@ cli.add_command(commands_cluster.slurm)
 cli.add_command(commands_cluster.status)
 cli.add_command(commands_cluster.merge)
 
+# A run's integrity and the disk (verify, prune) live in commands_lifecycle.py.
+from . import commands_lifecycle  # noqa: E402
+
+cli.add_command(commands_lifecycle.verify)
+cli.add_command(commands_lifecycle.prune)
+
 
 if __name__ == "__main__":
     cli()

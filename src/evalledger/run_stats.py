@@ -232,4 +232,19 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
     from .frames import frame_from_scan
 
     scan = scan_run(run_dir, text=False)
-    return stats_from_scan(scan, frame_from_scan(scan))
+    stats = stats_from_scan(scan, frame_from_scan(scan))
+    add_lifecycle(stats, run_dir)
+    return stats
+
+
+def add_lifecycle(stats: dict[str, Any], run_dir: str | Path) -> None:
+    """Add the run's status marker view: ``state`` (running, complete, incomplete, interrupted,
+    unknown) and ``state_label`` (e.g. "interrupted (process gone)"), plus ``size_bytes``."""
+    from .lifecycle import run_lifecycle
+    from .prune import dir_size
+
+    life = run_lifecycle(run_dir)
+    stats["state"] = life.state
+    stats["state_label"] = life.label
+    stats["state_detail"] = life.to_dict()
+    stats["size_bytes"] = dir_size(Path(run_dir))

@@ -39,6 +39,7 @@ from .ledger import (
     move_run_aside,
     results_files,
 )
+from .lifecycle import StatusWriter
 from .limits import Limits
 from .prepare import PreparedRun, check_or_create_manifest, prepare_run
 from .pricing import Price
@@ -127,6 +128,8 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     if config.overwrite and run_dir.exists():
         moved_aside = move_run_aside(run_dir)
         _warn(config, f"moved the old run aside to {moved_aside}")
+        if config.keep_old is not None:
+            _prune_old_copies(config, prepared.run_id)
     if run_dir.exists() and not config.resume and _has_results(run_dir):
         raise RunExistsError(
             f"run {prepared.run_id} already has results in {run_dir}; --no-resume will not overwrite them. "
@@ -141,19 +144,49 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
         for message in ledger.repair_warnings:  # garbage lines moved aside (item 5 of issue 4)
             _warn(config, message)
         check_or_create_manifest(prepared)
-        summary = await _execute(prepared, ledger, provider, price, t0)
+        # The status marker is written while we hold the lock: `running` once the pending set is
+        # known, the final state before the lock is released (see lifecycle.py).
+        status = StatusWriter(run_dir, config.shard, prepared.run_id)
+        try:
+            summary = await _execute(prepared, ledger, provider, price, t0, status)
+        except BaseException as e:
+            if status.begun:
+                status.finish_failed(_disk_error(e, run_dir))
+            raise
+        status.finish_from_summary(summary, [ledger.results_path, ledger.calls_path])
     except OSError as e:
-        if is_disk_error(e):  # a full disk while setting up: nothing was sent yet
-            raise DiskSpaceError(f"cannot write to {run_dir}: {e}; {describe_free(run_dir)}") from e
-        raise
+        err = _disk_error(e, run_dir)
+        if err is e:
+            raise
+        raise err from e
     finally:
         ledger.close()
     summary.moved_aside = moved_aside
     return summary
 
 
+def _prune_old_copies(config: RunConfig, run_id: str) -> None:
+    """``--keep-old N``: remove this run's moved-aside copies beyond the newest N, as ``prune`` does."""
+    from .prune import execute_prune, human_bytes, plan_prune
+
+    plan = plan_prune(config.output_dir, keep=config.keep_old or 0, run_id=run_id, corrupt=False)
+    result = execute_prune(plan)
+    for item in result.removed:
+        _warn(config, f"--keep-old {config.keep_old}: removed {item.path} ({human_bytes(item.bytes)})")
+    for kept in plan.kept + result.skipped + result.failed:
+        if "newest" not in kept.reason:
+            _warn(config, f"--keep-old {config.keep_old}: kept {kept.path}: {kept.reason}")
+
+
+def _disk_error(e: BaseException, run_dir: Path) -> BaseException:
+    """A full disk while setting up (nothing was sent yet) as a clear DiskSpaceError; others as they are."""
+    if isinstance(e, OSError) and is_disk_error(e):
+        return DiskSpaceError(f"cannot write to {run_dir}: {e}; {describe_free(run_dir)}")
+    return e
+
+
 async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: Provider, price: Price | None,
-                   t0: float) -> RunSummary:
+                   t0: float, status: StatusWriter) -> RunSummary:
     config = prepared.config
     state_doc, problem = ledger.read_resume_state()
     had_results = ledger.results_path.exists() and ledger.results_path.stat().st_size > 0
@@ -185,6 +218,11 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
                         interval=config.progress_interval, label=label, concurrency=config.concurrency)
     _info(config, f"run {prepared.run_id}: {len(prepared.selection)} samples, {skipped} already done, "
                   f"{len(pending)} to run → {prepared.run_dir}")
+    previous = status.begin(total=len(prepared.selection), pending=len(pending), command=config.resume_command())
+    if previous is not None and previous.get("reason") == "process gone":
+        _warn(config, f"the previous writer of this {'run' if config.shard is None else 'shard'} (pid "
+                      f"{previous.get('pid')} on {previous.get('host')}, started {previous.get('started_at')}) "
+                      "stopped without a final status; its acknowledged records are kept and this run continues it")
     estimate = estimate_pending(prepared.task, pending, config.max_tokens, price, seen.observed)
     if pending:
         _info(config, estimate.line())
