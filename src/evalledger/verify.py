@@ -327,6 +327,7 @@ def _check_dataset(run_dir: Path, manifest: dict[str, Any], seen: _Seen,
         report.findings.append(Finding("unknown_id", f"{len(unknown)} sample id(s) in the results are not in the "
                                                      f"dataset: {_examples(unknown)}"))
     report.checked["dataset_samples"] = len(selection)
+    report.checked["samples_with_ok"] = sum(1 for sid in selection if sid in seen.ok_at)
     missing = [sid for sid in selection if sid not in seen.ok_at]
     if not missing:
         return
