@@ -195,3 +195,13 @@ def test_dir_size_counts_allocated_blocks(tmp_path):
     (d / "sub" / "f").write_bytes(b"x" * 100_000)
     os.symlink("/usr", d / "link")  # not followed
     assert dir_size(d) == du(d)
+
+
+def test_prune_runs_from_python(fake_server, tmp_path):
+    from evalledger import prune_runs
+
+    _, out = make_history(fake_server, tmp_path, overwrites=3)
+    plan, result = prune_runs(out, keep=2, dry_run=True)
+    assert result is None and len(plan.remove) == 1 and len(old_copies(out)) == 3
+    plan, result = prune_runs(out, keep=2)
+    assert [i.path for i in result.removed] == [i.path for i in plan.remove] and len(old_copies(out)) == 2

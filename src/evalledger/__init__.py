@@ -24,8 +24,11 @@ from .errors import (  # noqa: E402
     UsageError,
 )
 from .ledger import CheckpointManager  # noqa: E402
+from .lifecycle import RunLifecycle, run_lifecycle  # noqa: E402
+from .prune import PrunePlan, PruneResult, plan_prune, prune_runs  # noqa: E402
 from .report import get_stats, load_results, load_runs, resolve_run_dir  # noqa: E402
 from .runner import RunSummary, estimate_experiment, run_experiment, run_experiment_async  # noqa: E402
+from .verify import VerifyReport, verify_run  # noqa: E402
 
 __all__ = [
     "CheckpointManager",
@@ -43,6 +46,14 @@ __all__ = [
     "load_results",
     "load_runs",
     "resolve_run_dir",
+    "PrunePlan",
+    "PruneResult",
+    "RunLifecycle",
+    "VerifyReport",
+    "plan_prune",
+    "prune_runs",
+    "run_lifecycle",
+    "verify_run",
     "estimate_experiment",
     "run_experiment",
     "run_experiment_async",

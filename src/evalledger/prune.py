@@ -299,5 +299,15 @@ def execute_prune(plan: PrunePlan) -> PruneResult:
     return result
 
 
+def prune_runs(output_dir: str | Path = "outputs", *, keep: int = 1, older_than_days: float | None = None,
+               dry_run: bool = False) -> tuple[PrunePlan, PruneResult | None]:
+    """``evalledger prune`` from Python: the plan, and what was removed (None with ``dry_run``).
+
+    There is no confirmation here: call :func:`plan_prune` first to look at what would go.
+    """
+    plan = plan_prune(output_dir, keep=keep, older_than_days=older_than_days)
+    return plan, None if dry_run else execute_prune(plan)
+
+
 __all__ = ["KeptItem", "PruneItem", "PrunePlan", "PruneResult", "dir_size", "execute_prune", "human_bytes",
-           "plan_prune"]
+           "plan_prune", "prune_runs"]
