@@ -210,3 +210,14 @@ def test_list_shows_size_state_and_free_space(fake_server, tmp_path):
     r = run_cli(["list", "--output-dir", str(out)], cli_env(fake_server), cwd=tmp_path)
     assert r.returncode == 0 and "complete" in r.stdout and "SIZE" in r.stdout
     assert "free" in r.stdout and str(out) in r.stdout
+
+
+def test_outage_is_interrupted_outage_exit_3(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 20)
+    fake_server.fail_always(status=502)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", concurrency=1, max_attempts=1,
+                           max_consecutive_errors=3))
+    assert s.exit_code == 3
+    st = status(s.run_dir)
+    assert (st["state"], st["reason"], st["exit_code"]) == ("interrupted", "outage", 3)
+    assert run_lifecycle(s.run_dir).label == "interrupted (API outage, exit 3)"
