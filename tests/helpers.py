@@ -30,6 +30,17 @@ def write_qa_dataset(path: Path, n: int, *, with_ids: bool = True, start: int = 
     return path
 
 
+def run_config(server: Any, data: Path | str, out: Path, **kw: Any) -> Any:
+    """A RunConfig for ``data`` against the fake server: quiet, concurrency 2, short retry waits."""
+    from evalledger import RunConfig
+
+    base: dict[str, Any] = dict(dataset=str(data), model="openai/test-model", output_dir=out,
+                                base_url=server.openai_base_url, api_key="sk-test", quiet=True, concurrency=2,
+                                max_retry_wait=0.05)
+    base.update(kw)
+    return RunConfig(**base)
+
+
 def marker(i: int) -> str:
     return f"[[ANSWER:{i}]]"
 

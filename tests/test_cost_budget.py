@@ -10,16 +10,13 @@ from pathlib import Path
 import pytest
 
 from evalledger import RunConfig, UsageError, estimate_experiment, get_stats, run_experiment
-from helpers import all_records, cli_env, marker, popen_cli, run_cli, write_qa_dataset
+from helpers import all_records, cli_env, marker, popen_cli, run_cli, run_config, write_qa_dataset
 
 TESTS = Path(__file__).resolve().parent
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:
-    base = dict(dataset=str(data), model="openai/test-model", output_dir=out, base_url=server.openai_base_url,
-                api_key="sk-test", quiet=True, concurrency=2, max_retry_wait=0.05)
-    base.update(kw)
-    return RunConfig(**base)
+    return run_config(server, data, out, **kw)
 
 
 def test_cost_on_every_record_from_flags(fake_server, tmp_path):

@@ -17,14 +17,21 @@ from evalledger import RunConfig, get_stats, run_experiment
 from evalledger.commands_results import list_runs
 from evalledger.fsutil import sha256_file
 from evalledger.lifecycle import PROCESS_GONE, run_lifecycle
-from helpers import cli_env, line_count, marker, popen_cli, run_cli, tiny_fs, wait_for, write_qa_dataset
+from helpers import (
+    cli_env,
+    line_count,
+    marker,
+    popen_cli,
+    run_cli,
+    run_config,
+    tiny_fs,
+    wait_for,
+    write_qa_dataset,
+)
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:
-    base = dict(dataset=str(data), model="openai/test-model", output_dir=out, base_url=server.openai_base_url,
-                api_key="sk-test", quiet=True, concurrency=2, max_retry_wait=0.05, max_attempts=2, run_id="r")
-    base.update(kw)
-    return RunConfig(**base)
+    return run_config(server, data, out, **{**dict(max_attempts=2, run_id="r"), **kw})
 
 
 def status(run_dir: Path, name: str = "status.json") -> dict:

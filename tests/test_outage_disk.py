@@ -10,14 +10,11 @@ import pytest
 
 from evalledger import RunConfig, get_stats, run_experiment
 from evalledger.errors import DiskSpaceError
-from helpers import all_records, cli_env, marker, run_cli, tiny_fs, write_qa_dataset
+from helpers import all_records, cli_env, marker, run_cli, run_config, tiny_fs, write_qa_dataset
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:
-    base = dict(dataset=str(data), model="openai/test-model", output_dir=out, base_url=server.openai_base_url,
-                api_key="sk-test", quiet=True, concurrency=2, max_retry_wait=0.05, max_attempts=2)
-    base.update(kw)
-    return RunConfig(**base)
+    return run_config(server, data, out, **{**dict(max_attempts=2), **kw})
 
 
 # ----------------------------------------------------------------------------------- outages

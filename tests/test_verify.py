@@ -12,14 +12,11 @@ from pathlib import Path
 
 from evalledger import RunConfig, run_experiment
 from evalledger.verify import verify_run
-from helpers import cli_env, run_cli, write_qa_dataset
+from helpers import cli_env, run_cli, run_config, write_qa_dataset
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:
-    base = dict(dataset=str(data), model="openai/test-model", output_dir=out, base_url=server.openai_base_url,
-                api_key="sk-test", quiet=True, concurrency=2, max_retry_wait=0.05, max_attempts=2, run_id="v")
-    base.update(kw)
-    return RunConfig(**base)
+    return run_config(server, data, out, **{**dict(max_attempts=2, run_id="v"), **kw})
 
 
 def tree_digest(root: Path) -> dict[str, str]:
