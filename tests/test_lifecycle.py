@@ -228,3 +228,20 @@ def test_outage_is_interrupted_outage_exit_3(fake_server, tmp_path):
     st = status(s.run_dir)
     assert (st["state"], st["reason"], st["exit_code"]) == ("interrupted", "outage", 3)
     assert run_lifecycle(s.run_dir).label == "interrupted (API outage, exit 3)"
+
+
+def test_a_signal_that_interrupts_nothing_ends_complete_exit_0(fake_server, tmp_path):
+    """SIGTERM while the last sample is in flight: it finishes within the grace period, nothing is
+    left, so the run is complete (exit 0), not 'interrupted' (which would make Slurm requeue it)."""
+    import os
+
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 1)
+
+    def respond(body):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler is the run's: it stops dispatching
+        return "#### 0"
+
+    fake_server.responder = respond
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", grace_seconds=10))
+    assert (s.exit_code, s.status, s.remaining) == (0, "complete", 0), s.message
+    assert status(s.run_dir)["state"] == "complete"

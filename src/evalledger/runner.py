@@ -347,7 +347,8 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
             f"(last: {run.outage.get('type')}: {run.outage.get('message')}). Everything finished so far is saved; "
             "resume later with the command below (--max-consecutive-errors changes the threshold)."
         )
-    elif run.signal_received is not None:
+    elif run.signal_received is not None and remaining:
+        # (A signal that lands after the last sample was committed interrupted nothing: complete, exit 0.)
         summary.exit_code = EXIT_SIGINT if run.signal_received == signal.SIGINT else EXIT_SIGTERM
         summary.status = "interrupted"
         summary.message = f"interrupted by {signal.Signals(run.signal_received).name}: {remaining} sample(s) left"
