@@ -245,3 +245,13 @@ def test_a_signal_that_interrupts_nothing_ends_complete_exit_0(fake_server, tmp_
     s = run_experiment(cfg(fake_server, data, tmp_path / "out", grace_seconds=10))
     assert (s.exit_code, s.status, s.remaining) == (0, "complete", 0), s.message
     assert status(s.run_dir)["state"] == "complete"
+
+
+def test_the_reserve_exists_only_while_running(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 3)
+    seen = []
+    fake_server.responder = lambda body: (seen.append((tmp_path / "out" / "r" / ".status.json.reserve").exists()),
+                                          "#### 0")[1]
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out"))
+    assert s.exit_code == 0 and seen and all(seen)
+    assert not (s.run_dir / ".status.json.reserve").exists()

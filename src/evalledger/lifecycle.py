@@ -154,7 +154,7 @@ class StatusWriter:
             except OSError as e:
                 # Could not read back (or sync) a results file: do not vouch for it.
                 doc.update(state=INTERRUPTED, reason="disk", message=f"could not fingerprint the results: {e}")
-        self._write(doc)
+        self._write(doc, final=True)
 
     def finish_from_summary(self, summary: Any, files: list[Path]) -> None:
         """The final marker for a :class:`~evalledger.runner.RunSummary`."""
@@ -201,7 +201,7 @@ class StatusWriter:
         except OSError:
             self.reserve.unlink(missing_ok=True)
 
-    def _write(self, doc: dict[str, Any]) -> None:
+    def _write(self, doc: dict[str, Any], final: bool = False) -> None:
         data = (json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n").encode()
         try:
             if len(data) <= _RESERVE_BYTES and self._reserve_ready():
@@ -216,9 +216,12 @@ class StatusWriter:
                     os.close(fd)
                 os.replace(self.reserve, self.path)
                 fsync_dir(self.run_dir)
-                self._make_reserve()  # for the next write
+                if not final:
+                    self._make_reserve()  # for the next write (begin() makes one for the next run)
             else:
                 write_bytes_atomic(self.path, data)
+                if final:
+                    self.reserve.unlink(missing_ok=True)
         except OSError as e:
             if not self._warned:
                 self._warned = True
