@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator
 import filelock
 
 from .errors import LedgerCorruptError, LockHeldError
+from .fastlines import iter_blocks, lead_first
 from .fsutil import (
     canonical_json,
     file_timestamp,
@@ -612,7 +613,9 @@ def encode_lines(records: list[dict[str, Any]]) -> bytes:
     treat like a full disk. Readers reject lines holding a lone-surrogate escape, so escaping it
     instead would make the record unreadable.
     """
-    text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
+    # Lead keys first (sample_id, status, attempts, correct, usage, paid): resume reads them from
+    # the start of the line without parsing the whole record (see fastlines).
+    text = "".join(json.dumps(lead_first(r), ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
     try:
         return text.encode()
     except UnicodeEncodeError:
@@ -673,17 +676,9 @@ def move_garbage_lines_aside(path: Path) -> tuple[Path | None, list[int]]:
     the rename leaves the original untouched (the next open does the same again); after it, the
     garbage is already safe in the aside file. Streams twice over the file; memory stays small.
     """
-    bad: list[int] = []
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return None, []
-    with f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                break  # a tail still being written is not ours to judge (repair_torn_tail's job)
-            if parse_record_line(raw) is None:
-                bad.append(number)
+    # A tail still being written is not ours to judge (repair_torn_tail's job): iter_blocks leaves
+    # it out. Blocks our writer wrote are cleared by their prefixes, the rest line by line.
+    bad = [number for block in iter_blocks(path) for number in block.garbage]
     if not bad:
         return None, []
     stamp = file_timestamp()
