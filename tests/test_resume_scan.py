@@ -108,3 +108,16 @@ def test_resume_of_100k_completed_records_sends_nothing(fake_server, tmp_path):
     s = run_experiment(RunConfig(**base))
     assert s.exit_code == 0 and s.requests == 0 and fake_server.request_count == 1
     assert s.skipped_completed == n and s.remaining == 0 and s.stats["completed_samples"] == n
+
+
+def test_completed_ids_reads_prefixes_and_reports_like_the_full_reader(tmp_path):
+    from evalledger.ledger import ReadReport, iter_file_records
+
+    run = tmp_path / "run"
+    write(run, [record(0), record(1, "error", None), record(2)])
+    with open(run / "results.jsonl", "ab") as f:
+        f.write(b'{"sample_id":"s00009","status":"ok"')  # being written: not done yet
+    fast, full = ReadReport(), ReadReport()
+    assert CheckpointManager(run).completed_ids(fast) == {"s00000", "s00002"}
+    list(iter_file_records(run / "results.jsonl", full))
+    assert fast == full and fast.lines == 3 and fast.partial_tail_bytes > 0

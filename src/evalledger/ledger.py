@@ -547,11 +547,21 @@ class CheckpointManager:
         return iter_run_records(self.run_dir, report)
 
     def completed_ids(self, report: ReadReport | None = None) -> set[str]:
-        """Sample IDs with an ``ok`` record in any results file of the run."""
+        """Sample IDs with an ``ok`` record in any results file of the run.
+
+        Streams each file once, reading our writer's records by their prefix (see
+        :mod:`evalledger.fastlines`); ``report`` counts lines as :func:`iter_file_records` does.
+        """
+        report = report if report is not None else ReadReport()
         done: set[str] = set()
-        for rec in self.iter_records(report):
-            if rec.get("status") == "ok":
-                done.add(rec["sample_id"])
+        for path in results_files(self.run_dir):
+            tail: list[int] = []
+            for block in iter_blocks(path, tail):
+                report.lines += block.lines
+                report.skipped_lines += len(block.garbage)
+                done.update([p[0] for p in block.prefixes if p[1] == "ok"])
+                done.update([r["sample_id"] for r in block.records if r.get("status") == "ok"])
+            report.partial_tail_bytes += sum(tail)
         return done
 
     def latest_records(self) -> dict[str, dict[str, Any]]:
