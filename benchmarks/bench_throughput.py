@@ -12,7 +12,8 @@ case runs in a fresh child interpreter, so its CPU time and peak RSS are its own
    output directory, ``quiet=True``; samples/s and the ratio to the ideal C / L;
 2. ledger overhead at L = 0: ``run_experiment`` (C = 64, ``--fsync batch``, ``always``, ``off``)
    against a bare asyncio loop with the same SDK (``openai.AsyncOpenAI(max_retries=0)``), the same
-   concurrency and the same messages, and no persistence;
+   concurrency and the same messages, and no persistence; once with the SDK's default transport
+   and once with the aiohttp transport evalledger uses (the fair baseline for its own overhead);
 3. resume cost on a run of ``--resume-records`` completed records (default 1,000,000): a real
    ``run_experiment`` over a generated dataset of as many rows that finds nothing pending (it sends
    no request), and ``CheckpointManager(run_dir).completed_ids()`` alone; time and peak RSS
@@ -127,7 +128,15 @@ def child_bare(args: dict) -> dict:
                  {"role": "user", "content": r["question"]}] for r in rows]
 
     async def main() -> int:
-        client = openai.AsyncOpenAI(api_key="sk-bench", base_url=args["base_url"], max_retries=0, timeout=600)
+        extra = {}
+        if args.get("aiohttp"):  # the transport evalledger uses: this isolates evalledger's own cost
+            import httpx2
+
+            size = args["concurrency"] + 8
+            extra["http_client"] = openai.DefaultAioHttpClient(
+                limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size))
+        client = openai.AsyncOpenAI(api_key="sk-bench", base_url=args["base_url"], max_retries=0, timeout=600,
+                                    **extra)
         queue: asyncio.Queue = asyncio.Queue()
         for m in messages:
             queue.put_nowait(m)
@@ -225,6 +234,7 @@ def bench_overhead(root: Path, n: int, conc: int) -> list[dict]:
         # a warm-up so the first measured case doesn't pay for cold caches
         in_child("bare", dataset=str(data), base_url=srv.openai_base_url, concurrency=conc)
         cases = [("bare asyncio + AsyncOpenAI", "bare", {}),
+                 ("bare, aiohttp transport", "bare", {"aiohttp": True}),
                  ("evalledger --fsync batch", "run", {"fsync": "batch"}),
                  ("evalledger --fsync always", "run", {"fsync": "always"}),
                  ("evalledger --fsync off", "run", {"fsync": "off"})]
@@ -236,10 +246,12 @@ def bench_overhead(root: Path, n: int, conc: int) -> list[dict]:
             r = in_child(kind, **kw)
             r.update(case=name, server_cpu_s=srv.cpu_seconds() - before, rate=r["ok"] / r["seconds"])
             rows.append(r)
-        bare = rows[0]["rate"]
+        bare, bare_aio = rows[0]["rate"], rows[1]["rate"]
         for r in rows:
             r["ratio"] = r["rate"] / bare
-            line(r["case"], r, n, f"x{r['ratio']:.2f} of bare; server CPU {r['server_cpu_s']:.1f}s")
+            r["ratio_aiohttp"] = r["rate"] / bare_aio
+            line(r["case"], r, n, f"x{r['ratio']:.2f} of bare, x{r['ratio_aiohttp']:.2f} of bare on aiohttp; "
+                                  f"server CPU {r['server_cpu_s']:.1f}s")
     finally:
         srv.stop()
     return rows

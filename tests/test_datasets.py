@@ -705,3 +705,18 @@ def test_nan_and_infinity_fields_are_json_safe(tmp_path: Path) -> None:
     sample = load_dataset(str(path)).samples[0]
     assert sample.fields == {"q": "a", "x": None}
     assert not any(isinstance(v, float) and math.isnan(v) for v in sample.fields.values())
+
+
+def test_jsonl_lines_orjson_refuses_still_load_as_json_reads_them(tmp_path):
+    """The orjson fast path must not change any value: what it refuses (BOM, NaN, integers beyond
+    64 bits) goes through json, as before."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"id": "a", "x": 1}\n'
+        b'{"id": "b", "x": NaN}\n'
+        b'{"id": "c", "x": 123456789012345678901234567890}\n'
+        b'{"id": "d", "x": [1.5, {"y": "\\u00e9"}]}\n'
+    )
+    ds = load_dataset(str(path))
+    assert [(s.id, s.fields["x"]) for s in ds.samples] == [
+        ("a", 1), ("b", None), ("c", 123456789012345678901234567890), ("d", [1.5, {"y": "é"}])]

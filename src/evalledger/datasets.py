@@ -39,6 +39,12 @@ from typing import Any
 from .errors import DatasetError, UsageError
 from .samples import Sample
 
+try:  # ~5x faster than json on large JSON-lines datasets; json stays the reference (see _parse_jsonl)
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - orjson is a dependency
+    _orjson_loads = None
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
+
 __all__ = [
     "BUILTIN_DATASETS",
     "SUPPORTED_EXTENSIONS",
@@ -307,12 +313,16 @@ class Dataset:
         return f"{self.path} {self.row_label} {sample.row}"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
-    """A parsed row before validation: its 1-based number (line or record) and its fields."""
+    """A parsed row before validation: its 1-based number (line or record) and its fields.
+
+    ``small``: its source text is shorter than the field size limit, so no field can exceed it.
+    """
 
     number: int
     fields: dict[str, Any]
+    small: bool = False
 
 
 @dataclass
@@ -466,7 +476,25 @@ def _describe_json_type(value: Any) -> str:
 def _parse_jsonl(path: Path, raw: bytes) -> _Parsed:
     rows: list[_Row] = []
     start = 0  # byte offset of the current line, for encoding errors
+    size_limit = max_field_chars()
     for number, line in enumerate(raw.split(b"\n"), start=1):
+        if _orjson_loads is not None:
+            # Fast path: orjson refuses what json alone reads (NaN, lone surrogates, a BOM,
+            # invalid UTF-8) and otherwise gives the same values, all plain JSON types already,
+            # so no _jsonable copy. Anything else takes the path below, which words the errors.
+            try:
+                value = _orjson_loads(line)
+            except ValueError:
+                value = None
+            # Only rows of plain scalars: orjson reads an integer beyond 64 bits as a float
+            # (json keeps it exact), so a float (or a container that may hide one) takes the
+            # json path.
+            if type(value) is dict and all(map(_PLAIN_TYPES.__contains__, map(type, value.values()))):
+                start += len(line) + 1
+                # A field cannot hold more characters than its line has bytes: short lines need
+                # no size check (_check_field_sizes).
+                rows.append(_Row(number, value, len(line) <= size_limit))
+                continue
         try:
             text = line.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
@@ -658,6 +686,18 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
+def _all_present(fields: Mapping[str, Any], required: Sequence[str]) -> bool:
+    """No required field is missing (see _is_missing), checked inline for the usual text values."""
+    for name in required:
+        value = fields.get(name)
+        if type(value) is str:
+            if not value or value.isspace():
+                return False
+        elif _is_missing(value):
+            return False
+    return True
+
+
 def max_field_chars() -> int:
     """The field size limit in effect: ``$EVALLEDGER_MAX_FIELD_CHARS`` or :data:`DEFAULT_MAX_FIELD_CHARS`."""
     override = os.environ.get(MAX_FIELD_CHARS_ENV, "").strip()
@@ -698,6 +738,8 @@ def _field_too_long(path: Path, where: str, name: str, size: int, limit: int) ->
 def _check_field_sizes(path: Path, rows: Sequence[_Row], label: str) -> None:
     limit = max_field_chars()
     for row in rows:
+        if row.small:
+            continue
         for name, value in row.fields.items():
             size = max(len(name), _text_size(value))
             if size > limit:
@@ -785,8 +827,12 @@ def _sample_ids(path: Path, rows: Sequence[_Row], label: str, id_col: str | None
         ids = []
         missing: list[int] = []
         for row in rows:
+            value = row.fields.get(id_col)
+            if type(value) is str and value and not value.isspace():
+                ids.append(value)  # the usual case, what _id_from_value gives, without the calls
+                continue
             try:
-                sid = _id_from_value(row.fields.get(id_col))
+                sid = _id_from_value(value)
             except TypeError as exc:
                 raise DatasetError(
                     f"{path} {label} {row.number}: id column {id_col!r} holds {exc}; "
@@ -801,6 +847,8 @@ def _sample_ids(path: Path, rows: Sequence[_Row], label: str, id_col: str | None
                 f"{path}: missing or empty id in column {id_col!r} at {_plural(label, missing)}"
             )
 
+    if len(set(ids)) == len(ids):
+        return ids  # the usual case; the per-id line lists below are only for the message
     where: dict[str, list[int]] = {}
     for sid, row in zip(ids, rows):
         where.setdefault(sid, []).append(row.number)
@@ -851,6 +899,8 @@ def _check_required(
             f"{', '.join(map(repr, absent))} not found in any row; "
             f"columns are: {', '.join(columns)}"
         )
+    if all(_all_present(row.fields, required) for row in rows):
+        return
     bad: list[str] = []
     fields_hit: dict[str, None] = {}
     for row in rows:

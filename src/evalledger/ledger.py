@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator
 import filelock
 
 from .errors import LedgerCorruptError, LockHeldError
+from .fastlines import iter_blocks, lead_first
 from .fsutil import (
     canonical_json,
     file_timestamp,
@@ -566,11 +567,21 @@ class CheckpointManager:
         return iter_run_records(self.run_dir, report)
 
     def completed_ids(self, report: ReadReport | None = None) -> set[str]:
-        """Sample IDs with an ``ok`` record in any results file of the run."""
+        """Sample IDs with an ``ok`` record in any results file of the run.
+
+        Streams each file once, reading our writer's records by their prefix (see
+        :mod:`evalledger.fastlines`); ``report`` counts lines as :func:`iter_file_records` does.
+        """
+        report = report if report is not None else ReadReport()
         done: set[str] = set()
-        for rec in self.iter_records(report):
-            if rec.get("status") == "ok":
-                done.add(rec["sample_id"])
+        for path in results_files(self.run_dir):
+            tail: list[int] = []
+            for block in iter_blocks(path, tail):
+                report.lines += block.lines
+                report.skipped_lines += len(block.garbage)
+                done.update([p[0] for p in block.prefixes if p[1] == "ok"])
+                done.update([r["sample_id"] for r in block.records if r.get("status") == "ok"])
+            report.partial_tail_bytes += sum(tail)
         return done
 
     def latest_records(self) -> dict[str, dict[str, Any]]:
@@ -632,7 +643,9 @@ def encode_lines(records: list[dict[str, Any]]) -> bytes:
     treat like a full disk. Readers reject lines holding a lone-surrogate escape, so escaping it
     instead would make the record unreadable.
     """
-    text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
+    # Lead keys first (sample_id, status, attempts, correct, usage, paid): resume reads them from
+    # the start of the line without parsing the whole record (see fastlines).
+    text = "".join(json.dumps(lead_first(r), ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
     try:
         return text.encode()
     except UnicodeEncodeError:
@@ -693,17 +706,9 @@ def move_garbage_lines_aside(path: Path) -> tuple[Path | None, list[int]]:
     the rename leaves the original untouched (the next open does the same again); after it, the
     garbage is already safe in the aside file. Streams twice over the file; memory stays small.
     """
-    bad: list[int] = []
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return None, []
-    with f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                break  # a tail still being written is not ours to judge (repair_torn_tail's job)
-            if parse_record_line(raw) is None:
-                bad.append(number)
+    # A tail still being written is not ours to judge (repair_torn_tail's job): iter_blocks leaves
+    # it out. Blocks our writer wrote are cleared by their prefixes, the rest line by line.
+    bad = [number for block in iter_blocks(path) for number in block.garbage]
     if not bad:
         return None, []
     stamp = file_timestamp()

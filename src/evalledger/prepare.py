@@ -19,6 +19,7 @@ from .datasets import Dataset, filter_shard, load_dataset, resolve_dataset
 from .errors import ConfigDriftError, DatasetError, UsageError
 from .fsutil import create_json_exclusive, utc_now, write_json_atomic
 from .ledger import MANIFEST, CheckpointManager, parse_record_line, results_files
+from .resume_scan import LedgerScan
 from .samples import Sample
 from .tasks import load_task
 from .tasks.base import Task
@@ -254,7 +255,7 @@ def _scan_results(prepared: PreparedRun, *, check_records: bool) -> _ResultsSeen
     return seen
 
 
-def check_or_create_manifest(prepared: PreparedRun) -> dict[str, Any]:
+def check_or_create_manifest(prepared: PreparedRun, scan: LedgerScan | None = None) -> dict[str, Any]:
     """Create the manifest, or check an existing one against this run's identity.
 
     A resume whose identity fields differ is refused with a field-by-field diff (it would mix
@@ -265,10 +266,17 @@ def check_or_create_manifest(prepared: PreparedRun) -> dict[str, Any]:
     recreated from this command only if the results agree with it; see
     :func:`_recreate_manifest_or_refuse`. Records for sample ids the dataset does not have are
     reported with a warning, kept, and listed in the manifest as ``ids_not_in_dataset``.
+
+    ``scan``: the runner's pass over the ledger (made with the dataset's ids), reused so the
+    results are not read twice; without it, or when the manifest is missing (every record must
+    then be checked in full), the results are read here.
     """
     path = prepared.run_dir / MANIFEST
     existing = CheckpointManager(prepared.run_dir).read_manifest()
-    seen = _scan_results(prepared, check_records=existing is None)
+    if existing is None or scan is None:
+        seen = _scan_results(prepared, check_records=existing is None)
+    else:
+        seen = _ResultsSeen(records=scan.records, in_dataset=scan.in_dataset, foreign=dict(scan.foreign))
     if existing is None:
         fresh = prepared.manifest()
         if seen.records:

@@ -31,14 +31,7 @@ from .errors import (
     RunExistsError,
     UsageError,
 )
-from .ledger import (
-    CheckpointManager,
-    billed,
-    calls_cost,
-    iter_file_records,
-    move_run_aside,
-    results_files,
-)
+from .ledger import CheckpointManager, move_run_aside, results_files
 from .lifecycle import StatusWriter
 from .limits import Limits
 from .prepare import PreparedRun, check_or_create_manifest, prepare_run
@@ -46,6 +39,7 @@ from .pricing import Price
 from .progress import Progress
 from .providers import make_provider
 from .providers.base import ErrorInfo, Provider
+from .resume_scan import FileCounts, LedgerScan, scan_ledger
 from .retry import RetryPolicy
 from .sample_runner import RunState, SampleContext, StopRun, run_sample
 from .samples import Sample
@@ -104,7 +98,7 @@ def estimate_experiment(config: RunConfig) -> Estimate:
     # Estimating sends nothing and runs nothing: the code-execution and output-dir gates do not apply.
     prepared = prepare_run(config, check_output_dir=False, check_code_execution=False)
     price = config.price()
-    seen = _scan_ledger(CheckpointManager(prepared.run_dir, config.shard))
+    seen = scan_ledger(prepared.run_dir)
     done = seen.completed if config.retry_errors else seen.completed | seen.errored
     pending = [s for s in prepared.selection if s.id not in done]
     return estimate_pending(prepared.task, pending, config.max_tokens, price, seen.observed)
@@ -143,12 +137,14 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
             _warn(config, f"repaired a torn last line in {ledger.results_path.name}; the partial bytes are kept in {ledger.repaired_tail}")
         for message in ledger.repair_warnings:  # garbage lines moved aside (item 5 of issue 4)
             _warn(config, message)
-        check_or_create_manifest(prepared)
+        # One pass over the ledger serves the manifest check and the pending set.
+        seen = scan_ledger(run_dir, prepared.dataset.all_ids)
+        check_or_create_manifest(prepared, seen)
         # The status marker is written while we hold the lock: `running` once the pending set is
         # known, the final state before the lock is released (see lifecycle.py).
         status = StatusWriter(run_dir, config.shard, prepared.run_id)
         try:
-            summary = await _execute(prepared, ledger, provider, price, t0, status)
+            summary = await _execute(prepared, ledger, provider, price, t0, seen, status)
         except BaseException as e:
             if status.begun:
                 status.finish_failed(_disk_error(e, run_dir))
@@ -186,7 +182,7 @@ def _disk_error(e: BaseException, run_dir: Path) -> BaseException:
 
 
 async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: Provider, price: Price | None,
-                   t0: float, status: StatusWriter) -> RunSummary:
+                   t0: float, seen: LedgerScan, status: StatusWriter) -> RunSummary:
     config = prepared.config
     state_doc, problem = ledger.read_resume_state()
     had_results = ledger.results_path.exists() and ledger.results_path.stat().st_size > 0
@@ -199,9 +195,9 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         # A fresh run (or a rebuilt state) starts the global RNG from the run seed; the counters
         # are recounted from this shard's results file, the source of truth.
         random.seed(config.seed)
-        counters = _count_records(ledger.results_path)
+        own = seen.files.get(ledger.results_path, FileCounts())
+        counters = {"ok_records": own.ok_records, "error_records": own.error_records, "requests": own.requests}
 
-    seen = _scan_ledger(ledger)
     completed = seen.completed
     excluded = set(completed) if config.retry_errors else completed | seen.errored
     pending = [s for s in prepared.selection if s.id not in excluded]
@@ -430,49 +426,7 @@ async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommit
         await asyncio.gather(prod, return_exceptions=True)
 
 
-@dataclass
-class _LedgerScan:
-    completed: set[str]
-    correct: set[str]
-    errored: set[str]
-    observed: tuple[int, int, int]  # ok samples, their input and output tokens
-    billed_cost: float
-
-
-def _scan_ledger(ledger: CheckpointManager) -> _LedgerScan:
-    """One pass over every results and calls file: what is done, what errored, usage and spend so far."""
-    completed: set[str] = set()
-    correct: set[str] = set()
-    errored: set[str] = set()
-    n = tin = tout = 0
-    cost = 0.0
-    for rec in ledger.iter_records():
-        if rec.get("status") == "ok":
-            completed.add(rec["sample_id"])
-            # the last ok record decides, as in the merged view
-            (correct.add if rec.get("correct") is True else correct.discard)(rec["sample_id"])
-            usage = rec.get("usage") or {}
-            n += 1
-            tin += int(usage.get("input_tokens") or 0)
-            tout += int(usage.get("output_tokens") or 0)
-        else:
-            errored.add(rec["sample_id"])
-        cost += billed(rec)[2] or 0.0
-    cost += calls_cost(ledger.run_dir)
-    return _LedgerScan(completed, correct, errored - completed, (n, tin, tout), cost)
-
-
 _COUNTERS = ("ok_records", "error_records", "requests")
-
-
-def _count_records(path: Path) -> dict[str, int]:
-    """Cumulative counters of one results file (used when the resume state must be rebuilt)."""
-    counts = dict.fromkeys(_COUNTERS, 0)
-    for rec in iter_file_records(path):
-        counts["ok_records" if rec.get("status") == "ok" else "error_records"] += 1
-        attempts = rec.get("attempts")
-        counts["requests"] += attempts if isinstance(attempts, int) and attempts > 0 else 0
-    return counts
 
 
 def _has_results(run_dir: Path) -> bool:

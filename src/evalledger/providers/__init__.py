@@ -44,11 +44,13 @@ def make_provider(
     if prefix == "openai":
         from .openai import OpenAIProvider
 
-        return OpenAIProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout)
+        return OpenAIProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout,
+                              concurrency=concurrency)
     if prefix == "anthropic":
         from .anthropic import AnthropicProvider
 
-        return AnthropicProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout)
+        return AnthropicProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout,
+                                 concurrency=concurrency)
     if prefix == "local":
         from .local import LocalProvider
 
@@ -57,7 +59,7 @@ def make_provider(
         from .openai import OpenAIProvider
 
         url = base_url or COMPATIBLE_DEFAULT_URLS[prefix]
-        return OpenAIProvider(model, name, base_url=url, api_key=api_key, timeout=timeout)
+        return OpenAIProvider(model, name, base_url=url, api_key=api_key, timeout=timeout, concurrency=concurrency)
     raise UsageError(
         f"--model {model!r}: say which API serves it: openai/<model>, anthropic/<model>, local/smollm2, "
         "vllm/<model>, ollama/<model>, or <model> with --base-url for any OpenAI-compatible server"

@@ -6,7 +6,16 @@ import os
 from typing import Any
 
 from ..errors import UsageError
-from .base import ChatRequest, ChatResponse, ErrorInfo, Provider, classify_sdk_error, parse_raw, ratelimit_headers
+from .base import (
+    ChatRequest,
+    ChatResponse,
+    ErrorInfo,
+    Provider,
+    aiohttp_client,
+    classify_sdk_error,
+    parse_raw,
+    ratelimit_headers,
+)
 
 
 class AnthropicProvider(Provider):
@@ -20,6 +29,7 @@ class AnthropicProvider(Provider):
         base_url: str | None = None,
         api_key: str | None = None,
         timeout: float = 600.0,
+        concurrency: int = 8,
     ) -> None:
         import anthropic
 
@@ -35,6 +45,9 @@ class AnthropicProvider(Provider):
             kwargs["api_key"] = key
         if base:
             kwargs["base_url"] = base
+        http_client = aiohttp_client(anthropic, concurrency)  # see aiohttp_client: less CPU per request
+        if http_client is not None:
+            kwargs["http_client"] = http_client
         self._client = anthropic.AsyncAnthropic(**kwargs)
         self._sdk = anthropic
 

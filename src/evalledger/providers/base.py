@@ -148,11 +148,30 @@ def classify_sdk_error(exc: BaseException, sdk: Any) -> ErrorInfo:
     if isinstance(exc, sdk.APIConnectionError):  # includes APITimeoutError
         cause = exc.__cause__ or exc.__context__
         detail = f" ({type(cause).__name__}: {cause})" if cause else ""
+        if isinstance(exc, sdk.APITimeoutError) and _refused(exc):
+            # The aiohttp transport reports a refused connection as a connect *timeout*; it is
+            # the same failure as httpx2's ConnectError (nothing listens there), so it is named
+            # like one: the runner stops at once when no request ever got through.
+            etype = "APIConnectionError"
         return ErrorInfo(ErrorKind.TRANSIENT, etype, f"{exc}{detail}")
     if isinstance(exc, sdk.APIResponseValidationError):
         return ErrorInfo(ErrorKind.SAMPLE, etype, str(exc))
     # Anything else from inside the SDK call (a bug, a bad response shape) is this sample's problem.
     return ErrorInfo(ErrorKind.SAMPLE, etype, str(exc) or etype)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error was caused by a refused or failed connect, not by a time-out."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        if isinstance(cause, TimeoutError):  # aiohttp's real connect time-out is a TimeoutError
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _error_code(exc: Any) -> str | None:
@@ -195,3 +214,28 @@ async def parse_raw(raw: Any) -> Any:
     if hasattr(parsed, "__await__"):
         parsed = await parsed
     return parsed
+
+
+def aiohttp_client(sdk: Any, concurrency: int) -> Any | None:
+    """The SDK's aiohttp transport (``sdk.DefaultAioHttpClient``), or None without ``aiohttp``.
+
+    Why: the SDKs' default httpx2 transport costs 3-4 ms of CPU per request here, the aiohttp one
+    1.9-2.8 ms (FACTS.md; measured again for issue 3), and one process's CPU is what caps
+    throughput. Its pool is sized to the run's concurrency: the default keeps at most 20 (aiohttp)
+    or 100 (httpx2) idle connections, so at a higher concurrency every request past them would
+    open a new connection. Errors still arrive as the SDK's exceptions (the transport maps aiohttp's
+    to httpx2's), so :func:`classify_sdk_error` is unchanged.
+    """
+    try:
+        import aiohttp  # noqa: F401  # the transport needs it; without it the SDK raises on use
+        import httpx2
+    except ImportError:
+        return None
+    client_cls = getattr(sdk, "DefaultAioHttpClient", None)
+    if client_cls is None:
+        return None
+    size = max(int(concurrency), 1) + 8  # a few spare for retries racing a closing connection
+    try:
+        return client_cls(limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size))
+    except RuntimeError:  # the SDK's stand-in when it was installed without its aiohttp extra
+        return None

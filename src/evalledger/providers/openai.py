@@ -6,7 +6,16 @@ import os
 from typing import Any
 
 from ..errors import UsageError
-from .base import ChatRequest, ChatResponse, ErrorInfo, Provider, classify_sdk_error, parse_raw, ratelimit_headers
+from .base import (
+    ChatRequest,
+    ChatResponse,
+    ErrorInfo,
+    Provider,
+    aiohttp_client,
+    classify_sdk_error,
+    parse_raw,
+    ratelimit_headers,
+)
 
 
 class OpenAIProvider(Provider):
@@ -25,6 +34,7 @@ class OpenAIProvider(Provider):
         api_key: str | None = None,
         timeout: float = 600.0,
         send_seed: bool = True,
+        concurrency: int = 8,
     ) -> None:
         import openai
 
@@ -42,7 +52,9 @@ class OpenAIProvider(Provider):
                     "OpenAI-compatible server (vLLM, Ollama), or use --model local/smollm2 (no key needed)."
                 )
         self.base_url = base
-        self._client = openai.AsyncOpenAI(api_key=key, base_url=base, max_retries=0, timeout=timeout)
+        http_client = aiohttp_client(openai, concurrency)
+        extra: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
+        self._client = openai.AsyncOpenAI(api_key=key, base_url=base, max_retries=0, timeout=timeout, **extra)
         self._sdk = openai
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
