@@ -7,7 +7,12 @@
 Writes a synthetic run (records shaped like the runner's: prompt, response, usage, ~0.9 kB per
 line; 1 % error records, 0.5 % samples retried after an error) with the real CheckpointManager,
 then times each reader in a fresh subprocess so that its peak RSS is its own. Targets from
-issue 6: load_results <= 10 s and <= 2 GB RSS; report <= 30 s.
+issue 6: load_results <= 10 s and <= 2 GB RSS; report <= 30 s; get_stats <= 5 s (issue 3).
+
+Each reader is timed three ways: "cold" with the columnar cache turned off
+(EVALLEDGER_SCAN_CACHE=off: every record parsed), "first" with the cache on but empty (a full
+parse plus writing <run_dir>/.cache/), and "warm" with the cache written by the previous read
+(what every later read of a finished run costs; a live run adds only the parse of its new tail).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,11 +98,12 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "cpu_seconds": time.proce
 """
 
 
-def measure(what: str, run_dir: Path, *, no_orjson: bool = False) -> dict:
+def measure(what: str, run_dir: Path, *, no_orjson: bool = False, cache: bool = True) -> dict:
     """Time one reader in a fresh interpreter (import time excluded); returns seconds, rows, max RSS."""
     code = CHILD.format(no_orjson=no_orjson)
+    env = {**os.environ, "EVALLEDGER_SCAN_CACHE": "on" if cache else "off"}
     out = subprocess.run([sys.executable, "-c", code, what, str(run_dir), str(run_dir.parent / "report.html")],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -115,12 +122,20 @@ def main() -> None:
         print(f"wrote {args.records:,} samples ({size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f}s → {run_dir}")
     variants = [False, True] if args.no_orjson else [False]
     # CPU seconds as well as wall seconds: on a shared machine the wall clock also measures the neighbours.
-    print(f"{'reader':<14}{'parser':<9}{'seconds':>9}{'cpu s':>8}{'max RSS MB':>12}{'rows':>11}")
+    print(f"{'reader':<14}{'parser':<9}{'cache':<7}{'seconds':>9}{'cpu s':>8}{'max RSS MB':>12}{'rows':>11}")
+
+    def show(what: str, parser: str, cache: str, m: dict) -> None:
+        print(f"{what:<14}{parser:<9}{cache:<7}{m['seconds']:>9.1f}{m['cpu_seconds']:>8.1f}"
+              f"{m['max_rss_mb']:>12.0f}{m['rows']:>11,}", flush=True)
+
     for no_orjson in variants:
+        parser = "json" if no_orjson else "orjson"
         for what in ("load_results", "get_stats", "report"):
-            m = measure(what, run_dir, no_orjson=no_orjson)
-            print(f"{what:<14}{'json' if no_orjson else 'orjson':<9}{m['seconds']:>9.1f}{m['cpu_seconds']:>8.1f}"
-                  f"{m['max_rss_mb']:>12.0f}{m['rows']:>11,}", flush=True)
+            show(what, parser, "cold", measure(what, run_dir, no_orjson=no_orjson, cache=False))
+    shutil.rmtree(run_dir / ".cache", ignore_errors=True)
+    show("load_results", "orjson", "first", measure("load_results", run_dir))
+    for what in ("load_results", "get_stats", "report"):
+        show(what, "orjson", "warm", measure(what, run_dir))
     print(f"cpu: {os.cpu_count()} cores; python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}")
 
 

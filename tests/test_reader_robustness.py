@@ -114,7 +114,7 @@ def test_every_reader_counts_the_same_lines_as_records(tmp_path):
     for line in GARBAGE:
         assert parse_record_line(line) is None
     scan = scan_run(run)
-    assert scan.unparseable_lines == len(GARBAGE) and sorted(scan.columns["sample_id"]) == streamed
+    assert scan.unparseable_lines == len(GARBAGE) and sorted(scan.sample_ids) == streamed
     s = get_stats(run)
     assert s["unparseable_lines"] == len(GARBAGE)
     assert sorted(load_results(run)["sample_id"]) == streamed

@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .ledger import MANIFEST
-from .scan import BASE_COLUMNS, SELF_CORRECTION_KEYS, RunScan, read_manifest_facts, scan_run
+from .scan import BASE_COLUMNS, SELF_CORRECTION_KEYS, TEXT_COLUMNS, RunScan, read_manifest_facts, scan_run
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 STRING_COLUMNS = ("sample_id", "status", "model", "task", "shard", "error_type", "error_message")
 INT_COLUMNS = ("input_tokens", "output_tokens", "attempts", "error_status_code")
 FLOAT_COLUMNS = ("cost_usd", "latency_s")
 TIME_COLUMNS = ("started_at", "finished_at")
+OBJECT_COLUMNS = ("prediction", "target", "response")
 EXTRA_COLLISION_PREFIX = "record_"  # a task field named like a base column, e.g. a top-level "model"
 
 
@@ -40,81 +42,97 @@ def _score_dtype(values: list[Any]) -> str | None:
     return None
 
 
-def _typed(values: list[Any], dtype: str, valid: Any) -> Any:
-    """A nullable array of ``dtype``; values that do not fit (a hand-edited record) become NA."""
-    import pandas as pd
-
-    try:
-        return pd.array(values, dtype=dtype)  # fast path: a well-formed ledger
-    except (TypeError, ValueError, OverflowError):
-        return pd.array([v if valid(v) else None for v in values], dtype=dtype)
-
-
-def _is_int64(v: Any) -> bool:
-    return type(v) is int and -(2**63) <= v < 2**63
-
-
 def _finite(values: list[Any]) -> list[Any]:
     """Numbers as they are; NaN, ±Infinity and anything not a number become None (NA)."""
     return [v if (type(v) is int or (type(v) is float and math.isfinite(v))) else None for v in values]
 
 
-def frame_from_scan(scan: RunScan, *, keep_row: bool = False) -> "pd.DataFrame":
+def _objects(plain: "pa.ChunkedArray", as_json: "pa.ChunkedArray") -> list[Any]:
+    """A column's Python values from its string part and its JSON part (see scan_batch)."""
+    values = plain.to_pylist()
+    if as_json.null_count < len(as_json):
+        for i, text in enumerate(as_json.to_pylist()):
+            if text is not None:
+                values[i] = json.loads(text)
+    return values
+
+
+def _score_array(bools: "pa.ChunkedArray", as_json: "pa.ChunkedArray") -> Any:
+    """The score column: ``boolean`` when every score is a bool, ``Float64`` when every one is a number."""
+    import pandas as pd
+
+    if as_json.null_count == len(as_json) and bools.null_count < len(bools):
+        return pd.array(bools.to_pylist(), dtype="boolean")
+    values = _objects(bools, as_json)
+    dt = _score_dtype(values)
+    if dt == "Float64":
+        values = _finite(values)  # a NaN score is no score, like a missing one
+    try:
+        return pd.array(values, dtype=dt) if dt else pd.Series(values, dtype=object).array
+    except (TypeError, ValueError, OverflowError):
+        return pd.Series(values, dtype=object).array
+
+
+def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[str] | None = None) -> "pd.DataFrame":
     """The typed DataFrame of a :class:`RunScan`, sorted by ``sample_id``.
 
     ``keep_row`` adds ``_row``, the row's position in the scan (for :func:`scan.fetch_records`).
+    ``columns`` limits the base columns built (``sample_id`` and ``in_dataset`` are always there,
+    and so are pass-through columns): stats need a handful, not the text.
     """
     import pandas as pd  # lazily: ~0.7 s of start-up most CLI commands do not need
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
+    order = pc.sort_indices(scan.view(["sample_id"])["sample_id"])
+    wanted = set(BASE_COLUMNS + (TEXT_COLUMNS if scan.text else ())) if columns is None else {"sample_id", *columns}
+    names = [c for c in BASE_COLUMNS + TEXT_COLUMNS if c in wanted and (scan.text or c not in TEXT_COLUMNS)]
+    sources = {"score": ["score_bool", "score_json"], **{c: [c, c + "_json"] for c in OBJECT_COLUMNS}}
+    t = scan.view([src for c in names for src in sources.get(c, [c])] + ["extras_json"], order)  # one copy
+    nullable = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}
     data: dict[str, Any] = {}
-    for name, values in scan.columns.items():
+    for name in names:
         if name in STRING_COLUMNS:
-            data[name] = pd.array(values, dtype="string")
-        elif name in INT_COLUMNS:
-            if not all(v is None or _is_int64(v) for v in values):  # pandas would cast 1e30 to junk
-                values = [v if _is_int64(v) else None for v in values]
-            data[name] = _typed(values, "Int64", _is_int64)
-        elif name in FLOAT_COLUMNS:
-            data[name] = pd.array(_finite(values), dtype="Float64")
+            data[name] = pd.array(t[name], dtype="string")
+        elif name in INT_COLUMNS or name in FLOAT_COLUMNS or name == "correct":
+            data[name] = t[name].to_pandas(types_mapper=nullable.get).array
         elif name in TIME_COLUMNS:
-            if not all(v is None or type(v) is str for v in values):
-                values = [v if type(v) is str else None for v in values]  # a number is not a time here
-            data[name] = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601", errors="coerce").array
-        elif name == "correct":
-            data[name] = _typed(values, "boolean", lambda v: isinstance(v, bool))
+            strings = t[name].to_numpy(zero_copy_only=False)  # objects, as the ledger holds them
+            data[name] = pd.to_datetime(pd.Series(strings, dtype=object), utc=True, format="ISO8601",
+                                        errors="coerce").array
         elif name == "score":
-            dt = _score_dtype(values)
-            if dt == "Float64":
-                values = _finite(values)  # a NaN score is no score, like a missing one
-            try:
-                data[name] = pd.array(values, dtype=dt) if dt else pd.Series(values, dtype=object).array
-            except (TypeError, ValueError, OverflowError):
-                data[name] = pd.Series(values, dtype=object).array
-        else:
-            data[name] = pd.Series(values, dtype=object).array
+            data[name] = _score_array(t["score_bool"], t["score_json"])
+        elif name in OBJECT_COLUMNS:
+            data[name] = pd.Series(_objects(t[name], t[name + "_json"]), dtype=object).array
     df = pd.DataFrame(data)
     # Pass-through fields (self-correction and any task's extras): rare, so built only if present.
-    extra_names: dict[str, None] = {}
-    for ext in scan.extras:
-        if ext:
-            extra_names.update(dict.fromkeys(ext))
-    for name in extra_names:
-        values = [ext.get(name) if ext else None for ext in scan.extras]
-        col = name if name not in df.columns else EXTRA_COLLISION_PREFIX + name  # never shadow a base column
-        if name in ("correct_before", "correct_after"):
-            df[col] = pd.array([v if isinstance(v, bool) else None for v in values], dtype="boolean")
-        elif name == "transition":
-            df[col] = pd.array([None if v is None else str(v) for v in values], dtype="string")
-        else:
-            df[col] = pd.Series(values, dtype=object)
+    extras_json = t["extras_json"]
+    if extras_json.null_count < len(extras_json):
+        extras = [None if e is None else json.loads(e) for e in extras_json.to_pylist()]
+        extra_names: dict[str, None] = {}
+        for ext in extras:
+            if ext:
+                extra_names.update(dict.fromkeys(ext))
+        for name in extra_names:
+            values = [ext.get(name) if ext else None for ext in extras]
+            col = name if name not in BASE_COLUMNS + TEXT_COLUMNS else EXTRA_COLLISION_PREFIX + name  # never shadow
+            if name in ("correct_before", "correct_after"):
+                df[col] = pd.array([v if isinstance(v, bool) else None for v in values], dtype="boolean")
+            elif name == "transition":
+                df[col] = pd.array([None if v is None else str(v) for v in values], dtype="string")
+            else:
+                df[col] = pd.Series(values, dtype=object)
     foreign = scan.manifest.ids_not_in_dataset
     if "in_dataset" in df.columns:  # a task's own field of that name
         df = df.rename(columns={"in_dataset": EXTRA_COLLISION_PREFIX + "in_dataset"})
-    df["in_dataset"] = pd.array([sid not in foreign for sid in scan.columns["sample_id"]] if foreign
-                                else [True] * len(df), dtype="boolean")
+    if foreign:
+        inside = pc.invert(pc.is_in(t["sample_id"], value_set=pa.array(sorted(foreign), type=pa.string())))
+        df["in_dataset"] = pd.array(inside.to_pylist(), dtype="boolean")
+    else:
+        df["in_dataset"] = pd.array([True] * len(df), dtype="boolean")
     if keep_row:
-        df["_row"] = range(len(df))
-    return df.sort_values("sample_id", kind="stable").reset_index(drop=True)
+        df["_row"] = order.to_numpy()
+    return df
 
 
 def load_results(run: str | Path, output_dir: str | Path = "outputs", *, text: bool = True) -> "pd.DataFrame":

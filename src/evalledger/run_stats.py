@@ -125,8 +125,13 @@ def _active_seconds(finished: "pd.Series") -> tuple[float, int, int, float]:
     return active, int(working.sum()), len(t) - start, float(t[-1] - t[start])
 
 
+# The DataFrame columns the stats read (plus sample_id, in_dataset and the pass-through columns).
+STATS_COLUMNS = ("status", "correct", "latency_s", "finished_at", "error_type")
+
+
 def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
-    """The stats dict of a scanned run; ``df`` is ``frame_from_scan(scan)`` (passed in, not rebuilt).
+    """The stats dict of a scanned run; ``df`` is ``frame_from_scan(scan)`` (passed in, not rebuilt),
+    or one with at least :data:`STATS_COLUMNS`.
 
     Samples the manifest lists as ``ids_not_in_dataset`` are not part of the run: they are left
     out of every count, accuracy, latency and throughput, and listed under ``unknown_sample_ids``.
@@ -166,7 +171,7 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     shards = {}
     for fs in scan.file_summaries:
         lock_name = ".lock" if fs.shard is None else f".lock.shard-{fs.shard.replace('/', '-of-')}"
-        shards[fs.shard or "all"] = {"file": fs.name, "ok": len(fs.ok_ids - foreign), "error_records": fs.error_records,
+        shards[fs.shard or "all"] = {"file": fs.name, "ok": fs.ok_count(foreign), "error_records": fs.error_records,
                                      "records": fs.records, "last_finished": fs.last_finished,
                                      "running": lock_name in locks}
     stats: dict[str, Any] = {
@@ -197,7 +202,7 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
         "records_read": scan.records_read,
         "unparseable_lines": scan.unparseable_lines,
         "partial_tail_bytes": scan.partial_tail_bytes,
-        "files": {fs.name: {"completed": len(fs.ok_ids - foreign)} for fs in scan.file_summaries},
+        "files": {fs.name: {"completed": fs.ok_count(foreign)} for fs in scan.file_summaries},
         "shards": shards,
         "unknown_sample_ids": unknown,
     }
@@ -220,8 +225,10 @@ def _self_correction(ok: "pd.DataFrame") -> dict[str, Any]:
         counts = Counter(derived)
         out["accuracy_before"] = float(before.mean()) if len(both) else None
         out["accuracy_after"] = float(after.mean()) if len(both) else None
-    else:
+    elif "transition" in ok.columns:
         counts = Counter(ok["transition"].dropna().astype(str))
+    else:  # correct_before without correct_after (a task's partial record): nothing to count
+        counts = Counter()
     out["transitions"] = {k: int(counts.get(k, 0)) for k in TRANSITIONS} | {
         k: int(v) for k, v in counts.items() if k not in TRANSITIONS}
     return out
@@ -232,7 +239,7 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
     from .frames import frame_from_scan
 
     scan = scan_run(run_dir, text=False)
-    stats = stats_from_scan(scan, frame_from_scan(scan))
+    stats = stats_from_scan(scan, frame_from_scan(scan, columns=STATS_COLUMNS))
     add_lifecycle(stats, run_dir)
     return stats
 

@@ -1,52 +1,43 @@
-"""One streaming pass over a run's ledger: the per-sample view as columns, plus run-wide sums.
+"""One streaming pass over a run's ledger: the per-sample view as Arrow columns, plus run-wide sums.
 
 Everything that reads results for people (``get_stats``, ``load_results``, ``report``, ``list``)
 builds on :func:`scan_run`, so the DataFrame and the stats can never disagree, and a report needs
 only one pass over a million records.
 
-Why columns and not a list of dicts: a million record dicts (with their prompts) would not fit in
-2 GB, and turning dicts into a DataFrame is slow. Lines are parsed in ~16 MB batches and each
-field is pulled out with a list comprehension, the cheapest loop Python has. Why orjson when it is
-installed: ``json.loads`` is ~3.5x slower and dominates the pass (see benchmarks/bench_results.py).
+Each results file is parsed in ~16 MB batches by :func:`evalledger.scan_batch.parse_batch` into
+typed Arrow columns (a million records of Python dicts would not fit in 2 GB). What was parsed is
+kept in a columnar copy beside the run (:mod:`evalledger.scan_cache`, ``<run_dir>/.cache/``), so the
+next reader parses only the bytes appended since: on a live run, the new records.
 
 Safe while a run is writing: no lock is taken, a last line without its newline is ignored (it may
 be being written right now) and complete lines that are not records are counted, not raised.
-Which lines are records is decided by :func:`evalledger.ledger.parse_record_line` alone (the batch
-fast path only takes lines that rule would take the same way). Fields of the wrong type in a record
-(a ``usage`` that is a list, a cost that is text, a ``NaN`` cost) never crash a reader: they are
-read as missing.
+Which lines are records is decided by :func:`evalledger.ledger.parse_record_line` alone. Fields
+of the wrong type in a record (a ``usage`` that is a list, a cost that is text, a ``NaN`` cost)
+never crash a reader: they are read as missing.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import math
+import os
 from dataclasses import dataclass, field
-from itertools import accumulate, compress
-from operator import itemgetter
+from itertools import accumulate
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from .errors import LedgerCorruptError
-from .ledger import CheckpointManager, is_record, parse_record_line, results_files
+from .errors import LedgerCorruptError, UsageError
+from .ledger import CheckpointManager, parse_record_line, results_files
 
-try:  # optional speed-up: same results, ~3.5x faster parsing
-    import orjson
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-    _loads: Callable[[bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
-    _loads = json.loads
+    from .scan_batch import BatchSums
 
-# Fields of a record that have their own column (or are deliberately left out of the frame).
-KNOWN_KEYS = frozenset({
-    "sample_id", "status", "attempts", "shard", "model", "task", "input_hash", "prompt", "response",
-    "prediction", "target", "score", "correct", "usage", "cost_usd", "latency_s", "request_ids", "error",
-    "started_at", "finished_at", "extra",
-})
+# pyarrow (a dependency) is imported by the functions that read results, not with the package:
+# `import evalledger` and `evalledger run` do not pay its start-up.
 # Self-correction fields get unprefixed columns wherever a task puts them (top level or ``extra``).
 SELF_CORRECTION_KEYS = ("correct_before", "correct_after", "transition")
-EXTRA_PREFIX = "extra_"
 
 BASE_COLUMNS = (
     "sample_id", "status", "correct", "score", "prediction", "target", "input_tokens", "output_tokens",
@@ -54,6 +45,7 @@ BASE_COLUMNS = (
     "error_status_code", "started_at", "finished_at",
 )
 TEXT_COLUMNS = ("response",)
+CHUNK_BYTES = 16 << 20  # lines are parsed in ~16 MB batches: list comprehensions, bounded memory
 
 
 @dataclass
@@ -63,9 +55,27 @@ class FileSummary:
     name: str
     shard: str | None
     records: int = 0
-    ok_ids: set[str] = field(default_factory=set)
     error_records: int = 0
     last_finished: str | None = None
+    ok_unique: "pa.Array | None" = None  # the ids of samples with an ok record in this file
+    from_cache: int = 0  # bytes of the file whose rows came from the columnar copy
+
+    def ok_count(self, foreign: frozenset[str] = frozenset()) -> int:
+        """Samples with an ``ok`` record in this file, leaving out ``foreign`` ids."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.ok_unique is None:
+            return 0
+        if not foreign:
+            return len(self.ok_unique)
+        inside = pc.is_in(self.ok_unique, value_set=pa.array(sorted(foreign), type=pa.string()))
+        return len(self.ok_unique) - (pc.sum(inside).as_py() or 0)
+
+    @property
+    def ok_ids(self) -> set[str]:
+        """The ids of samples with an ``ok`` record in this file (a Python set: small runs, tests)."""
+        return set() if self.ok_unique is None else set(self.ok_unique.to_pylist())
 
 
 @dataclass
@@ -130,14 +140,20 @@ def read_manifest_facts(run_dir: str | Path) -> ManifestFacts:
 
 @dataclass
 class RunScan:
-    """The result of :func:`scan_run`: the latest-record view as columns, plus sums over *all* records."""
+    """The result of :func:`scan_run`: the latest-record view as columns, plus sums over *all* records.
+
+    ``rows`` holds every record of every results file, in ledger order, with the columns of
+    :data:`evalledger.scan_batch.SCHEMA` plus ``file`` (an index into ``files``); ``offset`` and
+    ``file`` locate a record for :func:`fetch_records`. ``keep`` picks the view out of it: one row
+    per sample, its latest ok record, else its latest record (None: every row, no sample has two).
+    """
 
     run_dir: Path
-    columns: dict[str, list[Any]]  # one entry per sample: its latest ok record, else its latest
-    extras: list[dict[str, Any] | None]  # per row: pass-through fields, or None (the common case)
-    locations: list[int]  # per row: file index << 40 | byte offset of its record (ints: no GC work, small)
+    rows: "pa.Table"
     files: list[Path]
     file_summaries: list[FileSummary]
+    keep: "pa.Array | None" = None
+    text: bool = True
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
@@ -148,109 +164,32 @@ class RunScan:
     last_finished: str | None = None
     manifest: ManifestFacts = field(default_factory=ManifestFacts)
 
+    def view(self, columns: list[str], positions: "pa.Array | None" = None) -> "pa.Table":
+        """Some columns of the view, or of the view rows at ``positions`` (only those are copied)."""
+        index = self.keep if positions is None else (positions if self.keep is None else self.keep.take(positions))
+        part = self.rows.select(columns)
+        return part if index is None else part.take(index)
 
-def _flatten_extras(rec: dict[str, Any]) -> dict[str, Any] | None:
-    """Fields a record carries beyond the known ones, for pass-through columns.
-
-    Unknown top-level keys keep their name; keys of the ``extra`` dict get ``extra_``, except the
-    self-correction keys, which get their plain name so that reports find them in one place.
-    """
-    out: dict[str, Any] = {}
-    for k in rec.keys() - KNOWN_KEYS:
-        out[k] = rec[k]
-    extra = rec.get("extra")
-    if isinstance(extra, dict):
-        for k, v in extra.items():
-            out[k if k in SELF_CORRECTION_KEYS else EXTRA_PREFIX + k] = v
-    return out or None
-
-
-CHUNK_BYTES = 16 << 20  # lines are parsed in ~16 MB batches: list comprehensions, bounded memory
-_EMPTY: dict[str, Any] = {}
-
-
-def _parse_lines(lines: list[bytes], scan: RunScan) -> tuple[list[dict[str, Any]], list[int]]:
-    """Parse a batch of complete lines; returns the records and the indices of the lines they came from.
-
-    The fast path parses the whole batch in comprehensions; a batch with a bad line is redone
-    line by line, counting the lines that are not records.
-    """
-    try:
-        # orjson takes a subset of what parse_record_line takes, with the same result; any line
-        # it refuses (NaN, garbage) sends the batch to the slow path, which is parse_record_line.
-        recs = [_loads(raw) for raw in lines]
-        if not all(map(is_record, recs)):
-            raise ValueError
-        return recs, list(range(len(lines)))
-    except (ValueError, TypeError):
-        recs, where = [], []
-        for j, raw in enumerate(lines):
-            r = parse_record_line(raw)
-            if r is not None:
-                recs.append(r)
-                where.append(j)
-            else:
-                scan.unparseable_lines += 1
-        return recs, where
-
-
-def _as_text(value: Any) -> str | None:
-    """A text column's cell: strings stay, anything else a hand-edited record holds becomes its JSON."""
-    if value is None or type(value) is str:
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except ValueError:
-        return str(value)
-
-
-def _shared_texts(table: dict[Any, Any], values: list[Any]) -> list[Any]:
-    """``values`` with one shared object per distinct string (see LOW_CARDINALITY)."""
-    try:
-        if all(v is None or type(v) is str for v in values):
-            return list(map(table.setdefault, values, values))
-    except TypeError:
-        pass
-    values = [_as_text(v) for v in values]
-    return list(map(table.setdefault, values, values))
-
-
-def _is_count(v: Any) -> bool:
-    return type(v) is int and v >= 0
-
-
-def _is_amount(v: Any) -> bool:
-    return (type(v) is float and math.isfinite(v)) or (type(v) is int)
-
-
-def _total(values: list[Any], valid: Callable[[Any], bool]) -> Any:
-    """Sum of the valid values (fast path: all are valid, which a well-formed ledger guarantees)."""
-    try:
-        total = sum(filter(None, values))
-        finite = type(total) is int or (type(total) is float and math.isfinite(total))
-        if finite and all(v is None or valid(v) for v in values):
-            return total
-    except TypeError:
-        pass
-    return sum(v for v in values if v is not None and valid(v))
-
-
-# Columns with few distinct values: one shared str object per value instead of one per record
-# (orjson makes a new str for each), which saves ~0.5 GB on a million records.
-LOW_CARDINALITY = ("status", "model", "task", "shard", "error_type", "error_message")
+    @property
+    def sample_ids(self) -> list[str]:
+        """The view's sample ids, in ledger order."""
+        return self.view(["sample_id"])["sample_id"].to_pylist()
 
 
 def scan_run(run_dir: str | Path, *, text: bool = True) -> RunScan:
     """Read every results file of a run once (all shards) and return a :class:`RunScan`.
 
     Per sample the view holds its latest ``ok`` record, or its latest error if it has none
-    (DESIGN promise 3). ``text=False`` leaves out the response text (for stats and listings).
+    (DESIGN promise 3). ``text=False`` tells the DataFrame builder to leave out the response text.
     The manifest's facts are read too (:func:`read_manifest_facts`), so that every reader of the
     scan sees the same sample count and the same ``ids_not_in_dataset``.
     """
     # The cyclic GC would walk every live container again and again while millions are
-    # allocated (quadratic in effect: 70 s instead of 10 s on a million records); nothing
-    # here makes reference cycles, so it is paused for the pass.
+    # allocated (quadratic in effect); nothing here makes reference cycles, so it is paused.
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as e:  # a broken install: say what is missing instead of a traceback
+        raise UsageError(f"reading results needs pyarrow, a dependency of evalledger: pip install pyarrow ({e})") from e
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -261,123 +200,111 @@ def scan_run(run_dir: str | Path, *, text: bool = True) -> RunScan:
 
 
 def _scan(run_dir: Path, text: bool) -> RunScan:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .scan_batch import SCHEMA
+
     files = results_files(run_dir)
-    names = BASE_COLUMNS + (TEXT_COLUMNS if text else ())
-    # Columns over *every* record first (cheap comprehensions per batch); the latest-record view
-    # is picked at the end, usually keeping everything (a sample rarely has two records).
-    allc: dict[str, list[Any]] = {c: [] for c in names}
-    all_extras: list[dict[str, Any] | None] = []
-    all_locs: list[int] = []
-    shared: dict[str, dict[Any, Any]] = {c: {} for c in LOW_CARDINALITY}
-    fields = ("correct", "score", "prediction", "target", "latency_s", "attempts", "started_at", "model", "task",
-              "shard") + (("response",) if text else ())
-    getter = itemgetter(*fields)
-    scan = RunScan(run_dir=run_dir, columns={}, extras=[], locations=[], files=files, file_summaries=[],
+    scan = RunScan(run_dir=run_dir, rows=SCHEMA.empty_table(), files=files, file_summaries=[], text=text,
                    manifest=read_manifest_facts(run_dir))
-    known = KNOWN_KEYS
-    cost_known = True
+    tables = []
+    lasts = []
     for fi, path in enumerate(files):
         m = path.name[len("results."):-len(".jsonl")] if path.name != "results.jsonl" else ""
         fs = FileSummary(name=path.name, shard=m.replace("shard-", "").replace("-of-", "/") or None)
         scan.file_summaries.append(fs)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:  # a shard file can vanish only with --overwrite; nothing to read
-            continue
-        offset = 0
-        with f:
-            while True:
-                lines = f.readlines(CHUNK_BYTES)
-                if not lines:
-                    break
-                if lines[-1][-1:] != b"\n":
-                    # The last line without its newline (only ever at EOF): a write in progress or torn.
-                    scan.partial_tail_bytes += len(lines.pop())
-                offsets = list(accumulate(map(len, lines), initial=offset))
-                offset = offsets.pop()  # the end of the batch is where the next one starts
-                scan.records_read += len(lines)
-                recs, where = _parse_lines(lines, scan)
-                fs.records += len(recs)
-                usages = [r.get("usage") or _EMPTY for r in recs]
-                if not all(type(u) is dict for u in usages):
-                    usages = [u if type(u) is dict else _EMPTY for u in usages]
-                errs = [r.get("error") or _EMPTY for r in recs]
-                if not all(type(e) is dict for e in errs):
-                    errs = [e if type(e) is dict else _EMPTY for e in errs]
-                statuses = [r.get("status") for r in recs]  # str or None (parse_record_line)
-                ids = [r["sample_id"] for r in recs]
-                finished = [r.get("finished_at") for r in recs]
-                if not all(f is None or type(f) is str for f in finished):
-                    finished = [f if type(f) is str else None for f in finished]
-                costs = [r.get("cost_usd") for r in recs]
-                if not all(c is None or _is_amount(c) for c in costs):
-                    costs = [c if _is_amount(c) else None for c in costs]  # not a number: no known cost
-                allc["sample_id"] += ids
-                allc["status"] += map(shared["status"].setdefault, statuses, statuses)
-                try:  # every field present (the runner's records): one C-level getter per record
-                    picked = list(zip(*map(getter, recs))) if recs else [()] * len(fields)
-                except KeyError:  # a record without some field: the same, field by field
-                    picked = [[r.get(name) for r in recs] for name in fields]
-                for name, values in zip(fields, picked):
-                    sm = shared.get(name)
-                    allc[name] += values if sm is None else _shared_texts(sm, values)
-                in_tokens = [u.get("input_tokens") for u in usages]
-                out_tokens = [u.get("output_tokens") for u in usages]
-                allc["input_tokens"] += in_tokens
-                allc["output_tokens"] += out_tokens
-                allc["cost_usd"] += costs
-                types = [e.get("type") for e in errs]
-                messages = [e.get("message") for e in errs]
-                allc["error_type"] += _shared_texts(shared["error_type"], types)
-                allc["error_message"] += _shared_texts(shared["error_message"], messages)
-                allc["error_status_code"] += [e.get("status_code") for e in errs]
-                allc["finished_at"] += finished
-                # One set union per batch (C speed) tells whether any record has fields to pass through.
-                batch_keys = set().union(*recs)
-                if batch_keys <= known and "extra" not in batch_keys:
-                    all_extras += [None] * len(recs)
-                else:
-                    all_extras += [None if (r.keys() <= known and "extra" not in r) else _flatten_extras(r)
-                                   for r in recs]
-                base = fi << 40  # offsets below 1 TB per file
-                all_locs += [base | offsets[j] for j in where]
-                # Tokens and cost over every record: each one stands for requests that were paid.
-                # (filter/compress/count: C-level loops; this runs once per record of a million)
-                scan.input_tokens += _total(in_tokens, _is_count)
-                scan.output_tokens += _total(out_tokens, _is_count)
-                scan.cost_usd += _total(costs, _is_amount)
-                if cost_known and None in costs and any(c is None and u for c, u in zip(costs, usages)):
-                    cost_known = False  # a paid record without a price: the total is unknown, not lower
-                fs.ok_ids.update(compress(ids, map("ok".__eq__, statuses)))
-                fs.error_records += len(statuses) - statuses.count("ok")
-                fin = max(filter(None, finished), default=None)
-                if fin and (fs.last_finished is None or fin > fs.last_finished):
-                    fs.last_finished = fin
-    scan.cost_known = cost_known
-    lasts = [fs.last_finished for fs in scan.file_summaries if fs.last_finished]
+        table, sums, lines, partial, fs.from_cache = _scan_file(path)
+        scan.records_read += lines
+        scan.partial_tail_bytes += partial
+        scan.unparseable_lines += sums.unparseable_lines
+        scan.input_tokens += sums.input_tokens
+        scan.output_tokens += sums.output_tokens
+        scan.cost_known = scan.cost_known and sums.cost_known
+        fs.records, fs.error_records, fs.last_finished = sums.records, sums.error_records, sums.last_finished
+        if sums.last_finished:
+            lasts.append(sums.last_finished)
+        ok = pc.equal(table["status"], "ok")
+        fs.ok_unique = pc.unique(pc.filter(table["sample_id"], ok)) if len(table) else fs.ok_unique
+        tables.append(table.append_column("file", pa.array([fi] * len(table), type=pa.int32())))
     scan.last_finished = max(lasts) if lasts else None
-    keep = _latest(allc["sample_id"], allc["status"])
-    if keep is None:  # no sample has two records: the common case, nothing to copy
-        scan.columns, scan.extras, scan.locations = allc, all_extras, all_locs
+    if tables:
+        scan.rows = pa.concat_tables(tables)
+        scan.keep = _latest(scan.rows)
+        # Correctly rounded, so the total does not depend on batch sizes or on what was cached.
+        scan.cost_usd = math.fsum(pc.drop_null(scan.rows["cost_usd"]).to_numpy())
     else:
-        # itemgetter picks in C; the lists hold references, so the copy costs 8 bytes a cell.
-        pick = itemgetter(*keep) if len(keep) > 1 else (lambda seq: (seq[keep[0]],))
-        scan.columns = {name: list(pick(col)) for name, col in allc.items()}
-        scan.extras = list(pick(all_extras))
-        scan.locations = list(pick(all_locs))
+        scan.rows = scan.rows.append_column("file", pa.array([], type=pa.int32()))
     return scan
 
 
-def _latest(ids: list[str], statuses: list[Any]) -> list[int] | None:
-    """Indices of each sample's latest ok record, else its latest record; None if all are kept."""
-    index: dict[str, int] = {}
-    for j, (sid, st) in enumerate(zip(ids, statuses)):
-        i = index.get(sid)
-        if i is None or st == "ok" or statuses[i] != "ok":
-            index[sid] = j  # an ok record is never replaced by a later error
-    if len(index) == len(ids):
-        return None
-    return sorted(index.values())
+def _scan_file(path: Path) -> "tuple[pa.Table, BatchSums, int, int, int]":
+    """One results file: (rows of every record, sums, complete lines read, partial tail bytes, cached bytes).
+
+    Rows of the bytes a valid columnar copy covers come from it; only the rest is parsed. A new
+    copy is written when the parsed part is large (see :func:`evalledger.scan_cache.should_save`).
+    """
+    import pyarrow as pa
+
+    from . import scan_cache
+    from .scan_batch import SCHEMA, BatchSums, parse_batch
+
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:  # a shard file can vanish only with --overwrite; nothing to read
+        return SCHEMA.empty_table(), BatchSums(), 0, 0, 0
+    with f:
+        st = os.fstat(f.fileno())
+        cached = scan_cache.load(path, f, st) if scan_cache.enabled() else None
+        sums = BatchSums()
+        batches: list[pa.RecordBatch] = []
+        offset = lines_read = partial = 0
+        if cached is not None:
+            sums.add(cached.sums)
+            offset = cached.end
+            lines_read = cached.sums.records + cached.sums.unparseable_lines
+        f.seek(offset)
+        while True:
+            lines = f.readlines(CHUNK_BYTES)
+            if not lines:
+                break
+            last_partial = lines[-1][-1:] != b"\n"
+            if last_partial:
+                # The last line without its newline (only ever at EOF): a write in progress or torn.
+                # Stop there: reading on could start in the middle of that line once it is finished.
+                partial = len(lines.pop())
+            offsets = list(accumulate(map(len, lines), initial=offset))
+            offset = offsets.pop()  # the end of the batch is where the next one starts
+            lines_read += len(lines)
+            batch, batch_sums = parse_batch(lines, offsets)
+            batches.append(batch)
+            sums.add(batch_sums)
+            if last_partial:
+                break
+        parts = ([cached.table] if cached is not None else []) + ([pa.Table.from_batches(batches)] if batches else [])
+        table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+        if scan_cache.should_save(path, st, cached, offset):
+            scan_cache.save(path, f, st, scan_cache.CachedFile(table=table, sums=sums, end=offset))
+    return table, sums, lines_read, partial, cached.end if cached is not None else 0
+
+
+def _latest(table: "pa.Table") -> "pa.Array | None":
+    """Row indices of each sample's latest ok record, else its latest record; None if all are kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = table["sample_id"]
+    if pc.count_distinct(ids).as_py() == len(table):
+        return None  # no sample has two records: the common case, nothing to copy
+    import numpy as np
+
+    index = pa.array(np.arange(len(table), dtype=np.int64))
+    ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
+    rows = pa.table({"sid": ids, "i": index, "ok_i": pc.if_else(ok, index, pa.scalar(None, pa.int64()))})
+    grouped = rows.group_by("sid", use_threads=False).aggregate([("i", "max"), ("ok_i", "max")])
+    # An ok record is never replaced by a later error (DESIGN promise 3). Sorted: ledger order.
+    picked = pc.coalesce(grouped["ok_i_max"], grouped["i_max"])
+    return pc.take(picked, pc.sort_indices(picked))
 
 
 def fetch_records(scan: RunScan, rows: list[int]) -> list[dict[str, Any]]:
@@ -385,11 +312,15 @@ def fetch_records(scan: RunScan, rows: list[int]) -> list[dict[str, Any]]:
 
     Used by the report's sample browser so that the scan need not keep a million prompts in memory.
     """
+    import pyarrow as pa
+
     out: list[dict[str, Any]] = []
     handles: dict[int, Any] = {}
+    where = scan.view(["file", "offset"], pa.array(rows, type=pa.int64())) if rows else None
+    files = where["file"].to_pylist() if where is not None else []
+    offsets = where["offset"].to_pylist() if where is not None else []
     try:
-        for r in rows:
-            fi, pos = scan.locations[r] >> 40, scan.locations[r] & ((1 << 40) - 1)
+        for fi, pos in zip(files, offsets):
             f = handles.get(fi)
             if f is None:
                 f = handles[fi] = open(scan.files[fi], "rb")
@@ -399,3 +330,7 @@ def fetch_records(scan: RunScan, rows: list[int]) -> list[dict[str, Any]]:
         for f in handles.values():
             f.close()
     return out
+
+
+__all__ = ["scan_run", "fetch_records", "RunScan", "FileSummary", "ManifestFacts", "read_manifest_facts",
+           "BASE_COLUMNS", "TEXT_COLUMNS", "SELF_CORRECTION_KEYS"]
