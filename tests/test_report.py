@@ -24,7 +24,7 @@ from evalledger import get_stats, load_results, run_experiment
 from helpers import cli_env, marker, run_cli, write_qa_dataset
 from test_results import cfg, rec, write_manifest, write_records
 
-VOLATILE = {"running", "writers", "eta_s"}  # may differ between two reads a moment apart
+VOLATILE = {"running", "writers", "eta_s", "size_bytes"}  # may differ between two reads a moment apart
 
 
 class _Page(HTMLParser):

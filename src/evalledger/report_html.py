@@ -60,11 +60,13 @@ def unique_labels(runs: list[RunView]) -> None:
 
 def _load(run_dir: Path) -> RunView:
     from .frames import frame_from_scan
-    from .run_stats import stats_from_scan
+    from .run_stats import add_lifecycle, stats_from_scan
 
     scan = scan_run(run_dir, text=True)
     df = frame_from_scan(scan, keep_row=True)
-    return RunView(scan=scan, df=df, stats=stats_from_scan(scan, df))
+    stats = stats_from_scan(scan, df)
+    add_lifecycle(stats, run_dir)  # the same dict as get_stats, status marker included
+    return RunView(scan=scan, df=df, stats=stats)
 
 
 def resolve_targets(target: str | Path, output_dir: str | Path = "outputs") -> list[Path]:
