@@ -40,11 +40,13 @@ def copy_of(run: Path, name: str = "results.jsonl") -> Path:
 
 
 def views(run: Path) -> tuple[list, dict]:
-    """Everything a user sees: the frame (as plain values) and the stats, minus the run dir."""
+    """Everything a user sees: the frame (as plain values) and the stats, minus the run dir and its
+    size on disk (the cache itself lives in the run dir)."""
     df = load_results(run)
     frame = [(c, str(df[c].dtype), [repr(v) for v in df[c].tolist()]) for c in df.columns]
     stats = get_stats(run)
     stats.pop("run_dir")
+    stats.pop("size_bytes")
     return frame, json.loads(json.dumps(stats, default=str))
 
 
