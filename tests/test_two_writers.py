@@ -10,7 +10,9 @@ from helpers import all_records, cli_env, marker, popen_cli, read_lines, write_q
 
 def test_two_shards_write_concurrently_without_interference(fake_server, tmp_path):
     n = 80
-    fake_server.latency = 0.02
+    # Each shard needs >= 10 rounds of 0.25 s, so the two overlap even if one process starts a
+    # second late on a loaded machine (with 0.02 s a whole shard could finish before the other began).
+    fake_server.latency = 0.25
     data = write_qa_dataset(tmp_path / "qa.jsonl", n)
     out = tmp_path / "out"
     env = cli_env(fake_server)
