@@ -240,17 +240,7 @@ class CheckpointManager:
     def open_writer(self) -> "CheckpointManager":
         """Take the lock (at once or :class:`LockHeldError`), repair a torn tail, open for append."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(self.lock_path), timeout=0)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise LockHeldError(self._lock_held_message()) from None
-        try:
-            self._take_run_lock()
-        except BaseException:
-            lock.release()
-            raise
-        self._lock = lock
+        self._lock = self._acquire_locks()
         try:
             # A manifest that cannot be read means we cannot tell which experiment this directory
             # holds: refuse before anything in it is touched (no repair, no new files).
@@ -282,6 +272,16 @@ class CheckpointManager:
         """Hold this run's (or shard's) locks as a writer does, opening nothing else: for
         ``verify --repair``, which must repair only what no writer is appending to.
         :class:`LockHeldError` if a writer holds them."""
+        lock = self._acquire_locks()
+        try:
+            yield
+        finally:
+            self._release_run_lock()
+            lock.release()
+
+    def _acquire_locks(self) -> filelock.BaseFileLock:
+        """This run's (or shard's) lock, then the run-level flock, at once or :class:`LockHeldError`
+        (releasing the first if the second is refused). The caller releases both."""
         lock = filelock.FileLock(str(self.lock_path), timeout=0)
         try:
             lock.acquire()
@@ -289,12 +289,10 @@ class CheckpointManager:
             raise LockHeldError(self._lock_held_message()) from None
         try:
             self._take_run_lock()
-            try:
-                yield
-            finally:
-                self._release_run_lock()
-        finally:
+        except BaseException:
             lock.release()
+            raise
+        return lock
 
     def _repair_garbage_lines(self) -> None:
         """Move complete lines that are not records out of this writer's results file (see
