@@ -146,16 +146,15 @@ def _locked(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _flock_held(path: Path) -> bool:
-    from .run_stats import held_lock_inodes
+    from .run_stats import held_lock_inodes, lock_key
 
     inodes = held_lock_inodes()
     if inodes is None:
         return False
     try:
-        st = path.stat()
+        return lock_key(path.stat()) in inodes
     except OSError:
         return False
-    return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in inodes
 
 
 def _age_days(path: Path, now: float) -> float:

@@ -63,6 +63,11 @@ def held_lock_inodes() -> set[tuple[int, int, int]] | None:
     return held
 
 
+def lock_key(st: os.stat_result) -> tuple[int, int, int]:
+    """How /proc/locks names a file: (major, minor, inode), to look up in :func:`held_lock_inodes`."""
+    return os.major(st.st_dev), os.minor(st.st_dev), st.st_ino
+
+
 def lock_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Locks of a run that a process holds right now: ``{lock file name: owner info}``.
 
@@ -84,8 +89,7 @@ def lock_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
         held = False
         if held_inodes is not None:
             try:
-                st = lock.stat()
-                held = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held_inodes
+                held = lock_key(lock.stat()) in held_inodes
             except OSError:
                 held = False
         if not held and owner:

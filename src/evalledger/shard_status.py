@@ -22,7 +22,7 @@ from .errors import EvalLedgerError, UsageError
 from .fsutil import hostname
 from .ledger import CheckpointManager, ReadReport, iter_file_records, results_files, shard_of_file
 from .lifecycle import marker_state, run_lifecycle, status_path
-from .run_stats import held_lock_inodes
+from .run_stats import held_lock_inodes, lock_key
 from .slurm import read_submissions
 
 #: A running shard with no new record or checkpoint for this long is reported as stalled.
@@ -69,7 +69,7 @@ def lock_state(lock_path: Path, owner_path: Path) -> tuple[str, dict[str, Any] |
     except FileNotFoundError:
         return "free", owner
     held = held_lock_inodes()
-    if held is not None and (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in held:
+    if held is not None and lock_key(st) in held:
         return "held", owner
     if owner is not None and owner.get("host") not in (None, hostname()):
         return "held elsewhere", owner  # the owner file is removed on a clean close
