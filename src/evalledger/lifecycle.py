@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fsutil import fsync_dir, hostname, utc_now, write_bytes_atomic
+from .fsutil import fsync_dir, hostname, sha256_file, utc_now, write_bytes_atomic
 from .ledger import shard_suffix
 
 STATUS_VERSION = 1
@@ -73,19 +73,14 @@ def file_fingerprint(path: Path, *, sync: bool = False, reuse: dict[str, Any] | 
     must never vouch for bytes that are not on disk). ``reuse`` is an earlier fingerprint whose
     sha256 is kept when size and mtime are unchanged, so a resume that finds nothing to do does not
     re-hash gigabytes; ``verify`` always hashes afresh."""
-    import hashlib
-
     with open(path, "rb") as f:
         if sync:
             os.fsync(f.fileno())
         st = os.fstat(f.fileno())
-        if reuse and reuse.get("bytes") == st.st_size and reuse.get("mtime_ns") == st.st_mtime_ns \
-                and isinstance(reuse.get("sha256"), str):
-            return {"sha256": reuse["sha256"], "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-        h = hashlib.sha256()
-        while block := f.read(1 << 20):
-            h.update(block)
-    return {"sha256": h.hexdigest(), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    size_time = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if reuse and all(reuse.get(k) == v for k, v in size_time.items()) and isinstance(reuse.get("sha256"), str):
+        return {"sha256": reuse["sha256"], **size_time}
+    return {"sha256": sha256_file(path), **size_time}
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
@@ -159,8 +154,6 @@ class StatusWriter:
     def finish_from_summary(self, summary: Any, files: list[Path]) -> None:
         """The final marker for a :class:`~evalledger.runner.RunSummary`."""
         state, reason = _FROM_SUMMARY.get(summary.status, (INTERRUPTED, summary.status))
-        if state == COMPLETE and summary.remaining:
-            state, reason = INCOMPLETE, "errors"
         st = summary.stats or {}
         counts = {"total_samples": summary.total_samples, "completed_samples": st.get("completed_samples"),
                   "error_samples": st.get("error_count"), "pending_samples": summary.remaining,
@@ -309,6 +302,10 @@ def _changed_files(run_dir: Path, doc: dict[str, Any]) -> list[str]:
     return changed
 
 
+def _changed_label(changed: list[str]) -> str:
+    return f"complete, but {', '.join(changed)} changed since (run `evalledger verify`)"
+
+
 def marker_state(run_dir: Path, path: Path, held: dict[str, dict[str, Any]] | None = None) -> MarkerState | None:
     """The marker at ``path`` as readers must show it (None if there is none).
 
@@ -337,7 +334,7 @@ def marker_state(run_dir: Path, path: Path, held: dict[str, dict[str, Any]] | No
     label = _label(doc, state)
     changed = _changed_files(run_dir, doc) if state == COMPLETE else []
     if changed:
-        label = f"complete, but {', '.join(changed)} changed since (run `evalledger verify`)"
+        label = _changed_label(changed)
 
     def _int(v: Any) -> int | None:
         return v if isinstance(v, int) and not isinstance(v, bool) else None
@@ -364,22 +361,21 @@ def run_lifecycle(run_dir: str | Path) -> RunLifecycle:
     run_dir = Path(run_dir)
     held = lock_status(run_dir)
     markers = [m for p in status_files(run_dir) if (m := marker_state(run_dir, p, held)) is not None]
+    # The latest layout decides: a run resumed unsharded after shards (or the reverse) is judged by it.
+    latest = max(markers, key=lambda m: m.updated_at or "") if markers else None
+    n = latest.shard[1] if latest is not None and latest.shard else None
     if any(m.state == RUNNING for m in markers) or (held and not markers):
         running = [m for m in markers if m.state == RUNNING]
         who = ", ".join(f"pid {m.pid} on {m.host}" + (f" (shard {m.shard[0]}/{m.shard[1]})" if m.shard else "")
                         for m in running) or ", ".join(f"pid {o.get('pid')} on {o.get('host')}" for o in held.values())
-        return RunLifecycle(RUNNING, f"running ({who})" if who else RUNNING, _layout(markers), markers)
-    if not markers:
+        return RunLifecycle(RUNNING, f"running ({who})" if who else RUNNING, n, markers)
+    if latest is None:
         return RunLifecycle(UNKNOWN, "unknown (no status marker)", None, [])
-    # The latest layout decides: a run resumed unsharded after shards (or the reverse) is judged by it.
-    latest = max(markers, key=lambda m: m.updated_at or "")
-    n = latest.shard[1] if latest.shard else None
     group = [m for m in markers if (m.shard[1] if m.shard else None) == n]
     missing = [] if n is None else sorted(set(range(1, n + 1)) - {m.shard[0] for m in group if m.shard})
     if all(m.state == COMPLETE for m in group) and not missing:
         changed = sorted({f for m in group for f in m.changed_files})
-        label = (f"complete, but {', '.join(changed)} changed since (run `evalledger verify`)" if changed
-                 else COMPLETE)
+        label = _changed_label(changed) if changed else COMPLETE
         return RunLifecycle(COMPLETE, label, n, markers)
     bad = [m for m in group if m.state in (INTERRUPTED, UNKNOWN)] or [m for m in group if m.state == INCOMPLETE]
     if n is None:
@@ -391,13 +387,6 @@ def run_lifecycle(run_dir: str | Path) -> RunLifecycle:
     if state == UNKNOWN:
         state = INTERRUPTED
     return RunLifecycle(state, f"{state} ({'; '.join(parts)})", n, markers, missing)
-
-
-def _layout(markers: list[MarkerState]) -> int | None:
-    if not markers:
-        return None
-    latest = max(markers, key=lambda m: m.updated_at or "")
-    return latest.shard[1] if latest.shard else None
 
 
 __all__ = [

@@ -115,7 +115,12 @@ class PruneResult:
 
 
 def _ok_ids(run_dir: Path) -> set[str]:
-    """Sample IDs with an ok record in any results file of ``run_dir`` (streaming, all shards)."""
+    """Sample IDs with an ok record in any results file of ``run_dir`` (streaming, all shards).
+
+    Every line fully parsed, on purpose: ``CheckpointManager.completed_ids`` trusts a line's prefix
+    (see fastlines.py), and a line damaged after its prefix must not count as the copy that lets
+    another one be deleted.
+    """
     from .ledger import iter_file_records
 
     return {r["sample_id"] for p in results_files(run_dir) for r in iter_file_records(p) if r.get("status") == "ok"}
