@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import random
@@ -53,9 +54,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 
 MANIFEST = "manifest.json"
-RESULTS_GLOB = "results*.jsonl"
-_RESULTS_RE = re.compile(r"^results(?:\.shard-(\d+)-of-(\d+))?\.jsonl$")
-_CALLS_RE = re.compile(r"^calls(?:\.shard-(\d+)-of-(\d+))?\.jsonl$")
 STATE_VERSION = 1
 
 
@@ -64,14 +62,33 @@ def shard_suffix(shard: tuple[int, int] | None) -> str:
     return "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
 
 
+@functools.lru_cache(maxsize=None)
+def _shard_name_re(stem: str, ext: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(stem)}(?:\.shard-(\d+)-of-(\d+))?\.{re.escape(ext)}$")
+
+
+def shard_in_name(name: str, stem: str, ext: str) -> tuple[int, int] | None | bool:
+    """For a run file named ``<stem>.<ext>`` or ``<stem>.shard-K-of-N.<ext>``: None (unsharded) or
+    (K, N). False when ``name`` is neither (e.g. ``results.jsonl.corrupt-…``)."""
+    m = _shard_name_re(stem, ext).match(name)
+    if not m:
+        return False
+    return None if m.group(1) is None else (int(m.group(1)), int(m.group(2)))
+
+
+def shard_files(run_dir: Path, stem: str, ext: str) -> list[Path]:
+    """Every ``<stem>[.shard-K-of-N].<ext>`` file of a run (results, calls, status, resume state), sorted."""
+    return sorted(p for p in Path(run_dir).glob(f"{stem}*.{ext}") if shard_in_name(p.name, stem, ext) is not False)
+
+
 def results_files(run_dir: Path) -> list[Path]:
     """Every results file of a run (all shards), in a stable order."""
-    return sorted(p for p in Path(run_dir).glob(RESULTS_GLOB) if _RESULTS_RE.match(p.name))
+    return shard_files(run_dir, "results", "jsonl")
 
 
 def calls_files(run_dir: Path) -> list[Path]:
     """Every turn-cache file of a run (multi-turn tasks: one record per paid model call)."""
-    return sorted(p for p in Path(run_dir).glob("calls*.jsonl") if _CALLS_RE.match(p.name))
+    return shard_files(run_dir, "calls", "jsonl")
 
 
 def calls_cost(run_dir: Path) -> float:
@@ -94,10 +111,8 @@ def billed(rec: dict[str, Any]) -> tuple[int, int, float | None]:
 
 
 def shard_of_file(path: Path) -> tuple[int, int] | None:
-    m = _RESULTS_RE.match(path.name)
-    if not m or m.group(1) is None:
-        return None
-    return int(m.group(1)), int(m.group(2))
+    """The shard of a results file (None: unsharded, or not a results file)."""
+    return shard_in_name(path.name, "results", "jsonl") or None
 
 
 @dataclass

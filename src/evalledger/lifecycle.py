@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .fsutil import fsync_dir, hostname, sha256_file, utc_now, write_bytes_atomic
-from .ledger import shard_suffix
+from .ledger import shard_files, shard_in_name, shard_suffix
 
 STATUS_VERSION = 1
 RUNNING, COMPLETE, INCOMPLETE, INTERRUPTED = "running", "complete", "incomplete", "interrupted"
@@ -38,7 +37,6 @@ RUNNING, COMPLETE, INCOMPLETE, INTERRUPTED = "running", "complete", "incomplete"
 PROCESS_GONE = "interrupted (process gone)"
 #: A run (or shard) with no marker at all: made before markers existed, or never started.
 UNKNOWN = "unknown"
-_STATUS_RE = re.compile(r"^status(?:\.shard-(\d+)-of-(\d+))?\.json$")
 _RESERVE_BYTES = 16384  # ample for a marker; the reserve is what a final write uses on a full disk
 
 # RunSummary.status → (marker state, reason)
@@ -60,12 +58,11 @@ def status_path(run_dir: Path, shard: tuple[int, int] | None) -> Path:
 
 def status_files(run_dir: Path) -> list[Path]:
     """Every status marker in a run directory, in a stable order."""
-    return sorted(p for p in Path(run_dir).glob("status*.json") if _STATUS_RE.match(p.name))
+    return shard_files(run_dir, "status", "json")
 
 
 def shard_of_status(path: Path) -> tuple[int, int] | None:
-    m = _STATUS_RE.match(path.name)
-    return None if not m or m.group(1) is None else (int(m.group(1)), int(m.group(2)))
+    return shard_in_name(path.name, "status", "json") or None
 
 
 def file_fingerprint(path: Path, *, sync: bool = False, reuse: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from .ledger import (
     parse_record_line,
     repair_torn_tail,
     results_files,
+    shard_files,
+    shard_in_name,
     shard_of_file,
     shard_suffix,
 )
@@ -271,14 +273,8 @@ def _check_shards(seen: _Seen, report: VerifyReport) -> None:
 
 
 def _check_states(run_dir: Path, report: VerifyReport) -> None:
-    for p in sorted(run_dir.glob("resume_state*.json")):
-        shard = None
-        if p.name != "resume_state.json":
-            try:
-                k, n = p.name[len("resume_state.shard-"):-len(".json")].split("-of-")
-                shard = (int(k), int(n))
-            except ValueError:
-                continue
+    for p in shard_files(run_dir, "resume_state", "json"):
+        shard = shard_in_name(p.name, "resume_state", "json") or None
         state, problem = CheckpointManager(run_dir, shard).read_resume_state()
         if state is None and problem:
             report.findings.append(Finding("bad_resume_state", f"{problem} (the next run rebuilds it from the "
