@@ -80,8 +80,8 @@ class VerifyReport:
         return d
 
 
-def run_dataset_ids(run_dir: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(every sample id of the run's dataset, the run's selection after ``--limit``), in order.
+def run_dataset_ids(run_dir: Path, manifest: dict[str, Any]) -> tuple[frozenset[str], list[str]]:
+    """(every sample id of the run's dataset, the run's selection after ``--limit`` in file order).
 
     Raises :class:`DatasetError` when the dataset is gone or its sha256 differs from the one the
     run recorded: the ids could not be trusted then.
@@ -95,9 +95,8 @@ def run_dataset_ids(run_dir: Path, manifest: dict[str, Any]) -> tuple[list[str],
             f"dataset {resolved.path} changed since run {Path(run_dir).name} was made "
             f"(sha256 {ds['sha256'][:12]}… then, {resolved.sha256[:12]}… now)"
         )
-    ids = [s.id for s in load_dataset(resolved, id_column=cfg.get("id_column")).samples]
-    limit = manifest.get("limit")
-    return ids, ids[:limit] if isinstance(limit, int) and limit > 0 else ids
+    dataset = load_dataset(resolved, id_column=cfg.get("id_column"), limit=manifest.get("limit"))
+    return dataset.all_ids, [s.id for s in dataset.samples]
 
 
 def _examples(items: list[str]) -> str:
@@ -317,8 +316,7 @@ def _check_dataset(run_dir: Path, manifest: dict[str, Any], seen: _Seen,
     except EvalLedgerError as e:
         report.notes.append(f"could not check sample ids and coverage against the dataset: {e.message}")
         return
-    known = set(all_ids)
-    unknown = sorted(seen.any_ids - known)
+    unknown = sorted(seen.any_ids - all_ids)
     if unknown:
         report.findings.append(Finding("unknown_id", f"{len(unknown)} sample id(s) in the results are not in the "
                                                      f"dataset: {_examples(unknown)}"))
