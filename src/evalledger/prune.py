@@ -81,6 +81,7 @@ class KeptItem:
     path: Path
     kind: str
     reason: str
+    by_keep: bool = False  # one of the newest --keep copies: kept by choice, not for safety
 
 
 @dataclass
@@ -213,7 +214,8 @@ def plan_prune(output_dir: str | Path, *, keep: int = 1, older_than_days: float 
         copies.sort(key=lambda p: _OLD_RE.match(p.name).group("stamp"), reverse=True)  # newest first
         stays = copies[:keep]
         for c in stays:
-            plan.kept.append(KeptItem(c, "old run", f"one of the newest {keep} old cop{'y' if keep == 1 else 'ies'} of {rid}"))
+            plan.kept.append(KeptItem(c, "old run", f"one of the newest {keep} old cop{'y' if keep == 1 else 'ies'} of {rid}",
+                                      by_keep=True))
         candidates = []
         for c in copies[keep:]:
             held = _locked(c)

@@ -170,7 +170,7 @@ def _prune_old_copies(config: RunConfig, run_id: str) -> None:
     for item in result.removed:
         _warn(config, f"--keep-old {config.keep_old}: removed {item.path} ({human_bytes(item.bytes)})")
     for kept in plan.kept + result.skipped + result.failed:
-        if "newest" not in kept.reason:
+        if not kept.by_keep:
             _warn(config, f"--keep-old {config.keep_old}: kept {kept.path}: {kept.reason}")
 
 
