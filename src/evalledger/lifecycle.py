@@ -345,18 +345,19 @@ def marker_state(run_dir: Path, path: Path, held: dict[str, dict[str, Any]] | No
                        finished_at=_str(doc.get("finished_at")), changed_files=changed, doc=doc)
 
 
-def run_lifecycle(run_dir: str | Path) -> RunLifecycle:
+def run_lifecycle(run_dir: str | Path, held: dict[str, dict[str, Any]] | None = None) -> RunLifecycle:
     """The run's status for every reader (``stats``, ``list``, ``status``, ``get_stats``).
 
     ``running`` if any writer holds its lock; otherwise, for the latest layout (unsharded, or N
     shards): ``complete`` when every marker of it is complete (for shards: all N present),
     else ``interrupted`` if any marker is, else ``incomplete``. No markers at all: ``running``
-    if a lock is held, else ``unknown``.
+    if a lock is held, else ``unknown``. ``held``: the run's :func:`~evalledger.run_stats.lock_status`,
+    if the caller has just read it.
     """
     from .run_stats import lock_status
 
     run_dir = Path(run_dir)
-    held = lock_status(run_dir)
+    held = lock_status(run_dir) if held is None else held
     markers = [m for p in status_files(run_dir) if (m := marker_state(run_dir, p, held)) is not None]
     # The latest layout decides: a run resumed unsharded after shards (or the reverse) is judged by it.
     latest = max(markers, key=lambda m: m.updated_at or "") if markers else None

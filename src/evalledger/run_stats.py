@@ -254,7 +254,7 @@ def add_lifecycle(stats: dict[str, Any], run_dir: str | Path) -> None:
     from .lifecycle import run_lifecycle
     from .prune import dir_size
 
-    life = run_lifecycle(run_dir)
+    life = run_lifecycle(run_dir, held=stats.get("writers"))  # the locks stats_from_scan just read
     stats["state"] = life.state
     stats["state_label"] = life.label
     stats["state_detail"] = life.to_dict()
