@@ -388,3 +388,17 @@ def test_hung_request_times_out_and_is_retried(fake_server, tmp_path):
     assert s.exit_code == 0 and s.ok == 3
     assert fake_server.request_count == 4
     assert sorted(r["attempts"] for r in all_records(s.run_dir)) == [1, 1, 2]
+
+
+def test_pathlib_paths_are_accepted_and_keep_the_run_id(fake_server, tmp_path):
+    """Python callers pass pathlib.Path for file options; the run (and its resume hint) must work
+    and land on the same run ID as the same config given as strings."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 3)
+    out = tmp_path / "out"
+    s1 = run_experiment(cfg(fake_server, data, out, dataset=data))
+    assert s1.exit_code == 0 and s1.ok == 3
+    as_text = cfg(fake_server, data, out, dataset=str(data))
+    assert cfg(fake_server, data, out, dataset=data) == as_text
+    s2 = run_experiment(cfg(fake_server, data, out, dataset=str(data), resume=True))
+    assert s2.run_dir == s1.run_dir and s2.skipped_completed == 3
+    assert fake_server.request_count == 3

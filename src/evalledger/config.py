@@ -85,8 +85,13 @@ class RunConfig:
     progress_interval: float = 10.0  # seconds between plain status lines when not on a TTY
 
     def __post_init__(self) -> None:
-        # Normalise so equal configs compare and hash equal whatever the caller passed.
+        # Normalise so equal configs compare and hash equal whatever the caller passed: Python
+        # callers naturally hand over pathlib.Path objects for the file options.
         object.__setattr__(self, "output_dir", Path(self.output_dir))
+        for name in ("dataset", "review_prompt", "prices_file"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
         self.validate()
 
     def validate(self) -> None:
