@@ -67,7 +67,7 @@ STATS_PATH = "/_fake/stats"
 Responder = Callable[[dict[str, Any]], str]
 """Maps a parsed request body (either API's format) to the assistant's reply text."""
 
-FaultKind = Literal["status", "hang", "reset"]
+FaultKind = Literal["status", "hang", "reset", "garbage"]
 _FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
 # Headroom for a burst of hundreds of simultaneous connects: with the default backlog (128) the
@@ -170,7 +170,8 @@ class Fault:
 
     kind ``"status"`` answers with an error status and the API's error body; ``"hang"`` sends
     nothing for ``hang_seconds`` (then answers normally, unless the client gave up first);
-    ``"reset"`` drops the TCP connection without any response.
+    ``"reset"`` drops the TCP connection without any response; ``"garbage"`` answers HTTP 200
+    with a body that is not JSON (``message``, default an HTML proxy page), as a broken proxy does.
     """
 
     kind: FaultKind = "status"
@@ -692,6 +693,10 @@ class FakeServer:
             return self._error_response(record, Fault(status=400, message=problem))
         if fault is not None and fault.kind == "status":
             return self._error_response(record, fault)
+        if fault is not None and fault.kind == "garbage":
+            self._set_status(record, 200)
+            return web.Response(status=200, text=fault.message or "<html><body>502 upstream error</body></html>",
+                                content_type="text/html", headers=self._id_headers(record))
         try:
             reply = self.responder(record.body)
             if not isinstance(reply, str):

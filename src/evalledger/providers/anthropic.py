@@ -12,8 +12,10 @@ from .base import (
     ErrorInfo,
     Provider,
     aiohttp_client,
+    as_count,
+    as_text,
     classify_sdk_error,
-    parse_raw,
+    post_json,
     ratelimit_headers,
 )
 
@@ -64,16 +66,19 @@ class AnthropicProvider(Provider):
         # and SDK 2.x no longer takes them. RunConfig refuses non-default values for anthropic/.
         if system:
             kwargs["system"] = system
-        raw = await self._client.messages.with_raw_response.create(**kwargs)
-        resp = await parse_raw(raw)
-        text = "".join(getattr(b, "text", "") for b in resp.content if getattr(b, "type", None) == "text")
+        data, raw = await post_json(self._client, self._sdk, "/v1/messages", kwargs)
+        blocks = data.get("content")
+        blocks = blocks if isinstance(blocks, list) else []
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         return ChatResponse(
-            text=text,
-            input_tokens=int(resp.usage.input_tokens or 0),
-            output_tokens=int(resp.usage.output_tokens or 0),
-            request_id=getattr(resp, "_request_id", None) or resp.id,
-            finish_reason=resp.stop_reason,
-            model=resp.model,
+            text="".join(b["text"] for b in blocks
+                         if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)),
+            input_tokens=as_count(usage.get("input_tokens")),
+            output_tokens=as_count(usage.get("output_tokens")),
+            request_id=raw.headers.get("request-id") or as_text(data.get("id")),
+            finish_reason=as_text(data.get("stop_reason")),
+            model=as_text(data.get("model")),
             ratelimit_headers=ratelimit_headers(raw.headers),
         )
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import orjson
+
 
 class ErrorKind(str, Enum):
     """How an error affects the run (DESIGN.md, "Errors")."""
@@ -208,12 +210,45 @@ def ratelimit_headers(headers: Any) -> dict[str, str]:
     return out
 
 
-async def parse_raw(raw: Any) -> Any:
-    """``raw.parse()`` of a ``with_raw_response`` call: sync in openai's legacy wrapper, async in anthropic's."""
-    parsed = raw.parse()
-    if hasattr(parsed, "__await__"):
-        parsed = await parsed
-    return parsed
+async def post_json(client: Any, sdk: Any, path: str, body: dict[str, Any],
+                    options: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+    """POST ``body`` through the SDK client's low-level ``post``; the JSON object and the response.
+
+    Why not the typed method (``chat.completions.create``): for a plain chat request its work is
+    pure overhead here. It runs the body through the SDK's type-driven ``transform`` (0.66 ms of CPU
+    a request on this machine, and a no-op for our string-only messages: a test pins that) and builds
+    pydantic models of the reply we only read five fields of (anthropic's ``messages.create`` does
+    no transform, but the models and its tracing span are there too); together about 60 % of a request's
+    CPU at L = 0 with openai (2.0 vs 0.8 ms/request, benchmarks/README.md), and one process's CPU is what caps
+    throughput. What matters is unchanged: the same client, auth headers, time-out, transport and
+    connection pool, and non-2xx replies still raise the SDK's own exceptions (``APIStatusError``
+    and subclasses) inside ``post``, so :func:`classify_sdk_error` is unchanged. A 2xx reply whose
+    body is not a JSON object raises ``sdk.APIResponseValidationError`` (a sample error).
+    """
+    import httpx2  # the SDKs' HTTP layer; imported here so the module loads without it
+
+    raw = await client.post(path, body=body, cast_to=httpx2.Response, options=options or {})
+    content = await raw.aread()
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise sdk.APIResponseValidationError(
+            raw, content[:200], message=f"HTTP {raw.status_code} reply to {path} is not JSON ({exc}): {content[:80]!r}"
+        ) from None
+    if not isinstance(data, dict):
+        raise sdk.APIResponseValidationError(
+            raw, data, message=f"HTTP {raw.status_code} reply to {path} is JSON but not an object: {content[:80]!r}")
+    return data, raw
+
+
+def as_count(value: Any) -> int:
+    """A token count from a reply: a non-negative int, else 0 (servers send null or omit it)."""
+    return value if type(value) is int and value >= 0 else 0
+
+
+def as_text(value: Any) -> str | None:
+    """A string field of a reply, or None when absent or of another type."""
+    return value if isinstance(value, str) else None
 
 
 def aiohttp_client(sdk: Any, concurrency: int) -> Any | None:

@@ -12,8 +12,10 @@ from .base import (
     ErrorInfo,
     Provider,
     aiohttp_client,
+    as_count,
+    as_text,
     classify_sdk_error,
-    parse_raw,
+    post_json,
     ratelimit_headers,
 )
 
@@ -68,18 +70,21 @@ class OpenAIProvider(Provider):
             kwargs["top_p"] = request.top_p
         if request.seed is not None and self.send_seed:
             kwargs["seed"] = request.seed
-        raw = await self._client.chat.completions.with_raw_response.create(**kwargs)
-        resp = await parse_raw(raw)
-        choice = resp.choices[0] if resp.choices else None
-        text = (choice.message.content if choice and choice.message else None) or ""
-        usage = resp.usage
+        # The security option is the one chat.completions.create passes (bearer auth only).
+        data, raw = await post_json(self._client, self._sdk, "/chat/completions", kwargs,
+                                    {"security": {"bearer_auth": True}})
+        choices = data.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        message = choice.get("message")
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
         return ChatResponse(
-            text=text,
-            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            request_id=getattr(resp, "_request_id", None) or resp.id,
-            finish_reason=choice.finish_reason if choice else None,
-            model=resp.model,
+            text=message_text(message.get("content") if isinstance(message, dict) else None),
+            input_tokens=as_count(usage.get("prompt_tokens")),
+            output_tokens=as_count(usage.get("completion_tokens")),
+            request_id=raw.headers.get("x-request-id") or as_text(data.get("id")),
+            finish_reason=as_text(choice.get("finish_reason")),
+            model=as_text(data.get("model")),
             ratelimit_headers=ratelimit_headers(raw.headers),
         )
 
@@ -88,3 +93,13 @@ class OpenAIProvider(Provider):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def message_text(content: Any) -> str:
+    """A chat message's text: a string, or the text parts of a list of content parts (some
+    OpenAI-compatible servers answer that way); anything else is no text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""

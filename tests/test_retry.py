@@ -1,0 +1,98 @@
+"""The retry loop: attempts, waits and outcomes (first attempt on the fast path, the rest in tenacity)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from evalledger.providers.base import ErrorInfo, ErrorKind
+from evalledger.retry import NonRetryable, RetriesExhausted, RetryPolicy, _RetryAfterOrFullJitter, call_with_retries
+
+
+class Boom(Exception):
+    def __init__(self, kind: ErrorKind, retry_after: float | None = None) -> None:
+        super().__init__(kind.value)
+        self.kind, self.retry_after = kind, retry_after
+
+
+def classify(exc: BaseException) -> ErrorInfo:
+    if isinstance(exc, Boom):
+        return ErrorInfo(exc.kind, "Boom", str(exc), retry_after=exc.retry_after)
+    return ErrorInfo(ErrorKind.SAMPLE, type(exc).__name__, str(exc))
+
+
+def script(*outcomes):
+    """fn failing/succeeding in order; counts its calls."""
+    calls = []
+
+    async def fn():
+        calls.append(time.monotonic())
+        out = outcomes[len(calls) - 1]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    return fn, calls
+
+
+def run(fn, policy, on_attempt=None):
+    return asyncio.run(call_with_retries(fn, classify, policy, on_attempt))
+
+
+def test_success_at_once_is_one_attempt():
+    fn, calls = script("ok")
+    seen = []
+    assert run(fn, RetryPolicy(), lambda: seen.append(1)) == ("ok", 1)
+    assert len(calls) == 1 and seen == [1]
+
+
+def test_transient_errors_are_retried_honouring_retry_after():
+    fn, calls = script(Boom(ErrorKind.TRANSIENT, 0.2), Boom(ErrorKind.TRANSIENT, 0.2), "ok")
+    seen = []
+    assert run(fn, RetryPolicy(max_attempts=5, max_wait=5), lambda: seen.append(1)) == ("ok", 3)
+    assert len(seen) == 3
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert all(0.2 <= g < 0.4 for g in gaps), gaps  # Retry-After plus at most 10 % + 50 ms jitter
+
+
+def test_transient_errors_exhaust_the_attempts():
+    fn, calls = script(*[Boom(ErrorKind.TRANSIENT, 0.0)] * 3)
+    with pytest.raises(RetriesExhausted) as e:
+        run(fn, RetryPolicy(max_attempts=3, max_wait=0.01))
+    assert e.value.attempts == 3 and len(calls) == 3
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_a_sample_or_fatal_error_is_not_retried(attempts):
+    outcomes = [Boom(ErrorKind.TRANSIENT, 0.0)] * (attempts - 1) + [Boom(ErrorKind.FATAL)]
+    fn, calls = script(*outcomes)
+    with pytest.raises(NonRetryable) as e:
+        run(fn, RetryPolicy(max_attempts=5, max_wait=0.01))
+    assert e.value.attempts == attempts and len(calls) == attempts
+
+
+def test_one_attempt_policy_does_not_retry():
+    fn, calls = script(Boom(ErrorKind.TRANSIENT, 0.0), "ok")
+    with pytest.raises(RetriesExhausted) as e:
+        run(fn, RetryPolicy(max_attempts=1))
+    assert e.value.attempts == 1 and len(calls) == 1
+
+
+def test_backoff_scale_continues_across_the_fast_path(monkeypatch):
+    """Without Retry-After the wait after n failed attempts is full jitter over base * 2^(n-1)."""
+    monkeypatch.setattr("evalledger.retry.random.uniform", lambda lo, hi: hi)  # the top of the range
+    waiter = _RetryAfterOrFullJitter(classify, RetryPolicy(base=0.5, max_wait=3.0), done_before=1)
+
+    class State:
+        attempt_number = 2  # tenacity's 2nd attempt = the 3rd in all
+
+        class outcome:
+            @staticmethod
+            def exception():
+                return Boom(ErrorKind.TRANSIENT)
+
+    assert waiter.after(Boom(ErrorKind.TRANSIENT), 1) == 0.5
+    assert waiter(State) == 2.0  # 0.5 * 2^(3-1)
+    assert waiter.after(None, 10) == 3.0  # capped at max_wait
