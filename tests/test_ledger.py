@@ -152,10 +152,16 @@ class _RecordingLedger(CheckpointManager):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.events: list[tuple[str, tuple[str, ...]]] = []
+        self.written: list[str] = []
 
-    def append_records(self, records, *, fsync=True):
-        super().append_records(records, fsync=fsync)
-        self.events.append(("fsynced", tuple(r["sample_id"] for r in records)))
+    def write_records(self, records):
+        super().write_records(records)
+        self.written.extend(r["sample_id"] for r in records)
+
+    def sync(self, *, rollback=True):
+        covered = tuple(self.written)  # everything written before the fsync starts
+        super().sync(rollback=rollback)
+        self.events.append(("fsynced", covered))
 
 
 def test_group_commit_batches_and_acknowledges_only_after_fsync(tmp_path):
@@ -189,3 +195,87 @@ def test_a_lone_surrogate_in_a_response_is_written_not_fatal(tmp_path):
     m = CheckpointManager(tmp_path / "run")
     assert m.completed_ids() == {"a", "b"}
     assert m.latest_records()["a"]["response"] == "half an emoji ? here"
+
+
+class _SlowSyncLedger(CheckpointManager):
+    """fsync takes ``delay`` seconds and can be told to fail once (EIO), like a sick disk."""
+
+    def __init__(self, *a, delay: float = 0.2, fail_after: int | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.delay, self.fail_after, self.syncs = delay, fail_after, 0
+
+    def sync(self, *, rollback=True):
+        import errno
+        import time
+
+        time.sleep(self.delay)
+        self.syncs += 1
+        if self.fail_after is not None and self.syncs > self.fail_after:
+            if rollback:
+                self.rollback_unsynced()
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        super().sync(rollback=rollback)
+
+
+def test_workers_go_on_after_the_write_but_acknowledgement_waits_for_the_fsync(tmp_path):
+    ledger = _SlowSyncLedger(tmp_path / "run", delay=0.3).open_writer()
+    acked: list[str] = []
+
+    async def main():
+        committer = GroupCommitter(ledger, on_commit=lambda recs: acked.extend(r["sample_id"] for r in recs))
+        committer.start()
+        h = committer.submit(rec("a"))
+        await h.written
+        # written (a kill can no longer lose it) but not yet fsynced: not acknowledged
+        assert b'"a"' in (tmp_path / "run" / "results.jsonl").read_bytes()
+        assert not h.synced.done() and acked == [] and committer.committed == 0
+        await h.synced
+        assert acked == ["a"] and committer.committed == 1
+        await committer.close()
+
+    asyncio.run(main())
+    ledger.close()
+
+
+def test_a_failed_fsync_cuts_the_unsynced_lines_and_fails_their_records(tmp_path):
+    ledger = _SlowSyncLedger(tmp_path / "run", delay=0.05, fail_after=1).open_writer()
+    acked: list[str] = []
+
+    async def main():
+        committer = GroupCommitter(ledger, on_commit=lambda recs: acked.extend(r["sample_id"] for r in recs))
+        committer.start()
+        await committer.commit(rec("first"))  # fsync 1 succeeds
+        handed = [committer.submit(rec(f"s{i}")) for i in range(5)]
+        outcomes = await asyncio.gather(*(h.synced for h in handed), return_exceptions=True)
+        assert all(isinstance(o, OSError) for o in outcomes), outcomes
+        with pytest.raises(OSError):
+            committer.submit(rec("late"))  # nothing more is taken after a failure
+        await committer.close()
+        return committer
+
+    committer = asyncio.run(main())
+    ledger.close()
+    assert acked == ["first"] and committer.committed == 1 and isinstance(committer.failure, OSError)
+    lines = (tmp_path / "run" / "results.jsonl").read_bytes().splitlines()
+    assert [json.loads(x)["sample_id"] for x in lines] == ["first"]  # no unacknowledged line is left
+
+
+def test_backpressure_when_fsyncs_fall_behind(tmp_path):
+    ledger = _SlowSyncLedger(tmp_path / "run", delay=0.2).open_writer()
+
+    async def main():
+        committer = GroupCommitter(ledger, max_unsynced=3)
+        committer.start()
+        for i in range(3):
+            await committer.submit(rec(f"s{i}")).written
+        assert committer.unsynced == 3
+        waiter = asyncio.create_task(committer.room())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # three records wait for their fsync: the next worker waits too
+        await asyncio.wait_for(waiter, 2)
+        assert committer.unsynced < 3
+        await committer.close()
+        assert committer.committed == 3
+
+    asyncio.run(main())
+    ledger.close()

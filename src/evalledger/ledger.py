@@ -244,6 +244,7 @@ class CheckpointManager:
         self._lock: filelock.BaseFileLock | None = None
         self._fd: int | None = None
         self._size = 0
+        self._synced_size = 0  # bytes of results.jsonl known to be on disk (fsynced)
         self.repaired_tail: Path | None = None
         # What open_writer repaired besides a torn tail, one readable line each, for the runner
         # to print as warnings: garbage lines moved aside, an untrusted resume state kept aside.
@@ -276,6 +277,7 @@ class CheckpointManager:
             self._keep_untrusted_state()
             self._fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._size = os.fstat(self._fd).st_size
+            self._synced_size = self._size  # what is there was either fsynced or is what a crash left
             fsync_dir(self.run_dir)
         except BaseException:
             self.close()
@@ -388,8 +390,21 @@ class CheckpointManager:
         On any failure the file is truncated back to its size before this call, so no partial
         line remains and nothing of this batch is acknowledged; the error propagates.
         """
+        self.write_records(records)
+        if fsync:
+            self.sync()
+        else:
+            self._synced_size = self._size  # the caller chose not to sync: nothing to roll back to
+
+    def write_records(self, records: list[dict[str, Any]]) -> None:
+        """Append records as whole lines with one ``write`` (no fsync; see :meth:`sync`).
+
+        Written lines survive the process being killed (the kernel has them), not a power loss,
+        until :meth:`sync`. On a failed write the file is truncated back to its size before this
+        call (no partial line) and the error propagates.
+        """
         if self._fd is None:
-            raise RuntimeError("CheckpointManager.append_records needs open_writer() first")
+            raise RuntimeError("CheckpointManager.write_records needs open_writer() first")
         if not records:
             return
         data = encode_lines(records)
@@ -399,19 +414,41 @@ class CheckpointManager:
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
-            if fsync:
-                os.fsync(self._fd)
         except BaseException:
-            try:
-                os.ftruncate(self._fd, start)
-                os.fsync(self._fd)
-            except OSError:
-                pass  # the torn tail is then repaired on the next open
+            self._truncate_to(start)
             raise
         self._size = start + len(data)
         errors = [r for r in records if r.get("status") == "error"]
         if errors:
             self._append_error_log(errors)
+
+    def sync(self, *, rollback: bool = True) -> None:
+        """fsync everything written so far. On failure (with ``rollback``) every line written since
+        the last successful sync is truncated away, since none of it may be acknowledged, and the
+        error propagates. The group committer fsyncs while it writes the next batch, so it passes
+        ``rollback=False`` and calls :meth:`rollback_unsynced` itself once no write is running."""
+        if self._fd is None:
+            raise RuntimeError("CheckpointManager.sync needs open_writer() first")
+        size = self._size  # everything written before the fsync starts is covered by it
+        try:
+            os.fsync(self._fd)
+        except BaseException:
+            if rollback:
+                self.rollback_unsynced()
+            raise
+        self._synced_size = max(self._synced_size, size)
+
+    def rollback_unsynced(self) -> None:
+        """Truncate the results file back to the end of its last successful sync."""
+        self._truncate_to(self._synced_size)
+
+    def _truncate_to(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)  # type: ignore[arg-type]
+            os.fsync(self._fd)  # type: ignore[arg-type]
+        except OSError:
+            pass  # the torn tail is then repaired on the next open
+        self._size = size
 
     def append_calls(self, records: list[dict[str, Any]]) -> None:
         """Append model-call records to the turn cache: whole lines, one write, fsync."""

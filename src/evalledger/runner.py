@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .budget import Budget, Estimate, estimate_pending
 from .committer import GroupCommitter
@@ -245,8 +245,22 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
                 state_warned = True
                 _warn(config, f"could not write {ledger.state_path.name}: {e} (it will be rebuilt from the results)")
 
+    def on_record(r: dict[str, Any]) -> None:
+        """Every finished record, as its worker hands it to the committer (before its fsync)."""
+        nonlocal consecutive_errors
+        if r["status"] == "ok":
+            consecutive_errors = 0
+            return
+        consecutive_errors += 1
+        if config.max_consecutive_errors and consecutive_errors >= config.max_consecutive_errors \
+                and run.outage is None:
+            # Circuit breaker: the API looks down; stop paying for requests that fail. Decided
+            # here, not on commit: a worker does not wait for its fsync before its next request.
+            run.outage = r.get("error") or {}
+            run.stop.set()
+
     def on_commit(records: list[dict[str, Any]]) -> None:
-        nonlocal since_checkpoint, consecutive_errors
+        nonlocal since_checkpoint
         for r in records:
             if budget is not None:
                 budget.add((r.get("paid") or {}).get("cost_usd") or 0.0, True, r.get("cost_usd"))
@@ -257,19 +271,12 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
                 (seen.correct.add if r.get("correct") is True else seen.correct.discard)(r["sample_id"])
                 seen.errored.discard(r["sample_id"])
                 new["spent"] += (r.get("paid") or {}).get("cost_usd") or 0.0
-                consecutive_errors = 0
             else:
                 new["error"] += 1
                 counters["error_records"] += 1
                 if r["sample_id"] not in completed:
                     seen.errored.add(r["sample_id"])
                 new["spent"] += (r.get("paid") or {}).get("cost_usd") or 0.0
-                consecutive_errors += 1
-                if config.max_consecutive_errors and consecutive_errors >= config.max_consecutive_errors \
-                        and run.outage is None:
-                    # Circuit breaker: the API looks down; stop paying for requests that fail.
-                    run.outage = r.get("error") or {}
-                    run.stop.set()
         progress.update(records)
         since_checkpoint += len(records)
         if since_checkpoint >= config.checkpoint_every:
@@ -295,7 +302,8 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         persist_call=persist_call if multi_turn else None, limits=limits,
     )
     started = False
-    committer = GroupCommitter(ledger, on_commit=on_commit, fsync=config.fsync)
+    committer = GroupCommitter(ledger, on_commit=on_commit, fsync=config.fsync,
+                               max_unsynced=2 * max(config.concurrency, 1))
     restore_signals = lambda: None  # noqa: E731
     try:
         if pending:
@@ -303,7 +311,7 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
             started = True
             committer.start()
             restore_signals = install_signal_handlers(run, config)
-            await _schedule(ctx, config.concurrency, committer, run, pending, budget)
+            await _schedule(ctx, config.concurrency, committer, run, pending, budget, on_record)
             await committer.close()
     finally:
         restore_signals()
@@ -370,7 +378,8 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
 
 
 async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitter, run: RunState,
-                    pending: list[Sample], budget: Budget | None) -> None:
+                    pending: list[Sample], budget: Budget | None,
+                    on_record: Callable[[dict[str, Any]], None]) -> None:
     """Feed samples through a bounded queue to ``concurrency`` workers (no task per sample)."""
     n_workers = min(concurrency, len(pending))
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=n_workers * 2)
@@ -394,6 +403,15 @@ async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommit
         for _ in range(n_workers):
             await queue.put(None)
 
+    def settled(fut: "asyncio.Future[None]") -> None:
+        # The record is on disk (or its write failed): only now is it out of flight, its cost in
+        # the budget's spend (on_commit ran just before), and a failed write stops dispatching.
+        run.in_flight -= 1
+        if fut.cancelled() or fut.exception() is not None:
+            run.stop.set()
+        if budget is not None:
+            budget.changed.set()
+
     async def worker() -> None:
         while not run.stop.is_set():
             sample = await queue.get()
@@ -402,20 +420,33 @@ async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommit
             # In flight until its record is committed: until then its cost is not in the budget's
             # spend, so the producer must keep counting it.
             run.in_flight += 1
+            handed = False
             try:
                 try:
                     record = await run_sample(ctx, sample)
                 except StopRun:
                     return
+                on_record(record)
                 try:
-                    await committer.commit(record)
+                    handed_in = committer.submit(record)
                 except Exception:
                     run.stop.set()  # the ledger cannot take more: stop dispatching
                     return
+                handed_in.synced.add_done_callback(settled)
+                handed = True
+                # On to the next sample once the record is written (a kill can no longer lose it),
+                # without waiting for its fsync: the committer acknowledges it after that. Unless
+                # too many records wait for their fsync (a slow disk).
+                try:
+                    await asyncio.shield(handed_in.written)
+                except Exception:
+                    return  # the write failed: settled() stops the run
+                await committer.room()
             finally:
-                run.in_flight -= 1
-                if budget is not None:
-                    budget.changed.set()
+                if not handed:
+                    run.in_flight -= 1
+                    if budget is not None:
+                        budget.changed.set()
 
     prod = asyncio.create_task(producer(), name="evalledger-producer")
     run.workers = [asyncio.create_task(worker(), name=f"evalledger-worker-{i}") for i in range(n_workers)]
