@@ -48,10 +48,10 @@ MODEL = "openai/bench-model"
 class Server:
     """``tests/fakeserver.py`` in its own process (its CPU is its own, not the client's)."""
 
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, extra: list[str] | None = None) -> None:
         self.latency = latency
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "fakeserver.py"), "--port", "0",
-                                      "--latency", str(latency)], stdout=subprocess.PIPE, text=True)
+                                      "--latency", str(latency), *(extra or [])], stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()  # type: ignore[union-attr]
         if not line.startswith("READY "):
             self.proc.kill()
@@ -105,12 +105,13 @@ def child_run(args: dict) -> dict:
     cfg = RunConfig(dataset=args["dataset"], model=MODEL, output_dir=Path(args["out"]), base_url=args["base_url"],
                     api_key="sk-bench", quiet=True, concurrency=args["concurrency"], fsync=args.get("fsync", "batch"),
                     min_free_mb=0, limit=args.get("limit"),
-                    retry_errors=args.get("retry_errors", True))
+                    retry_errors=args.get("retry_errors", True),
+                    max_attempts=args.get("max_attempts", 6), max_retry_wait=args.get("max_retry_wait", 120.0))
     t, c = time.perf_counter(), time.process_time()
     s = run_experiment(cfg)
     return {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c, "ok": s.ok,
             "errors": s.errors, "requests": s.requests, "skipped": s.skipped_completed, "exit_code": s.exit_code,
-            "run_dir": str(s.run_dir)}
+            "run_dir": str(s.run_dir), "limits": s.limits}
 
 
 def child_bare(args: dict) -> dict:
@@ -264,6 +265,35 @@ def bench_overhead(root: Path, n: int, conc: int) -> list[dict]:
     return rows
 
 
+def bench_429(root: Path, n: int, latency: float, conc: int, rate: float = 0.3) -> list[dict]:
+    """A server answering 429 with ``Retry-After: 1`` to ``rate`` of the requests, at random,
+    against the same server without faults: every sample must end ok, wall time <= 1.5x."""
+    data = root / f"data_{n}.jsonl"
+    if not data.exists():
+        write_dataset(data, n)
+    rows = []
+    print(f"\n4. 429 storm: {rate:.0%} of requests answered 429 with Retry-After: 1, L = {latency} s, C = {conc}, "
+          f"N = {n:,} (run_experiment, defaults)")
+    header()
+    for name, extra in (("no faults", []),
+                        (f"{rate:.0%} 429, Retry-After 1", ["--fail-rate", str(rate), "--fail-status", "429",
+                                                            "--fail-retry-after", "1"])):
+        srv = Server(latency, extra)
+        try:
+            r = in_child("run", dataset=str(data), out=str(root / f"out_429_{len(rows)}"),
+                         base_url=srv.openai_base_url, concurrency=conc, max_attempts=20, max_retry_wait=30)
+            stats = srv.stats()
+        finally:
+            srv.stop()
+        r.update(case=name, status_counts=stats.get("status_counts"))
+        rows.append(r)
+        line(name, r, n, f"ok {r['ok']}, errors {r['errors']}, server replies {r['status_counts']}")
+    ratio = rows[1]["seconds"] / rows[0]["seconds"]
+    rows[1]["wall_ratio"] = ratio
+    print(f"  wall time with 429s / without: x{ratio:.2f} (target <= 1.5); limits: {rows[1].get('limits')}")
+    return rows
+
+
 def bench_resume(root: Path, records: int) -> list[dict]:
     from bench_results import make_run, measure
 
@@ -322,6 +352,7 @@ def main() -> None:
     ap.add_argument("--resume-records", type=int, default=1_000_000)
     ap.add_argument("--skip-resume", action="store_true")
     ap.add_argument("--only-resume", action="store_true")
+    ap.add_argument("--only-429", action="store_true", help="only section 4 (the 429 storm)")
     ap.add_argument("--dir", type=Path, default=None, help="scratch directory (default: a temp dir, removed after)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
@@ -336,10 +367,12 @@ def main() -> None:
           f"openai {openai.__version__}; load average {os.getloadavg()[0]:.1f}")
     results: dict = {}
     try:
-        if not args.only_resume:
+        if not args.only_resume and not args.only_429:
             results["throughput"] = bench_throughput(root, args.n, args.latency, args.concurrency)
             results["overhead"] = bench_overhead(root, args.n, 64)
-        if not args.skip_resume:
+        if not args.only_resume:
+            results["storm"] = bench_429(root, args.n // 2, args.latency, 64)
+        if not args.skip_resume and not args.only_429:
             results["resume"] = bench_resume(root, args.resume_records)
     finally:
         if args.dir is None:

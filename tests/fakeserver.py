@@ -827,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-rate", type=float, default=0.0, help="probability each request fails")
     parser.add_argument("--fail-status", type=int, default=500, help="HTTP status of --fail-rate failures")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --fail-rate RNG")
+    parser.add_argument("--fail-retry-after", type=float, default=None,
+                        help="Retry-After seconds sent with --fail-rate failures (default: none)")
     args = parser.parse_args(argv)
 
     stop_requested = threading.Event()
@@ -839,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = FakeServer(latency=args.latency, port=args.port)
     if args.fail_rate > 0:
-        server.fail_rate(args.fail_rate, status=args.fail_status, seed=args.seed)
+        server.fail_rate(args.fail_rate, status=args.fail_status, seed=args.seed, retry_after=args.fail_retry_after)
     with server:
         print(f"READY {server.base_url}", flush=True)
         # Waiting with a timeout keeps the main thread responsive to signals.
