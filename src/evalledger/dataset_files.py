@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import DatasetError
@@ -180,6 +180,23 @@ def resolve_dataset(spec: str | os.PathLike[str]) -> ResolvedDataset:
     extension. For a missing file, a spec that looks like a name rather than a path also gets
     the list of built-in datasets.
     """
+    located = locate_dataset(spec)
+    return replace(located, sha256=_sha256_of_file(located.path))
+
+
+def read_dataset_file(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of ``path`` and its stat, from one open file (so both describe the same file)."""
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            return f.read(), st
+    except OSError as exc:
+        raise DatasetError(f"cannot read dataset {path}: {exc.strerror or exc}") from exc
+
+
+def locate_dataset(spec: str | os.PathLike[str]) -> ResolvedDataset:
+    """:func:`resolve_dataset` without the hash (``sha256`` is ``""``): for a caller that reads the
+    bytes itself and hashes what it reads, so the file is read and hashed once."""
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
         builtin = BUILTIN_DATASETS[spec]
         path = builtin.path
@@ -196,7 +213,7 @@ def resolve_dataset(spec: str | os.PathLike[str]) -> ResolvedDataset:
         return ResolvedDataset(
             name=builtin.name,
             path=path,
-            sha256=_sha256_of_file(path),
+            sha256="",
             default_task=builtin.default_task,
             default_id_column=builtin.id_column,
         )
@@ -204,4 +221,4 @@ def resolve_dataset(spec: str | os.PathLike[str]) -> ResolvedDataset:
     if not text.strip():
         raise DatasetError(f"empty dataset spec; give a file path or one of: {_builtin_names()}")
     path = _resolve_path(Path(text), spec=text if isinstance(spec, str) else None)
-    return ResolvedDataset(name=dataset_stem(path), path=path, sha256=_sha256_of_file(path))
+    return ResolvedDataset(name=dataset_stem(path), path=path, sha256="")

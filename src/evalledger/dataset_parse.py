@@ -44,11 +44,14 @@ class _Row:
     """A parsed row before validation: its 1-based number (line or record) and its fields.
 
     ``small``: its source text is shorter than the field size limit, so no field can exceed it.
+    ``start``: for JSON lines, the byte offset of its line in the parsed bytes (-1 otherwise); the
+    line ends at the next ``\n`` (see :mod:`.dataset_index`, which reads pending rows back by it).
     """
 
     number: int
     fields: dict[str, Any]
     small: bool = False
+    start: int = -1
 
 
 @dataclass
@@ -120,15 +123,16 @@ def _parse_jsonl(path: Path, raw: bytes) -> _Parsed:
             # (json keeps it exact), so a float (or a container that may hide one) takes the
             # json path.
             if type(value) is dict and all(map(_PLAIN_TYPES.__contains__, map(type, value.values()))):
-                start += len(line) + 1
                 # A field cannot hold more characters than its line has bytes: short lines need
                 # no size check (_check_field_sizes).
-                rows.append(_Row(number, value, len(line) <= size_limit))
+                rows.append(_Row(number, value, len(line) <= size_limit, start))
+                start += len(line) + 1
                 continue
         try:
             text = line.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
             raise DatasetError(_not_utf8(path, number, raw, start + exc.start)) from exc
+        line_start = start
         start += len(line) + 1
         if not text.strip():
             continue
@@ -142,7 +146,7 @@ def _parse_jsonl(path: Path, raw: bytes) -> _Parsed:
             raise DatasetError(
                 f"{path} line {number}: expected a JSON object, got {_describe_json_type(value)}"
             )
-        rows.append(_Row(number, _jsonable_fields(value)))
+        rows.append(_Row(number, _jsonable_fields(value), start=line_start))
     return _Parsed(rows, "line")
 
 

@@ -33,11 +33,14 @@ from .dataset_files import (
     SUPPORTED_EXTENSIONS,
     BuiltinDataset,
     ResolvedDataset,
+    _format_of,
     _resolve_path,
     data_dir,
     dataset_stem,
+    read_dataset_file,
     resolve_dataset,
 )
+from .dataset_index import RowRefs
 from .dataset_ids import _check_required, _choose_id_column, _sample_ids, content_hash_id
 from .dataset_parse import _check_field_sizes, _columns, _parse
 from .dataset_values import DEFAULT_MAX_FIELD_CHARS, MAX_FIELD_CHARS_ENV, max_field_chars
@@ -78,7 +81,7 @@ class Dataset:
     name: str
     path: Path
     sha256: str
-    samples: list[Sample]
+    samples: Sequence[Sample]
     total_rows: int
     id_source: str
     row_label: str = "line"
@@ -88,6 +91,12 @@ class Dataset:
 
     The ledger uses it to tell results for rows beyond ``--limit`` (still part of this dataset)
     from results for ids the dataset does not have at all.
+    """
+    refs: RowRefs | None = field(default=None, repr=False, compare=False)
+    """Every row's id and number (and, for JSON lines, the byte offset of its line), in file order.
+
+    ``samples`` is a plain list from :func:`load_dataset`; ``prepare_run`` may replace it with a
+    :class:`~evalledger.dataset_index.LazySamples` that reads rows back from the file by these.
     """
 
     def location(self, sample: Sample) -> str:
@@ -137,17 +146,31 @@ def load_dataset(
 
     # Hash the same bytes we parse, so the sha256 recorded for the run describes exactly the
     # content the samples came from, even if the file is replaced in between.
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read dataset {path}: {exc.strerror or exc}") from exc
+    raw, _ = read_dataset_file(path)
     sha256 = hashlib.sha256(raw).hexdigest()
     if sha256 != resolved.sha256:
         raise DatasetError(
             f"dataset {path} changed while it was being loaded "
             f"(sha256 {resolved.sha256[:12]}… when resolved, {sha256[:12]}… now); run again"
         )
+    return load_dataset_bytes(resolved, raw, id_column=id_column, required_fields=required_fields, limit=limit)
 
+
+def load_dataset_bytes(
+    resolved: ResolvedDataset,
+    raw: bytes,
+    *,
+    id_column: str | None = None,
+    required_fields: Sequence[str] = (),
+    limit: int | None = None,
+) -> Dataset:
+    """:func:`load_dataset` of ``raw``, the bytes of ``resolved.path`` whose sha256 is ``resolved.sha256``
+    (the caller read and hashed them: the file is read and hashed once)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise UsageError(f"--limit must be a positive integer (got {limit!r})")
+    if isinstance(required_fields, str):
+        required_fields = (required_fields,)
+    path = resolved.path
     parsed = _parse(path, raw)
     rows = parsed.rows
     label = parsed.row_label
@@ -163,14 +186,16 @@ def load_dataset(
     samples = [Sample(id=sid, row=row.number, fields=row.fields) for sid, row in zip(ids, rows)]
     if limit is not None:
         samples = samples[:limit]
+    jsonl = (_format_of(path) == ".jsonl" and label == "line")
     return Dataset(
         name=resolved.name,
         path=path,
-        sha256=sha256,
+        sha256=resolved.sha256,
         samples=samples,
         total_rows=len(rows),
         id_source=f"column:{id_col}" if id_col is not None else "content-hash",
         row_label=label,
         columns=tuple(columns),
         all_ids=frozenset(ids),
+        refs=RowRefs(ids, [row.number for row in rows], [row.start for row in rows] if jsonl else None),
     )

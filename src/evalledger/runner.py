@@ -11,6 +11,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from .pricing import Price
 from .progress import Progress
 from .providers import make_provider
 from .providers.base import ErrorInfo, Provider
+from .dataset_index import sample_ids, without_ids
 from .resume_scan import FileCounts, LedgerScan, scan_ledger
 from .retry import RetryPolicy
 from .sample_runner import RunState, SampleContext, StopRun, run_sample
@@ -100,7 +102,7 @@ def estimate_experiment(config: RunConfig) -> Estimate:
     price = config.price()
     seen = scan_ledger(prepared.run_dir)
     done = seen.completed if config.retry_errors else seen.completed | seen.errored
-    pending = [s for s in prepared.selection if s.id not in done]
+    pending = without_ids(prepared.selection, done)
     return estimate_pending(prepared.task, pending, config.max_tokens, price, seen.observed)
 
 
@@ -133,6 +135,7 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         ledger.open_writer()  # LockHeldError (exit 2) if another process writes this run/shard
+        prepared.save_dataset_index()  # the dataset was validated in full: the next resume can skip that
         if ledger.repaired_tail is not None:
             _warn(config, f"repaired a torn last line in {ledger.results_path.name}; the partial bytes are kept in {ledger.repaired_tail}")
         for message in ledger.repair_warnings:  # garbage lines moved aside (item 5 of issue 4)
@@ -200,8 +203,10 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
 
     completed = seen.completed
     excluded = set(completed) if config.retry_errors else completed | seen.errored
-    pending = [s for s in prepared.selection if s.id not in excluded]
-    skipped = sum(1 for s in prepared.selection if s.id in completed)
+    # By ids: the selection may be a LazySamples, whose rows are read back only when sent.
+    selection_ids = sample_ids(prepared.selection)
+    pending = without_ids(prepared.selection, excluded)
+    skipped = len(selection_ids) - len(set(selection_ids).difference(completed))
     if pending:
         prompt_bytes = sum(len(json.dumps(s.fields, default=str)) for s in pending[:200]) // min(len(pending), 200)
         check_free_space(prepared.run_dir, ledger.results_path, len(pending), prompt_bytes, config.max_tokens,
@@ -291,7 +296,7 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         shard=config.shard, seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens,
         top_p=config.top_p, policy=RetryPolicy(max_attempts=config.max_attempts, max_wait=config.max_retry_wait),
         provider=provider, run=run, price=price,
-        cached_calls=ledger.cached_calls({s.id for s in pending}) if multi_turn and pending else {},
+        cached_calls=ledger.cached_calls(set(sample_ids(pending))) if multi_turn and pending else {},
         persist_call=persist_call if multi_turn else None, limits=limits,
     )
     started = False
@@ -312,7 +317,8 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         if started:
             await provider.aclose()
 
-    remaining = sum(1 for s in prepared.selection if s.id not in completed)
+    selection_set = set(selection_ids)
+    remaining = len(selection_set.difference(completed))
     summary = RunSummary(
         run_id=prepared.run_id,
         run_dir=prepared.run_dir,
@@ -355,13 +361,12 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         summary.resume_command = config.resume_command()
     # A light summary from what the run already holds: the full get_stats() re-reads every file,
     # ~35 s on a million records, too slow for a Slurm pre-emption window.
-    selection_ids = {s.id for s in prepared.selection}
-    done = selection_ids & completed
-    n_correct = len(selection_ids & seen.correct)
+    done = selection_set & completed
+    n_correct = len(selection_set & seen.correct)
     summary.stats = {
         "run_id": prepared.run_id, "run_dir": str(prepared.run_dir), "shard": config.shard,
-        "total_samples": len(selection_ids), "completed_samples": len(done),
-        "error_count": len(selection_ids & seen.errored), "pending_samples": len(selection_ids) - len(done),
+        "total_samples": len(selection_set), "completed_samples": len(done),
+        "error_count": len(selection_set & seen.errored), "pending_samples": len(selection_set) - len(done),
         "correct_count": n_correct, "accuracy": n_correct / len(done) if done else None,
         "cost_usd": (seen.billed_cost + new["spent"]) if price is not None else None,
     }
@@ -370,12 +375,27 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
 
 
 async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitter, run: RunState,
-                    pending: list[Sample], budget: Budget | None) -> None:
-    """Feed samples through a bounded queue to ``concurrency`` workers (no task per sample)."""
+                    pending: Sequence[Sample], budget: Budget | None) -> None:
+    """Feed samples through a bounded queue to ``concurrency`` workers (no task per sample).
+
+    ``pending`` may read its rows back from the dataset file as it is iterated (a LazySamples); if
+    that fails (the file changed), dispatching stops, the workers finish what they hold, and the
+    error is raised here.
+    """
     n_workers = min(concurrency, len(pending))
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=n_workers * 2)
+    failure: list[BaseException] = []
 
     async def producer() -> None:
+        try:
+            await feed()
+        except Exception as e:  # noqa: BLE001 - re-raised below, once the workers are done
+            failure.append(e)
+            run.stop.set()
+        for _ in range(n_workers):
+            await queue.put(None)
+
+    async def feed() -> None:
         for sample in pending:
             if run.stop.is_set():
                 break
@@ -391,8 +411,6 @@ async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommit
             if run.budget_hit or run.stop.is_set():
                 break  # queued samples still run: they were admitted
             await queue.put(sample)
-        for _ in range(n_workers):
-            await queue.put(None)
 
     async def worker() -> None:
         while not run.stop.is_set():
@@ -424,6 +442,8 @@ async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommit
     finally:
         prod.cancel()
         await asyncio.gather(prod, return_exceptions=True)
+    if failure:
+        raise failure[0]
 
 
 _COUNTERS = ("ok_records", "error_records", "requests")
