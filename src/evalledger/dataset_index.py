@@ -9,7 +9,7 @@ whole file has been validated:
   the file only when it is iterated or indexed (JSON lines: by offset; other formats: one more
   parse of the file), after checking the file is the one that was validated, and checks the row
   again (same id, required fields, the task's ``validate_sample``);
-* the *validated index* (``<run_dir>/.cache/dataset-v1/index.json``) stores the ``RowRefs`` of a
+* the *validated index* (``<run_dir>/.cache/dataset-v1/index.bin``) stores the ``RowRefs`` of a
   file that passed every check, keyed by everything the checks depend on (the file's sha256, the
   task, the id column, the required fields, the field size limit, ``--limit``, the evalledger
   version). A resume that finds a matching index skips parsing and validating the file: it only
@@ -24,24 +24,20 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
+from array import array
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, overload
 
+from . import cachefile
 from .errors import DatasetError
 from .samples import Sample
 
-try:
-    import orjson
-except ImportError:  # pragma: no cover - orjson is a dependency
-    orjson = None  # type: ignore[assignment]
-
 CACHE_DIR = ".cache"
 INDEX_DIR = "dataset-v1"  # bump when the index's content or meaning changes: old ones are then ignored
-INDEX_NAME = "index.json"
+INDEX_NAME = "index.bin"
 FORMAT = 1
 MIN_BYTES = 1 << 20
 """Datasets smaller than this are held as parsed and get no index (they parse in well under a second)."""
@@ -53,8 +49,8 @@ class RowRefs:
     """Every row's id and 1-based number, and (JSON lines only) the byte offset of its line, in file order."""
 
     ids: list[str]
-    rows: list[int]
-    starts: list[int] | None = None
+    rows: Sequence[int]
+    starts: Sequence[int] | None = None
 
 
 def file_signature(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -248,58 +244,40 @@ class ValidatedIndex:
 
 
 def load_index(run_dir: Path, key: dict[str, Any]) -> ValidatedIndex | None:
-    """The validated index for ``key`` in ``run_dir``, or None (missing, for other data, unreadable)."""
-    if orjson is None:
+    """The validated index for ``key`` in ``run_dir``, or None (missing, for other data, torn, unreadable)."""
+    got = cachefile.read(index_path(run_dir))
+    if got is None:
         return None
+    header, blobs = got
     try:
-        doc = orjson.loads(index_path(run_dir).read_bytes())
-        if doc.get("format") != FORMAT or doc.get("key") != key:
+        if header.get("format") != FORMAT or header.get("key") != key or len(blobs) != 3:
             return None
-        ids, rows, starts = doc["ids"], doc["rows"], doc["starts"]
+        ids = cachefile.split_ids(blobs[0])
+        rows = array("q")
+        rows.frombytes(blobs[1])
+        starts: array[int] | None = None
+        if header["has_starts"]:
+            starts = array("q")
+            starts.frombytes(blobs[2])
         n = len(ids)
-        if (not isinstance(ids, list) or not isinstance(rows, list) or len(rows) != n or n != doc["total_rows"]
-                or (starts is not None and (not isinstance(starts, list) or len(starts) != n))):
+        if n != header["total_rows"] or len(rows) != n or (starts is not None and len(starts) != n):
             return None
-        # Readers of the index index these lists and compare ids with the rows: a wrong type is no index.
-        if not all(type(i) is str for i in ids) or not all(type(r) is int for r in rows):
-            return None
-        if starts is not None and not all(type(s) is int and s >= 0 for s in starts):
-            return None
-        return ValidatedIndex(RowRefs(ids, rows, starts), n, str(doc["id_source"]), str(doc["row_label"]),
-                              tuple(map(str, doc["columns"])))
+        return ValidatedIndex(RowRefs(ids, rows, starts), n, str(header["id_source"]),  # type: ignore[arg-type]
+                              str(header["row_label"]), tuple(map(str, header["columns"])))
     except Exception:  # noqa: BLE001 - an index that cannot be read is no index: the file is validated instead
         return None
 
 
 def save_index(run_dir: Path, key: dict[str, Any], index: ValidatedIndex) -> bool:
-    """Write ``index`` for ``key`` (temporary file + rename); False, leaving nothing behind, when it cannot."""
-    if orjson is None:
+    """Write ``index`` for ``key``; False, leaving nothing behind, when it cannot (see :mod:`.cachefile`)."""
+    ids = cachefile.join_ids(index.refs.ids)
+    if ids is None:
         return False
-    directory = index_path(run_dir).parent
-    tmp: Path | None = None
-    try:
-        if Path(run_dir).stat().st_uid != os.geteuid():
-            return False  # never leave files in someone else's run directory
-        data = orjson.dumps({
-            "format": FORMAT, "key": key, "total_rows": index.total_rows, "id_source": index.id_source,
-            "row_label": index.row_label, "columns": list(index.columns), "ids": index.refs.ids,
-            "rows": index.refs.rows, "starts": index.refs.starts,
-        })
-        st = os.statvfs(run_dir)
-        if st.f_bavail * st.f_frsize < (256 << 20) + 2 * len(data):
-            return False  # never compete with the ledger for the last of the disk
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{INDEX_NAME}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.write_bytes(data)
-        os.replace(tmp, index_path(run_dir))
-        return True
-    except Exception:  # noqa: BLE001 - ids orjson cannot encode (lone surrogates), a full disk, a race
-        if tmp is not None:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-        return False
+    starts = index.refs.starts
+    header = {"format": FORMAT, "key": key, "total_rows": index.total_rows, "id_source": index.id_source,
+              "row_label": index.row_label, "columns": list(index.columns), "has_starts": starts is not None}
+    blobs = [ids, array("q", index.refs.rows).tobytes(), array("q", starts or []).tobytes()]
+    return cachefile.write(index_path(run_dir), header, blobs, run_dir=Path(run_dir))
 
 
 def index_key(**facts: Any) -> dict[str, Any]:
