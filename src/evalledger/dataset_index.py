@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 from array import array
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import compress
+from operator import itemgetter, not_
 from pathlib import Path
 from typing import Any, overload
 
@@ -192,10 +193,9 @@ class LazySamples(Sequence[Sample]):
         for k in range(0, len(self.positions), CHUNK):
             yield from self.source.samples_at(self.positions[k:k + CHUNK])
 
-    def keep(self, ids_kept: Callable[[list[str]], list[bool]]) -> LazySamples:
-        """The samples for which ``ids_kept(ids)`` says True (nothing is read)."""
-        flags = ids_kept(self.ids)
-        return LazySamples(self.source, [p for p, keep in zip(self.positions, flags) if keep])
+    def keep(self, ids_kept: Callable[[list[str]], Iterable[bool]]) -> LazySamples:
+        """The samples for which ``ids_kept(ids)`` says True, one flag per id (nothing is read)."""
+        return LazySamples(self.source, list(compress(self.positions, ids_kept(self.ids))))
 
 
 def sample_ids(samples: Sequence[Sample]) -> list[str]:
@@ -208,7 +208,7 @@ def sample_ids(samples: Sequence[Sample]) -> list[str]:
 def without_ids(samples: Sequence[Sample], excluded: Container[str]) -> Sequence[Sample]:
     """``samples`` whose id is not in ``excluded``, in order (nothing is read back)."""
     if isinstance(samples, LazySamples):
-        return samples.keep(lambda ids: [sid not in excluded for sid in ids])
+        return samples.keep(lambda ids: map(not_, map(excluded.__contains__, ids)))
     return [s for s in samples if s.id not in excluded]
 
 

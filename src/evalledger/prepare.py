@@ -18,8 +18,8 @@ from typing import Any
 from . import __version__
 from .config import RunConfig, diff_identity, identity_hash, make_run_id
 from .dataset_files import ResolvedDataset, _format_of, _resolve_path, locate_dataset, read_dataset_file
+from . import dataset_index
 from .dataset_index import (
-    MIN_BYTES,
     LazySamples,
     RowSource,
     ValidatedIndex,
@@ -126,7 +126,7 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
                     task=f"{type(task).__module__}.{type(task).__qualname__}", task_spec=task_spec,
                     task_name=task_name, prompt_version=task.prompt_version, limit=config.limit,
                     max_field_chars=max_field_chars(), evalledger=__version__)
-    index = load_index(run_dir, key) if len(raw) >= MIN_BYTES else None
+    index = load_index(run_dir, key) if len(raw) >= dataset_index.MIN_BYTES else None
     if index is not None:
         del raw  # a resume of an already validated file: its rows are read back only when pending
         dataset = _dataset_from_index(resolved, st, index, task, config.limit)
@@ -191,7 +191,7 @@ def _lazy_if_large(dataset: Dataset, st: os.stat_result, task: Task) -> tuple[Da
     """A large JSON-lines dataset just validated: drop the rows' fields (they are read back when sent)
     and return the index to save once the run directory is ours. Others are kept as they are."""
     refs = dataset.refs
-    if refs is None or st.st_size < MIN_BYTES:
+    if refs is None or st.st_size < dataset_index.MIN_BYTES:
         return dataset, None
     index = ValidatedIndex(refs, dataset.total_rows, dataset.id_source, dataset.row_label, dataset.columns)
     if refs.starts is None:

@@ -202,11 +202,15 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         counters = {"ok_records": own.ok_records, "error_records": own.error_records, "requests": own.requests}
 
     completed = seen.completed
-    excluded = set(completed) if config.retry_errors else completed | seen.errored
+    # (pending is computed at once below, so ``completed`` itself can be the exclusion set)
+    excluded = completed if config.retry_errors else completed | seen.errored
     # By ids: the selection may be a LazySamples, whose rows are read back only when sent.
     selection_ids = sample_ids(prepared.selection)
     pending = without_ids(prepared.selection, excluded)
-    skipped = len(selection_ids) - len(set(selection_ids).difference(completed))
+    selection_set = set(selection_ids)
+    del selection_ids
+    # difference() keeps only what is left, unlike ``&`` (which builds a set of a million done ids)
+    skipped = len(selection_set) - len(selection_set.difference(completed))
     if pending:
         prompt_bytes = sum(len(json.dumps(s.fields, default=str)) for s in pending[:200]) // min(len(pending), 200)
         check_free_space(prepared.run_dir, ledger.results_path, len(pending), prompt_bytes, config.max_tokens,
@@ -317,7 +321,6 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         if started:
             await provider.aclose()
 
-    selection_set = set(selection_ids)
     remaining = len(selection_set.difference(completed))
     summary = RunSummary(
         run_id=prepared.run_id,
@@ -361,13 +364,13 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         summary.resume_command = config.resume_command()
     # A light summary from what the run already holds: the full get_stats() re-reads every file,
     # ~35 s on a million records, too slow for a Slurm pre-emption window.
-    done = selection_set & completed
-    n_correct = len(selection_set & seen.correct)
+    n_done = len(selection_set) - remaining
+    n_correct = len(seen.correct) - len(seen.correct.difference(selection_set))
     summary.stats = {
         "run_id": prepared.run_id, "run_dir": str(prepared.run_dir), "shard": config.shard,
-        "total_samples": len(selection_set), "completed_samples": len(done),
-        "error_count": len(selection_set & seen.errored), "pending_samples": len(selection_set) - len(done),
-        "correct_count": n_correct, "accuracy": n_correct / len(done) if done else None,
+        "total_samples": len(selection_set), "completed_samples": n_done,
+        "error_count": len(selection_set & seen.errored), "pending_samples": remaining,
+        "correct_count": n_correct, "accuracy": n_correct / n_done if n_done else None,
         "cost_usd": (seen.billed_cost + new["spent"]) if price is not None else None,
     }
     summary.limits = {**limits.stats.__dict__, "final_limit": limits.limit}
