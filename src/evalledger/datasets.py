@@ -45,6 +45,7 @@ from .dataset_ids import _check_required, _choose_id_column, _sample_ids, conten
 from .dataset_parse import _check_field_sizes, _columns, _parse
 from .dataset_values import DEFAULT_MAX_FIELD_CHARS, MAX_FIELD_CHARS_ENV, max_field_chars
 from .errors import DatasetError, UsageError
+from .gcpause import paused_gc
 from .samples import Sample
 from .sharding import filter_shard, parse_shard, shard_of
 
@@ -153,7 +154,8 @@ def load_dataset(
             f"dataset {path} changed while it was being loaded "
             f"(sha256 {resolved.sha256[:12]}… when resolved, {sha256[:12]}… now); run again"
         )
-    return load_dataset_bytes(resolved, raw, id_column=id_column, required_fields=required_fields, limit=limit)
+    with paused_gc():  # a million small dicts, none in a cycle: see gcpause
+        return load_dataset_bytes(resolved, raw, id_column=id_column, required_fields=required_fields, limit=limit)
 
 
 def load_dataset_bytes(

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import ledger_index
 from .fastlines import Prefix, iter_blocks
+from .gcpause import paused_gc
 from .ledger import billed, calls_cost, results_files
 from .ledger_index import FilePart, multi_counts
 
@@ -61,9 +62,10 @@ def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None) -> Ledge
     """
     scan = LedgerScan()
     errored_all: set[str] = set()
-    for path in results_files(run_dir):
-        counts = scan.files.setdefault(path, FileCounts())
-        _apply(scan, counts, errored_all, scan_file(path), known_ids)
+    with paused_gc():  # a million prefix tuples, none in a cycle: see gcpause
+        for path in results_files(run_dir):
+            counts = scan.files.setdefault(path, FileCounts())
+            _apply(scan, counts, errored_all, scan_file(path), known_ids)
     scan.errored = errored_all - scan.completed
     scan.billed_cost += calls_cost(run_dir)
     return scan
