@@ -205,10 +205,10 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
     # (pending is computed at once below, so ``completed`` itself can be the exclusion set)
     excluded = completed if config.retry_errors else completed | seen.errored
     # By ids: the selection may be a LazySamples, whose rows are read back only when sent.
-    selection_ids = sample_ids(prepared.selection)
     pending = without_ids(prepared.selection, excluded)
-    selection_set = set(selection_ids)
-    del selection_ids
+    # Ids are unique, so a selection of every row is the dataset's own id set (no second copy).
+    all_ids = prepared.dataset.all_ids
+    selection_set = all_ids if len(prepared.selection) == len(all_ids) else set(sample_ids(prepared.selection))
     # difference() keeps only what is left, unlike ``&`` (which builds a set of a million done ids)
     skipped = len(selection_set) - len(selection_set.difference(completed))
     if pending:
