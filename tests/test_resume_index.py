@@ -149,3 +149,24 @@ def test_ledger_index_counts_foreign_ids_and_ignores_a_torn_copy(small_caches, t
     monkeypatch.setenv("EVALLEDGER_SCAN_CACHE", "off")
     shutil.rmtree(run / ".cache")
     assert scan_ledger(run, known).foreign == cold.foreign and not (run / ".cache").exists()
+
+
+def test_the_writer_indexes_what_it_appended_when_it_stops(small_caches, fake_server, tmp_path):
+    from evalledger import cachefile
+
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 40)
+    out = tmp_path / "out"
+    first = run_experiment(RunConfig(**base(fake_server, data, out, limit=25)))
+    results = first.run_dir / "results.jsonl"
+    header, _ = cachefile.read(ledger_index.index_path(results))
+    assert header["end"] == results.stat().st_size and header["records"] == 25
+    scan = assert_agrees(first.run_dir)
+    assert len(scan.completed) == 25 and scan.files[results].ok_records == 25
+    # A resume that sends the other 15: its index again covers the whole file, and agrees.
+    again = run_experiment(RunConfig(**base(fake_server, data, out)))
+    assert again.requests == 15 and again.skipped_completed == 25
+    header, _ = cachefile.read(ledger_index.index_path(results))
+    assert header["end"] == results.stat().st_size and header["records"] == 40
+    assert len(assert_agrees(first.run_dir).completed) == 40
+    last = run_experiment(RunConfig(**base(fake_server, data, out)))
+    assert last.requests == 0 and last.skipped_completed == 40 and fake_server.request_count == 40

@@ -132,7 +132,7 @@ def load(results: Path, f: IO[bytes], st: os.stat_result) -> tuple[FilePart, int
 
 def should_save(indexed_end: int, end: int) -> bool:
     """Whether a new index is worth writing: the file is big enough and the index missing or well behind."""
-    if end < MIN_BYTES:
+    if end <= 0 or end < MIN_BYTES:
         return False
     return end - indexed_end >= max(MIN_BYTES, REWRITE_FRACTION * indexed_end)
 

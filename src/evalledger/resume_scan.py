@@ -46,6 +46,9 @@ class LedgerScan:
     in_dataset: int = 0  # records whose id is in ``known_ids``
     foreign: dict[str, int] = field(default_factory=dict)  # id not in ``known_ids`` -> records
     files: dict[Path, FileCounts] = field(default_factory=dict)
+    own: FilePart | None = None  # the ``own`` file's part (see scan_ledger), kept up to date by the writer
+    own_end: int = 0  # the bytes of the own file that ``own`` covers
+    own_indexed_end: int = 0  # the bytes of the own file its index on disk covers (0: none)
 
     @property
     def observed(self) -> tuple[int, int, int]:
@@ -53,30 +56,38 @@ class LedgerScan:
         return self.ok_records, self.input_tokens, self.output_tokens
 
 
-def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None) -> LedgerScan:
+def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None, own: Path | None = None) -> LedgerScan:
     """One streaming pass over every results file (all shards) and the calls files' cost.
 
     ``known_ids``: the dataset's sample ids; records for other ids are counted in ``foreign``.
     A results file with a valid index (:mod:`.ledger_index`) is scanned only after the bytes its
-    index covers; a file whose unindexed part is large gets a new index.
+    index covers; a file whose unindexed part is large gets a new index. ``own``: the writer's
+    own results file, whose part is kept in ``scan.own`` so the writer can add what it appends
+    (:func:`note_committed`) and index the file when it stops (:func:`save_own_index`).
     """
     scan = LedgerScan()
     errored_all: set[str] = set()
     with paused_gc():  # a million prefix tuples, none in a cycle: see gcpause
         for path in results_files(run_dir):
             counts = scan.files.setdefault(path, FileCounts())
-            _apply(scan, counts, errored_all, scan_file(path), known_ids)
+            part, end, indexed_end = _scan_file(path)
+            if path == own:
+                scan.own, scan.own_end, scan.own_indexed_end = part, end, indexed_end
+            _apply(scan, counts, errored_all, part, known_ids)
+    if own is not None and scan.own is None:
+        scan.own = FilePart()  # no such file yet: it starts empty
     scan.errored = errored_all - scan.completed
     scan.billed_cost += calls_cost(run_dir)
     return scan
 
 
-def scan_file(path: Path) -> FilePart:
-    """What the complete records of one results file add up to (a torn last line is left out)."""
+def _scan_file(path: Path) -> tuple[FilePart, int, int]:
+    """What the complete records of one results file add up to (a torn last line is left out),
+    the bytes that covers, and the bytes its index on disk covers afterwards (0: none)."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        return FilePart()
+        return FilePart(), 0, 0
     with f:
         st = os.fstat(f.fileno())
         cached = ledger_index.load(path, f, st) if st.st_size >= ledger_index.MIN_BYTES else None
@@ -95,9 +106,33 @@ def scan_file(path: Path) -> FilePart:
             part = tail
         else:
             part = cached[0] if not tail.records else cached[0].then(tail)
-        if ledger_index.should_save(start, end) and index_enabled():
-            ledger_index.save(path, f, st, part, end)
-    return part
+        if ledger_index.should_save(start, end) and index_enabled() and ledger_index.save(path, f, st, part, end):
+            start = end
+    return part, end, start
+
+
+def note_committed(part: FilePart, records: list[dict[str, Any]]) -> None:
+    """Add records just appended to the file ``part`` describes (the writer's own file)."""
+    for rec in records:
+        sid = rec["sample_id"]
+        if sid in part.last_ok or sid in part.errored:
+            part.counts[sid] = part.counts.get(sid, 1) + 1
+    _add_records(part, [], records)
+
+
+def save_own_index(path: Path, part: FilePart, end: int, indexed_end: int) -> bool:
+    """Index the writer's own results file when it stops, if ``part`` describes exactly its first
+    ``end`` bytes (the writer's own count of them) and the index on disk is well behind."""
+    if not (index_enabled() and ledger_index.should_save(indexed_end, end)):
+        return False
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_size < end:
+                return False
+            return ledger_index.save(path, f, st, part, end)
+    except OSError:
+        return False
 
 
 def index_enabled() -> bool:

@@ -41,7 +41,7 @@ from .progress import Progress
 from .providers import make_provider
 from .providers.base import ErrorInfo, Provider
 from .dataset_index import sample_ids, without_ids
-from .resume_scan import FileCounts, LedgerScan, scan_ledger
+from .resume_scan import FileCounts, LedgerScan, note_committed, save_own_index, scan_ledger
 from .retry import RetryPolicy
 from .sample_runner import RunState, SampleContext, StopRun, run_sample
 from .samples import Sample
@@ -141,7 +141,9 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
         for message in ledger.repair_warnings:  # garbage lines moved aside (item 5 of issue 4)
             _warn(config, message)
         # One pass over the ledger serves the manifest check and the pending set.
-        seen = scan_ledger(run_dir, prepared.dataset.all_ids)
+        seen = scan_ledger(run_dir, prepared.dataset.all_ids, own=ledger.results_path)
+        if seen.own_end != ledger.results_size:
+            seen.own = None  # a torn tail the repair could not move aside: do not index this file
         check_or_create_manifest(prepared, seen)
         # The status marker is written while we hold the lock: `running` once the pending set is
         # known, the final state before the lock is released (see lifecycle.py).
@@ -285,6 +287,11 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
             since_checkpoint = 0
             write_state()  # small file, atomic; cheap next to the appends it follows
 
+    def on_commit_indexed(records: list[dict[str, Any]]) -> None:
+        if seen.own is not None:
+            note_committed(seen.own, records)
+        on_commit(records)
+
     async def persist_call(rec: dict[str, Any]) -> None:
         await asyncio.to_thread(ledger.append_calls, [rec])
         new["spent"] += rec.get("cost_usd") or 0.0
@@ -304,7 +311,7 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         persist_call=persist_call if multi_turn else None, limits=limits,
     )
     started = False
-    committer = GroupCommitter(ledger, on_commit=on_commit, fsync=config.fsync)
+    committer = GroupCommitter(ledger, on_commit=on_commit_indexed, fsync=config.fsync)
     restore_signals = lambda: None  # noqa: E731
     try:
         if pending:
@@ -321,6 +328,9 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         if started:
             await provider.aclose()
 
+    if started and committer.failure is None and seen.own is not None:
+        # What this run appended is summed up already: index its file so the next resume skips it.
+        save_own_index(ledger.results_path, seen.own, ledger.results_size, seen.own_indexed_end)
     remaining = len(selection_set.difference(completed))
     summary = RunSummary(
         run_id=prepared.run_id,
