@@ -19,6 +19,7 @@ from typing import Any
 from .budget import Budget, Estimate, estimate_pending
 from .committer import GroupCommitter
 from .config import RunConfig
+from .dataset_index import sample_ids, without_ids
 from .diskspace import (
     check_free_space,
     describe_free,
@@ -40,7 +41,6 @@ from .pricing import Price
 from .progress import Progress
 from .providers import make_provider
 from .providers.base import ErrorInfo, Provider
-from .dataset_index import sample_ids, without_ids
 from .resume_scan import FileCounts, LedgerScan, note_committed, save_own_index, scan_ledger
 from .retry import RetryPolicy
 from .sample_runner import RunState, SampleContext, StopRun, run_sample
