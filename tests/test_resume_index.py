@@ -54,6 +54,7 @@ def test_resume_reads_back_only_the_pending_rows(small_caches, fake_server, tmp_
 
     prepared = prepare_run(RunConfig(**base(fake_server, data, tmp_path / "out")))
     assert isinstance(prepared.selection, LazySamples)  # from the index: no row held
+    assert prepared.new_index is None and dataset_index.load_index(prepared.run_dir, prepared.index_key) is not None
     again = run_experiment(RunConfig(**base(fake_server, data, tmp_path / "out")))
     assert again.exit_code == 0 and again.requests == 10 and again.skipped_completed == 20
     # The rows read back are the rows a full load gives (same fields, hence the same input hash).
@@ -122,6 +123,10 @@ def test_ledger_index_is_used_for_the_bytes_it_covers_and_only_they(small_caches
     assert idx.exists()
     # Appended since: a retried error, a sample whose last ok flips back to correct, new samples.
     write(run, [record(50), record(3, correct=True), record(60, "error", None)] + [record(i) for i in range(70, 90)])
+    results = run / "results.jsonl"
+    with open(results, "rb") as f:
+        loaded = ledger_index.load(results, f, os.fstat(f.fileno()))
+    assert loaded is not None and loaded[0].records == 52 and 0 < loaded[1] < results.stat().st_size
     scan = assert_agrees(run)
     assert "s00050" in scan.completed and "s00060" in scan.errored and "s00003" in scan.correct
     # Stale: the file rewritten in place (same inode) with other records, or replaced by a new file.
@@ -167,6 +172,9 @@ def test_the_writer_indexes_what_it_appended_when_it_stops(small_caches, fake_se
     assert again.requests == 15 and again.skipped_completed == 25
     header, _ = cachefile.read(ledger_index.index_path(results))
     assert header["end"] == results.stat().st_size and header["records"] == 40
+    with open(results, "rb") as f:
+        loaded = ledger_index.load(results, f, os.fstat(f.fileno()))
+    assert loaded is not None and loaded[1] == results.stat().st_size and len(loaded[0].ok_lists[0]) == 40
     assert len(assert_agrees(first.run_dir).completed) == 40
     last = run_experiment(RunConfig(**base(fake_server, data, out)))
     assert last.requests == 0 and last.skipped_completed == 40 and fake_server.request_count == 40

@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import compress, filterfalse
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,8 +43,10 @@ _SUMS = ("records", "ok_records", "error_records", "requests", "input_tokens", "
 class FilePart:
     """What the records of one stretch of a results file add up to, in file order.
 
-    ``last_ok``: id -> whether its last ok record is correct. ``errored``: ids with a non-ok record.
-    ``counts``: records per id, only for ids with more than one (every other id has one).
+    ``last_ok``: id -> whether its last ok record is correct (or, as loaded from an index, ``ok_lists``:
+    the ids whose last ok record is correct and the others; :meth:`materialise` turns them into
+    ``last_ok``). ``errored``: ids with a non-ok record. ``counts``: records per id, only for ids with
+    more than one (every other id has one).
     """
 
     last_ok: dict[str, bool] = field(default_factory=dict)
@@ -55,13 +59,31 @@ class FilePart:
     input_tokens: int = 0
     output_tokens: int = 0
     billed_cost: float = 0.0
+    ok_lists: tuple[list[str], list[str]] | None = None
 
     def record_count(self, sid: str) -> int:
         """How many records of this part are for ``sid`` (1 unless ``counts`` says otherwise)."""
         return self.counts.get(sid, 1)
 
+    def materialise(self) -> None:
+        """Build ``last_ok`` from ``ok_lists`` (before looking ids up in it or adding to it)."""
+        if self.ok_lists is not None:
+            correct, other = self.ok_lists
+            self.last_ok = dict.fromkeys(correct, True)
+            self.last_ok.update(dict.fromkeys(other, False))
+            self.ok_lists = None
+
+    def ok_ids(self) -> tuple[Iterable[str], Iterable[str]]:
+        """(ids whose last ok record is correct, the other ok ids), each iterable once."""
+        if self.ok_lists is not None:
+            return self.ok_lists
+        last_ok = self.last_ok
+        return compress(last_ok, last_ok.values()), filterfalse(last_ok.__getitem__, last_ok)
+
     def then(self, later: FilePart) -> FilePart:
         """This part followed by ``later`` (the next bytes of the same file), as one part."""
+        self.materialise()
+        later.materialise()
         last_ok = dict(self.last_ok)
         last_ok.update(later.last_ok)
         mine = self.last_ok.keys() | self.errored
@@ -119,10 +141,8 @@ def load(results: Path, f: IO[bytes], st: os.stat_result) -> tuple[FilePart, int
         if header["fingerprint"] != fingerprint(f, end):
             return None
         correct, other, errored = (cachefile.split_ids(b) for b in blobs)
-        last_ok = dict.fromkeys(correct, True)
-        last_ok.update(dict.fromkeys(other, False))
         counts = {str(k): int(v) for k, v in header["counts"].items()}
-        part = FilePart(last_ok, set(errored), counts)
+        part = FilePart({}, set(errored), counts, ok_lists=(correct, other))
         for name in _SUMS:
             setattr(part, name, float(header[name]) if name == "billed_cost" else int(header[name]))
         return part, end
@@ -139,8 +159,7 @@ def should_save(indexed_end: int, end: int) -> bool:
 
 def save(results: Path, f: IO[bytes], st: os.stat_result, part: FilePart, end: int) -> bool:
     """Write ``part`` (the records of the first ``end`` bytes) as the index of ``results``."""
-    correct = [sid for sid, c in part.last_ok.items() if c]
-    other = [sid for sid, c in part.last_ok.items() if not c]
+    correct, other = map(list, part.ok_ids())
     blobs = [cachefile.join_ids(correct), cachefile.join_ids(other), cachefile.join_ids(sorted(part.errored))]
     if any(b is None for b in blobs):
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Container
+from itertools import chain, filterfalse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ def _scan_file(path: Path) -> tuple[FilePart, int, int]:
 
 def note_committed(part: FilePart, records: list[dict[str, Any]]) -> None:
     """Add records just appended to the file ``part`` describes (the writer's own file)."""
+    part.materialise()
     for rec in records:
         sid = rec["sample_id"]
         if sid in part.last_ok or sid in part.errored:
@@ -143,10 +145,12 @@ def index_enabled() -> bool:
 def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePart,
            known_ids: Container[str] | None) -> None:
     """Add one file's part to the scan (files in order: a later ok record decides ``correct``)."""
-    last_ok = part.last_ok
-    scan.completed.update(last_ok)
-    scan.correct.update([sid for sid, c in last_ok.items() if c])
-    scan.correct.difference_update([sid for sid, c in last_ok.items() if not c])
+    # C-level loops only: this runs over every id of every file
+    correct, other = (list(ids) for ids in part.ok_ids())
+    scan.completed.update(correct)
+    scan.completed.update(other)
+    scan.correct.update(correct)
+    scan.correct.difference_update(other)
     errored.update(part.errored)
     scan.records += part.records
     scan.ok_records += part.ok_records
@@ -159,8 +163,9 @@ def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePa
     if known_ids is None:
         return
     # Records for ids the dataset lacks (rare: results copied in, a recreated manifest).
-    foreign = [sid for sid in last_ok if sid not in known_ids]
-    foreign += [sid for sid in part.errored if sid not in last_ok and sid not in known_ids]
+    foreign = list(filterfalse(known_ids.__contains__, chain(correct, other)))
+    foreign_ok = set(foreign)
+    foreign += [sid for sid in part.errored if sid not in known_ids and sid not in foreign_ok]
     n_foreign = 0
     for sid in foreign:
         n = part.record_count(sid)

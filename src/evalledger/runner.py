@@ -19,7 +19,7 @@ from typing import Any
 from .budget import Budget, Estimate, estimate_pending
 from .committer import GroupCommitter
 from .config import RunConfig
-from .dataset_index import sample_ids, without_ids
+from .dataset_index import sample_ids, with_ids, without_ids
 from .diskspace import (
     check_free_space,
     describe_free,
@@ -204,15 +204,15 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         counters = {"ok_records": own.ok_records, "error_records": own.error_records, "requests": own.requests}
 
     completed = seen.completed
-    # (pending is computed at once below, so ``completed`` itself can be the exclusion set)
-    excluded = completed if config.retry_errors else completed | seen.errored
-    # By ids: the selection may be a LazySamples, whose rows are read back only when sent.
-    pending = without_ids(prepared.selection, excluded)
-    # Ids are unique, so a selection of every row is the dataset's own id set (no second copy).
+    # By ids: the selection may be a LazySamples, whose rows are read back only when sent. Ids are
+    # unique, so a selection of every row is the dataset's own id set (no second copy of it).
     all_ids = prepared.dataset.all_ids
-    selection_set = all_ids if len(prepared.selection) == len(all_ids) else set(sample_ids(prepared.selection))
-    # difference() keeps only what is left, unlike ``&`` (which builds a set of a million done ids)
-    skipped = len(selection_set) - len(selection_set.difference(completed))
+    whole = len(prepared.selection) == len(all_ids)
+    selection_set = all_ids if whole else set(sample_ids(prepared.selection))
+    # The one pass over the selection: what is not done yet (on a resume, a small set).
+    not_done = selection_set.difference(completed)
+    skipped = len(selection_set) - len(not_done)
+    pending = with_ids(prepared.selection, not_done if config.retry_errors else not_done.difference(seen.errored))
     if pending:
         prompt_bytes = sum(len(json.dumps(s.fields, default=str)) for s in pending[:200]) // min(len(pending), 200)
         check_free_space(prepared.run_dir, ledger.results_path, len(pending), prompt_bytes, config.max_tokens,
@@ -331,7 +331,7 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
     if started and committer.failure is None and seen.own is not None:
         # What this run appended is summed up already: index its file so the next resume skips it.
         save_own_index(ledger.results_path, seen.own, ledger.results_size, seen.own_indexed_end)
-    remaining = len(selection_set.difference(completed))
+    remaining = len(not_done.difference(completed))  # completed only grows
     summary = RunSummary(
         run_id=prepared.run_id,
         run_dir=prepared.run_dir,
@@ -375,7 +375,10 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
     # A light summary from what the run already holds: the full get_stats() re-reads every file,
     # ~35 s on a million records, too slow for a Slurm pre-emption window.
     n_done = len(selection_set) - remaining
-    n_correct = len(seen.correct) - len(seen.correct.difference(selection_set))
+    if whole:  # every correct id is a dataset id or one of the (few) foreign ones
+        n_correct = len(seen.correct) - len(seen.correct.intersection(seen.foreign))
+    else:
+        n_correct = len(seen.correct) - len(seen.correct.difference(selection_set))
     summary.stats = {
         "run_id": prepared.run_id, "run_dir": str(prepared.run_dir), "shard": config.shard,
         "total_samples": len(selection_set), "completed_samples": n_done,
