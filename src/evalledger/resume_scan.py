@@ -91,7 +91,8 @@ def _scan_file(path: Path) -> tuple[FilePart, int, int]:
         return FilePart(), 0, 0
     with f:
         st = os.fstat(f.fileno())
-        cached = ledger_index.load(path, f, st) if st.st_size >= ledger_index.MIN_BYTES else None
+        use_index = index_enabled()
+        cached = ledger_index.load(path, f, st) if use_index and st.st_size >= ledger_index.MIN_BYTES else None
         start = cached[1] if cached is not None else 0
         tail = FilePart()
         ids: list[str] = []
@@ -107,7 +108,7 @@ def _scan_file(path: Path) -> tuple[FilePart, int, int]:
             part = tail
         else:
             part = cached[0] if not tail.records else cached[0].then(tail)
-        if ledger_index.should_save(start, end) and index_enabled() and ledger_index.save(path, f, st, part, end):
+        if use_index and ledger_index.should_save(start, end) and ledger_index.save(path, f, st, part, end):
             start = end
     return part, end, start
 
