@@ -55,6 +55,10 @@ def test_resume_reads_back_only_the_pending_rows(small_caches, fake_server, tmp_
     prepared = prepare_run(RunConfig(**base(fake_server, data, tmp_path / "out")))
     assert isinstance(prepared.selection, LazySamples)  # from the index: no row held
     assert prepared.new_index is None and dataset_index.load_index(prepared.run_dir, prepared.index_key) is not None
+    # validate always checks every row (it makes an index of its own, and saves none)
+    checked = prepare_run(RunConfig(**base(fake_server, data, tmp_path / "out")), check_output_dir=False,
+                          use_index=False)
+    assert checked.new_index is not None and checked.run_dir == prepared.run_dir
     again = run_experiment(RunConfig(**base(fake_server, data, tmp_path / "out")))
     assert again.exit_code == 0 and again.requests == 10 and again.skipped_completed == 20
     # The rows read back are the rows a full load gives (same fields, hence the same input hash).

@@ -94,8 +94,13 @@ class PreparedRun:
         }
 
 
-def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_execution: bool = True) -> PreparedRun:
+def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_execution: bool = True,
+                use_index: bool = True) -> PreparedRun:
     """Resolve the dataset and task, validate every row, and compute the run ID.
+
+    With ``use_index`` (what ``run`` and ``estimate`` do), a run directory holding the validated
+    index of this very file for these settings (:mod:`.dataset_index`) skips the row-by-row
+    validation, which that index records as passed; ``validate`` always checks every row.
 
     With ``check_output_dir`` (what ``run`` does), also check that ``--output-dir`` is, or can be
     created as, a writable directory and that the run directory would be inside it; ``validate``
@@ -128,7 +133,7 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
                     max_field_chars=max_field_chars(), evalledger=__version__)
     # Millions of small dicts are built here and none is in a cycle: see gcpause.
     with paused_gc():
-        index = load_index(run_dir, key) if len(raw) >= dataset_index.MIN_BYTES else None
+        index = load_index(run_dir, key) if use_index and len(raw) >= dataset_index.MIN_BYTES else None
         if index is not None:
             del raw  # a resume of an already validated file: its rows are read back only when pending
             dataset = _dataset_from_index(resolved, st, index, task, config.limit)
