@@ -294,13 +294,37 @@ def bench_429(root: Path, n: int, latency: float, conc: int, rate: float = 0.3) 
     return rows
 
 
-def bench_resume(root: Path, records: int) -> list[dict]:
-    from bench_results import make_run, measure
+def bench_resume(root: Path, records: int, *, reuse: bool = False, readers: bool = True) -> list[dict]:
+    """Section 3. ``reuse``: keep a run already built in ``root`` for this many records (``--dir``);
+    ``readers``: also time ``get_stats`` and ``load_results`` on it."""
+    from bench_results import measure
 
     print(f"\n3. resume cost, {records:,} completed records")
-    t = time.perf_counter()
-    data = write_dataset(root / f"data_{records}.jsonl", records)
+    data = root / f"data_{records}.jsonl"
     out = root / "out_resume"
+    built = sorted(p for p in out.glob("*") if p.is_dir()) if reuse and data.exists() else []
+    if len(built) == 1 and any(built[0].glob("results*.jsonl")):
+        run_dir = built[0]
+        print(f"  reusing {run_dir}")
+    else:
+        run_dir = _build_resume_run(root, data, out, records)
+    rows = _time_resume(data, out, run_dir, records)
+    if readers:
+        for what in ("get_stats", "load_results"):
+            m = measure(what, run_dir)
+            m.update(case=what, ok=m["rows"], requests=0)
+            line(what, m, records, f"cpu {m['cpu_seconds']:.1f}s, rows {m['rows']:,}")
+            rows.append(m)
+    return rows
+
+
+def _build_resume_run(root: Path, data: Path, out: Path, records: int) -> Path:
+    """The dataset and the run directory with ``records`` completed records (see the module docstring)."""
+    from bench_results import make_run
+
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    write_dataset(data, records)
     # A real run creates the manifest (dataset sha256, identity) for this dataset: one sample, one request.
     srv = Server(0.0)
     try:
@@ -317,30 +341,34 @@ def bench_resume(root: Path, records: int) -> list[dict]:
     shutil.rmtree(scratch)
     size = sum(p.stat().st_size for p in run_dir.glob("results*.jsonl"))
     print(f"  built in {time.perf_counter() - t:.0f}s: {size / 1e6:.0f} MB of results, dataset {data.stat().st_size / 1e6:.0f} MB")
+    return run_dir
+
+
+def _time_resume(data: Path, out: Path, run_dir: Path, records: int) -> list[dict]:
+    """``run_experiment`` finding nothing pending, then ``completed_ids()``, each in a fresh process."""
     # bench_results' records leave ~1 % of samples with only an error record, which a default resume would
     # send again; retry_errors=False (--no-retry-errors) leaves them alone, so this resume finds nothing
     # pending and sends no request: it times opening the run and computing the pending set.
+    # The first resume starts without <run_dir>/.cache (as after a crash mid-run, or a deleted cache) and
+    # writes it; the second is the usual resume, which finds it.
+    shutil.rmtree(run_dir / ".cache", ignore_errors=True)
     rows = []
     srv = Server(0.0)
     try:
         header()
-        r = in_child("run", dataset=str(data), out=str(out), base_url=srv.openai_base_url, concurrency=64,
-                     retry_errors=False)
-        r.update(case="run_experiment (nothing pending)")
-        line("run_experiment, nothing pending", r, records,
-             f"skipped {r['skipped']:,}, sent {r['requests']} requests, exit {r['exit_code']}")
-        rows.append(r)
+        for when in ("no .cache", "with .cache"):
+            r = in_child("run", dataset=str(data), out=str(out), base_url=srv.openai_base_url, concurrency=64,
+                         retry_errors=False)
+            r.update(case=f"run_experiment (nothing pending, {when})")
+            line(f"run_experiment, nothing pending, {when}", r, records,
+                 f"skipped {r['skipped']:,}, sent {r['requests']} requests, exit {r['exit_code']}")
+            rows.append(r)
     finally:
         srv.stop()
     r = in_child("completed_ids", run_dir=str(run_dir))
     r.update(case="completed_ids()", requests=0)
     line("CheckpointManager.completed_ids()", r, records, f"{r['ok']:,} ids")
     rows.append(r)
-    for what in ("get_stats", "load_results"):
-        m = measure(what, run_dir)
-        m.update(case=what, ok=m["rows"], requests=0)
-        line(what, m, records, f"cpu {m['cpu_seconds']:.1f}s, rows {m['rows']:,}")
-        rows.append(m)
     return rows
 
 
@@ -354,6 +382,9 @@ def main() -> None:
     ap.add_argument("--only-resume", action="store_true")
     ap.add_argument("--only-429", action="store_true", help="only section 4 (the 429 storm)")
     ap.add_argument("--dir", type=Path, default=None, help="scratch directory (default: a temp dir, removed after)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --dir: reuse the resume run built there by an earlier invocation")
+    ap.add_argument("--skip-readers", action="store_true", help="section 3 without get_stats / load_results")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -373,7 +404,8 @@ def main() -> None:
         if not args.only_resume:
             results["storm"] = bench_429(root, args.n // 2, args.latency, 64)
         if not args.skip_resume and not args.only_429:
-            results["resume"] = bench_resume(root, args.resume_records)
+            results["resume"] = bench_resume(root, args.resume_records, reuse=args.reuse,
+                                             readers=not args.skip_readers)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -7,6 +7,7 @@ has finished samples; then it uses their observed average tokens per sample inst
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from .limits import estimate_prompt_tokens
 from .pricing import Price
@@ -34,7 +35,7 @@ class Estimate:
                 f"output tokens, cost {cost} ({self.basis})")
 
 
-def estimate_pending(task: Task, pending: list[Sample], max_tokens: int, price: Price | None,
+def estimate_pending(task: Task, pending: Sequence[Sample], max_tokens: int, price: Price | None,
                      observed: tuple[int, int, int] = (0, 0, 0)) -> Estimate:
     """Project tokens and cost for ``pending``: observed averages when there are any, else prompt + max_tokens."""
     calls = max(1, int(task.calls_per_sample))

@@ -59,16 +59,19 @@ class Block:
 
     first_line: int
     lines: int
+    nbytes: int = 0  # the block's size in bytes (set by iter_blocks)
     prefixes: list[Prefix] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     garbage: list[int] = field(default_factory=list)
 
 
-def iter_blocks(path: Path, tail: list[int] | None = None, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
+def iter_blocks(path: Path, tail: list[int] | None = None, block_bytes: int = BLOCK_BYTES,
+                start: int = 0) -> Iterator[Block]:
     """Every complete line of ``path``, in blocks. A last line without its newline is left out (it
     is being written right now, or torn); its length is appended to ``tail`` if given.
 
-    A missing file yields nothing.
+    ``start``: begin at this byte offset, which must be the start of a line (line numbers then count
+    from there). A missing file yields nothing.
     """
     try:
         f = open(path, "rb")
@@ -77,6 +80,8 @@ def iter_blocks(path: Path, tail: list[int] | None = None, block_bytes: int = BL
     line_no = 1
     carry = b""
     with f:
+        if start:
+            f.seek(start)
         while True:
             data = f.read(block_bytes)
             if not data:
@@ -88,6 +93,7 @@ def iter_blocks(path: Path, tail: list[int] | None = None, block_bytes: int = BL
                 continue
             carry = data[cut:]
             block = read_block(data[:cut] if cut < len(data) else data, line_no)
+            block.nbytes = cut
             line_no += block.lines
             yield block
     if carry and tail is not None:

@@ -384,6 +384,12 @@ class CheckpointManager:
     def is_writer(self) -> bool:
         return self._fd is not None
 
+    @property
+    def results_size(self) -> int:
+        """The size of this writer's results file as it knows it: whole, acknowledged lines only
+        (its size when :meth:`open_writer` repaired and opened it, plus every append since)."""
+        return self._size
+
     def append_records(self, records: list[dict[str, Any]], *, fsync: bool = True) -> None:
         """Append records as whole lines with one write, then fsync (group commit).
 

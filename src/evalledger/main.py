@@ -129,7 +129,7 @@ def validate(dataset: str, task: str | None, id_column: str | None, model: str) 
         # validate writes nothing and runs nothing: where outputs would go, and whether the task may
         # execute code, are not its business.
         p = prepare_run(RunConfig(dataset=dataset, task=task, id_column=id_column, model=model),
-                        check_output_dir=False, check_code_execution=False)
+                        check_output_dir=False, check_code_execution=False, use_index=False)
     except EvalLedgerError as e:
         fail(e)
     click.echo(f"{p.dataset.path}: {len(p.samples)} samples OK for task '{p.task_spec}' "

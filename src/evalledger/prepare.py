@@ -6,18 +6,32 @@ Everything here happens before any request is sent, so bad input costs nothing.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, dataset_index
 from .config import RunConfig, diff_identity, identity_hash, make_run_id
-from .datasets import Dataset, filter_shard, load_dataset, resolve_dataset
+from .dataset_files import ResolvedDataset, _format_of, _resolve_path, locate_dataset, read_dataset_file
+from .dataset_index import (
+    LazySamples,
+    RowSource,
+    ValidatedIndex,
+    in_shard,
+    index_key,
+    load_index,
+    save_index,
+)
+from .dataset_values import max_field_chars
+from .datasets import Dataset, load_dataset_bytes
 from .errors import ConfigDriftError, DatasetError, UsageError
 from .fsutil import create_json_exclusive, utc_now, write_json_atomic
+from .gcpause import paused_gc
 from .ledger import MANIFEST, CheckpointManager, parse_record_line, results_files
 from .resume_scan import LedgerScan
 from .samples import Sample
@@ -38,12 +52,21 @@ class PreparedRun:
     identity: dict[str, Any]
     run_id: str
     run_dir: Path
-    samples: list[Sample]  # after --limit, before --shard
-    selection: list[Sample]  # this shard's samples
+    samples: Sequence[Sample]  # after --limit, before --shard (a LazySamples for a large JSON-lines file)
+    selection: Sequence[Sample]  # this shard's samples
+    index_key: dict[str, Any] = field(default_factory=dict)  # what the dataset's validation depended on
+    new_index: ValidatedIndex | None = None  # the index this run's validation made, to save (save_dataset_index)
 
     @property
     def config_hash(self) -> str:
         return identity_hash(self.identity)
+
+    def save_dataset_index(self) -> None:
+        """Save the validated index of a dataset this run just validated in full (see :mod:`.dataset_index`),
+        so the next resume skips the validation. Call once the run directory exists and is ours."""
+        if self.new_index is not None:
+            save_index(self.run_dir, self.index_key, self.new_index)
+            self.new_index = None
 
     def manifest(self) -> dict[str, Any]:
         """The manifest content for a new run directory."""
@@ -71,8 +94,13 @@ class PreparedRun:
         }
 
 
-def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_execution: bool = True) -> PreparedRun:
+def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_execution: bool = True,
+                use_index: bool = True) -> PreparedRun:
     """Resolve the dataset and task, validate every row, and compute the run ID.
+
+    With ``use_index`` (what ``run`` and ``estimate`` do), a run directory holding the validated
+    index of this very file for these settings (:mod:`.dataset_index`) skips the row-by-row
+    validation, which that index records as passed; ``validate`` always checks every row.
 
     With ``check_output_dir`` (what ``run`` does), also check that ``--output-dir`` is, or can be
     created as, a writable directory and that the run directory would be inside it; ``validate``
@@ -84,19 +112,57 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
 
     Raises :class:`DatasetError` / :class:`UsageError` with a message naming the file, row or flag.
     """
-    resolved = resolve_dataset(config.dataset)
-    task_spec = config.task or resolved.default_task or DEFAULT_TASK
+    located = locate_dataset(config.dataset)
+    task_spec = config.task or located.default_task or DEFAULT_TASK
     # Plain "self-correct" wraps the dataset's default task (qa for a file that is not built in).
-    task = load_task(task_spec, default_base=resolved.default_task or DEFAULT_TASK,
+    task = load_task(task_spec, default_base=located.default_task or DEFAULT_TASK,
                      review_prompt=config.review_prompt_text())
     if check_code_execution:
         check_code_execution_allowed(task, task_spec, config)
-    dataset = load_dataset(
-        resolved,
-        id_column=config.id_column,
-        required_fields=task.required_fields,
-        limit=config.limit,
+    # The file is read and hashed once: the hash names the run, and these bytes are what is parsed.
+    raw, st = read_dataset_file(_resolve_path(located.path))
+    resolved = dataclasses.replace(located, sha256=hashlib.sha256(raw).hexdigest())
+    task_name = task.name or task_spec
+    identity = config.identity(dataset_sha256=resolved.sha256, task_name=task_name, prompt_version=task.prompt_version)
+    run_id = config.run_id or make_run_id(resolved.name, config.model, task_name, identity)
+    run_dir = run_dir_inside(config.output_dir, run_id)
+    key = index_key(sha256=resolved.sha256, format=_format_of(resolved.path), id_column=config.id_column,
+                    default_id_column=resolved.default_id_column, required=list(task.required_fields),
+                    task=f"{type(task).__module__}.{type(task).__qualname__}", task_spec=task_spec,
+                    task_name=task_name, prompt_version=task.prompt_version, limit=config.limit,
+                    max_field_chars=max_field_chars(), evalledger=__version__)
+    # Millions of small dicts are built here and none is in a cycle: see gcpause.
+    with paused_gc():
+        index = load_index(run_dir, key) if use_index and len(raw) >= dataset_index.MIN_BYTES else None
+        if index is not None:
+            del raw  # a resume of an already validated file: its rows are read back only when pending
+            dataset = _dataset_from_index(resolved, st, index, task, config.limit)
+            new_index = None
+        else:
+            dataset = load_dataset_bytes(resolved, raw, id_column=config.id_column,
+                                         required_fields=task.required_fields, limit=config.limit)
+            del raw
+            _validate_rows(dataset, task, task_spec)
+            dataset, new_index = _lazy_if_large(dataset, st, task)
+    if check_output_dir:
+        check_output_dir_usable(config.output_dir, run_dir)
+    return PreparedRun(
+        config=config,
+        dataset=dataset,
+        task=task,
+        task_spec=task_spec,
+        identity=identity,
+        run_id=run_id,
+        run_dir=run_dir,
+        samples=dataset.samples,
+        selection=in_shard(dataset.samples, config.shard),
+        index_key=key,
+        new_index=new_index,
     )
+
+
+def _validate_rows(dataset: Dataset, task: Task, task_spec: str) -> None:
+    """The task's own check of every sample (``validate_sample``); one error listing the bad rows."""
     problems = []
     for sample in dataset.samples:
         problem = task.validate_sample(sample)
@@ -109,23 +175,38 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
             + "\n  ".join(problems[:10])
             + more
         )
-    task_name = task.name or task_spec
-    identity = config.identity(dataset_sha256=dataset.sha256, task_name=task_name, prompt_version=task.prompt_version)
-    run_id = config.run_id or make_run_id(dataset.name, config.model, task_name, identity)
-    run_dir = run_dir_inside(config.output_dir, run_id)
-    if check_output_dir:
-        check_output_dir_usable(config.output_dir, run_dir)
-    return PreparedRun(
-        config=config,
-        dataset=dataset,
-        task=task,
-        task_spec=task_spec,
-        identity=identity,
-        run_id=run_id,
-        run_dir=run_dir,
-        samples=dataset.samples,
-        selection=filter_shard(dataset.samples, config.shard),
-    )
+
+
+def _id_column_of(id_source: str) -> str | None:
+    return id_source[len("column:"):] if id_source.startswith("column:") else None
+
+
+def _dataset_from_index(resolved: ResolvedDataset, st: os.stat_result, index: ValidatedIndex, task: Task,
+                        limit: int | None) -> Dataset:
+    """The dataset of a file a previous run validated (its index matched): ids only, rows read back on demand."""
+    refs = index.refs
+    source = RowSource(resolved.path, resolved.sha256, st, refs, index.row_label,
+                       id_column=_id_column_of(index.id_source), required=task.required_fields,
+                       validate=task.validate_sample)
+    n = len(refs.ids) if limit is None else min(limit, len(refs.ids))
+    return Dataset(name=resolved.name, path=resolved.path, sha256=resolved.sha256,
+                   samples=LazySamples(source, range(n)), total_rows=index.total_rows, id_source=index.id_source,
+                   row_label=index.row_label, columns=index.columns, all_ids=frozenset(refs.ids), refs=refs)
+
+
+def _lazy_if_large(dataset: Dataset, st: os.stat_result, task: Task) -> tuple[Dataset, ValidatedIndex | None]:
+    """A large JSON-lines dataset just validated: drop the rows' fields (they are read back when sent)
+    and return the index to save once the run directory is ours. Others are kept as they are."""
+    refs = dataset.refs
+    if refs is None or st.st_size < dataset_index.MIN_BYTES:
+        return dataset, None
+    index = ValidatedIndex(refs, dataset.total_rows, dataset.id_source, dataset.row_label, dataset.columns)
+    if refs.starts is None:
+        return dataset, index  # other formats: the rows stay in memory (no offsets to read them back by)
+    source = RowSource(dataset.path, dataset.sha256, st, refs, dataset.row_label,
+                       id_column=_id_column_of(dataset.id_source), required=task.required_fields,
+                       validate=task.validate_sample)
+    return dataclasses.replace(dataset, samples=LazySamples(source, range(len(dataset.samples)))), index
 
 
 def check_code_execution_allowed(task: Task, task_spec: str, config: RunConfig) -> None:
@@ -223,7 +304,8 @@ def _scan_results(prepared: PreparedRun, *, check_records: bool) -> _ResultsSeen
 
     seen = _ResultsSeen()
     all_ids = prepared.dataset.all_ids
-    by_id = {s.id: s for s in prepared.samples}
+    # Only when the manifest is missing: then every record's input is compared with its row.
+    by_id = {s.id: s for s in prepared.samples} if check_records else {}
     task_name = prepared.task.name or prepared.task_spec
     model = prepared.config.model
     for path in results_files(prepared.run_dir):

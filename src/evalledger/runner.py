@@ -11,6 +11,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from typing import Any, Callable
 from .budget import Budget, Estimate, estimate_pending
 from .committer import GroupCommitter
 from .config import RunConfig
+from .dataset_index import sample_ids, with_ids, without_ids
 from .diskspace import (
     check_free_space,
     describe_free,
@@ -39,7 +41,7 @@ from .pricing import Price
 from .progress import Progress
 from .providers import make_provider
 from .providers.base import ErrorInfo, Provider
-from .resume_scan import FileCounts, LedgerScan, scan_ledger
+from .resume_scan import FileCounts, LedgerScan, note_committed, save_own_index, scan_ledger
 from .retry import RetryPolicy
 from .sample_runner import RunState, SampleContext, StopRun, run_sample
 from .samples import Sample
@@ -100,7 +102,7 @@ def estimate_experiment(config: RunConfig) -> Estimate:
     price = config.price()
     seen = scan_ledger(prepared.run_dir)
     done = seen.completed if config.retry_errors else seen.completed | seen.errored
-    pending = [s for s in prepared.selection if s.id not in done]
+    pending = without_ids(prepared.selection, done)
     return estimate_pending(prepared.task, pending, config.max_tokens, price, seen.observed)
 
 
@@ -133,12 +135,15 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     try:
         config.output_dir.mkdir(parents=True, exist_ok=True)
         ledger.open_writer()  # LockHeldError (exit 2) if another process writes this run/shard
+        prepared.save_dataset_index()  # the dataset was validated in full: the next resume can skip that
         if ledger.repaired_tail is not None:
             _warn(config, f"repaired a torn last line in {ledger.results_path.name}; the partial bytes are kept in {ledger.repaired_tail}")
         for message in ledger.repair_warnings:  # garbage lines moved aside (item 5 of issue 4)
             _warn(config, message)
         # One pass over the ledger serves the manifest check and the pending set.
-        seen = scan_ledger(run_dir, prepared.dataset.all_ids)
+        seen = scan_ledger(run_dir, prepared.dataset.all_ids, own=ledger.results_path)
+        if seen.own_end != ledger.results_size:
+            seen.own = None  # a torn tail the repair could not move aside: do not index this file
         check_or_create_manifest(prepared, seen)
         # The status marker is written while we hold the lock: `running` once the pending set is
         # known, the final state before the lock is released (see lifecycle.py).
@@ -199,9 +204,15 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         counters = {"ok_records": own.ok_records, "error_records": own.error_records, "requests": own.requests}
 
     completed = seen.completed
-    excluded = set(completed) if config.retry_errors else completed | seen.errored
-    pending = [s for s in prepared.selection if s.id not in excluded]
-    skipped = sum(1 for s in prepared.selection if s.id in completed)
+    # By ids: the selection may be a LazySamples, whose rows are read back only when sent. Ids are
+    # unique, so a selection of every row is the dataset's own id set (no second copy of it).
+    all_ids = prepared.dataset.all_ids
+    whole = len(prepared.selection) == len(all_ids)
+    selection_set = all_ids if whole else set(sample_ids(prepared.selection))
+    # The one pass over the selection: what is not done yet (on a resume, a small set).
+    not_done = selection_set.difference(completed)
+    skipped = len(selection_set) - len(not_done)
+    pending = with_ids(prepared.selection, not_done if config.retry_errors else not_done.difference(seen.errored))
     if pending:
         prompt_bytes = sum(len(json.dumps(s.fields, default=str)) for s in pending[:200]) // min(len(pending), 200)
         check_free_space(prepared.run_dir, ledger.results_path, len(pending), prompt_bytes, config.max_tokens,
@@ -283,6 +294,11 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
             since_checkpoint = 0
             write_state()  # small file, atomic; cheap next to the appends it follows
 
+    def on_commit_indexed(records: list[dict[str, Any]]) -> None:
+        if seen.own is not None:
+            note_committed(seen.own, records)
+        on_commit(records)
+
     async def persist_call(rec: dict[str, Any]) -> None:
         await asyncio.to_thread(ledger.append_calls, [rec])
         new["spent"] += rec.get("cost_usd") or 0.0
@@ -298,11 +314,11 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         shard=config.shard, seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens,
         top_p=config.top_p, policy=RetryPolicy(max_attempts=config.max_attempts, max_wait=config.max_retry_wait),
         provider=provider, run=run, price=price,
-        cached_calls=ledger.cached_calls({s.id for s in pending}) if multi_turn and pending else {},
+        cached_calls=ledger.cached_calls(set(sample_ids(pending))) if multi_turn and pending else {},
         persist_call=persist_call if multi_turn else None, limits=limits,
     )
     started = False
-    committer = GroupCommitter(ledger, on_commit=on_commit, fsync=config.fsync,
+    committer = GroupCommitter(ledger, on_commit=on_commit_indexed, fsync=config.fsync,
                                max_unsynced=2 * max(config.concurrency, 1))
     restore_signals = lambda: None  # noqa: E731
     try:
@@ -320,7 +336,10 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         if started:
             await provider.aclose()
 
-    remaining = sum(1 for s in prepared.selection if s.id not in completed)
+    if started and committer.failure is None and seen.own is not None:
+        # What this run appended is summed up already: index its file so the next resume skips it.
+        save_own_index(ledger.results_path, seen.own, ledger.results_size, seen.own_indexed_end)
+    remaining = len(not_done.difference(completed))  # completed only grows
     summary = RunSummary(
         run_id=prepared.run_id,
         run_dir=prepared.run_dir,
@@ -363,14 +382,16 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         summary.resume_command = config.resume_command()
     # A light summary from what the run already holds: the full get_stats() re-reads every file,
     # ~35 s on a million records, too slow for a Slurm pre-emption window.
-    selection_ids = {s.id for s in prepared.selection}
-    done = selection_ids & completed
-    n_correct = len(selection_ids & seen.correct)
+    n_done = len(selection_set) - remaining
+    if whole:  # every correct id is a dataset id or one of the (few) foreign ones
+        n_correct = len(seen.correct) - len(seen.correct.intersection(seen.foreign))
+    else:
+        n_correct = len(seen.correct) - len(seen.correct.difference(selection_set))
     summary.stats = {
         "run_id": prepared.run_id, "run_dir": str(prepared.run_dir), "shard": config.shard,
-        "total_samples": len(selection_ids), "completed_samples": len(done),
-        "error_count": len(selection_ids & seen.errored), "pending_samples": len(selection_ids) - len(done),
-        "correct_count": n_correct, "accuracy": n_correct / len(done) if done else None,
+        "total_samples": len(selection_set), "completed_samples": n_done,
+        "error_count": len(selection_set & seen.errored), "pending_samples": remaining,
+        "correct_count": n_correct, "accuracy": n_correct / n_done if n_done else None,
         "cost_usd": (seen.billed_cost + new["spent"]) if price is not None else None,
     }
     summary.limits = {**limits.stats.__dict__, "final_limit": limits.limit}
@@ -378,13 +399,28 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
 
 
 async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitter, run: RunState,
-                    pending: list[Sample], budget: Budget | None,
+                    pending: Sequence[Sample], budget: Budget | None,
                     on_record: Callable[[dict[str, Any]], None]) -> None:
-    """Feed samples through a bounded queue to ``concurrency`` workers (no task per sample)."""
+    """Feed samples through a bounded queue to ``concurrency`` workers (no task per sample).
+
+    ``pending`` may read its rows back from the dataset file as it is iterated (a LazySamples); if
+    that fails (the file changed), dispatching stops, the workers finish what they hold, and the
+    error is raised here.
+    """
     n_workers = min(concurrency, len(pending))
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=n_workers * 2)
+    failure: list[BaseException] = []
 
     async def producer() -> None:
+        try:
+            await feed()
+        except Exception as e:  # noqa: BLE001 - re-raised below, once the workers are done
+            failure.append(e)
+            run.stop.set()
+        for _ in range(n_workers):
+            await queue.put(None)
+
+    async def feed() -> None:
         for sample in pending:
             if run.stop.is_set():
                 break
@@ -400,8 +436,6 @@ async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommit
             if run.budget_hit or run.stop.is_set():
                 break  # queued samples still run: they were admitted
             await queue.put(sample)
-        for _ in range(n_workers):
-            await queue.put(None)
 
     def settled(fut: "asyncio.Future[None]") -> None:
         # The record is on disk (or its write failed): only now is it out of flight, its cost in
@@ -455,6 +489,8 @@ async def _schedule(ctx: SampleContext, concurrency: int, committer: GroupCommit
     finally:
         prod.cancel()
         await asyncio.gather(prod, return_exceptions=True)
+    if failure:
+        raise failure[0]
 
 
 _COUNTERS = ("ok_records", "error_records", "requests")

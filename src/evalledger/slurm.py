@@ -1,7 +1,7 @@
 """Slurm job arrays: the sbatch script that runs a run's shards, and its submission.
 
 ``evalledger slurm … --shards N`` writes a script that runs ``evalledger run … --shard auto`` as an
-N-task job array (task K runs shard K/N, see :func:`evalledger.datasets.parse_shard`). Pre-emption
+N-task job array (task K runs shard K/N, see :func:`evalledger.sharding.parse_shard`). Pre-emption
 is handled by the run itself: SIGTERM/SIGUSR1 make it stop dispatching, finish in-flight samples,
 save and exit 143, and the requeued task resumes from the ledger without paying twice.
 

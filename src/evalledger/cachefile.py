@@ -1,0 +1,93 @@
+"""Small cache files under ``<run_dir>/.cache/``: a JSON header line, then byte blobs, checksummed.
+
+Used by the dataset's validated index (:mod:`.dataset_index`) and the ledger's per-file index
+(:mod:`.ledger_index`). A file is trusted only whole: the header names each blob's length and a
+blake2b of all of them, so a copy torn or zeroed by a crash (they are written without fsync) is
+rejected and the data is recomputed. Writing goes to a unique temporary name renamed over the old
+file, so concurrent writers each write a whole file and the last rename wins. Nothing here is
+ever results: deleting ``.cache`` at any time is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+MIN_FREE_BYTES = 256 << 20  # never compete with the ledger for the last of the disk
+
+
+def _digest(blobs: list[bytes]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for blob in blobs:
+        h.update(blob)
+    return h.hexdigest()
+
+
+def write(path: Path, header: dict[str, Any], blobs: list[bytes], *, run_dir: Path) -> bool:
+    """Write ``header`` and ``blobs`` to ``path``; False (nothing left behind) when it cannot or should not."""
+    tmp: Path | None = None
+    try:
+        if run_dir.stat().st_uid != os.geteuid():
+            return False  # never leave files in someone else's run directory
+        size = sum(map(len, blobs))
+        st = os.statvfs(run_dir)
+        if st.f_bavail * st.f_frsize < MIN_FREE_BYTES + 2 * size:
+            return False
+        head = json.dumps({**header, "blobs": [len(b) for b in blobs], "digest": _digest(blobs)}).encode() + b"\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        with open(tmp, "wb") as f:
+            f.write(head)
+            for blob in blobs:
+                f.write(blob)
+        os.replace(tmp, path)
+        return True
+    except Exception:  # noqa: BLE001 - read-only directory, full disk, a race: the cache is optional
+        if tmp is not None:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        return False
+
+
+def read(path: Path) -> tuple[dict[str, Any], list[bytes]] | None:
+    """The header and blobs of ``path``, or None if it is missing, torn or does not check out."""
+    try:
+        data = path.read_bytes()
+        cut = data.index(b"\n") + 1
+        header = json.loads(data[:cut])
+        lengths = header["blobs"]
+        if not isinstance(header, dict) or sum(lengths) != len(data) - cut:
+            return None
+        blobs, at = [], cut
+        for n in lengths:
+            blobs.append(data[at:at + n])
+            at += n
+        if header["digest"] != _digest(blobs):
+            return None
+        return header, blobs
+    except Exception:  # noqa: BLE001 - a file that cannot be read is no cache
+        return None
+
+
+def split_ids(blob: bytes) -> list[str]:
+    """Ids stored one per line (see :func:`join_ids`)."""
+    return blob.decode("utf-8").split("\n") if blob else []
+
+
+def join_ids(ids: list[str]) -> bytes | None:
+    """Ids one per line, or None when they cannot be stored that way (an id holding a newline or a lone surrogate)."""
+    try:
+        text = "\n".join(ids)
+        if text.count("\n") != max(len(ids) - 1, 0) or (len(ids) == 1 and ids[0] == ""):
+            return None
+        if any(not sid for sid in ids):
+            return None
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
