@@ -139,7 +139,9 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
 
     Samples the manifest lists as ``ids_not_in_dataset`` are not part of the run: they are left
     out of every count, accuracy, latency and throughput, and listed under ``unknown_sample_ids``.
-    Tokens and cost still sum over every record: those requests were paid for.
+    Tokens and cost are the run's bill, as ``--max-cost`` counts it: every record's ``paid`` (its
+    usage and cost for records older than ``paid``), plus the calls files of multi-turn tasks,
+    foreign ids included (those requests were paid for).
     """
     manifest = scan.manifest
     total = manifest.sample_count
