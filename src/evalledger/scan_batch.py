@@ -12,6 +12,9 @@ not a string, ...), and the fields a record carries beyond the known ones in ``e
 ``billed_cost_usd`` is what the record added to the run's bill (its ``paid`` cost, or for records
 older than ``paid`` its ``cost_usd``; see :func:`evalledger.ledger.billed`).
 
+The fast path for whole blocks of the runner's own records is :mod:`evalledger.scan_arrow`; it
+must give exactly the rows this module gives (``tests/test_scan_arrow.py``).
+
 Which lines are records is decided by :func:`evalledger.ledger.parse_record_line` alone (the
 orjson fast path only takes lines that rule would take the same way).
 """
