@@ -78,14 +78,19 @@ HOSTILE = [
     json.dumps(runner_record(14, finished_at="")).encode() + b"\n",
     json.dumps(runner_record(15, status=None)).encode() + b"\n",
 ]
+
+
 # Lines the fast path must take (runner-shaped records with values it reads as parse_batch does).
+def _line(r: dict[str, Any]) -> bytes:
+    return json.dumps(r, ensure_ascii=False).encode() + b"\n"
+
+
 ACCEPTED = [
-    json.dumps(runner_record(20, cost_usd=float("nan")), ensure_ascii=False).encode() + b"\n",  # Python's json writes NaN
-    json.dumps(runner_record(21, cost_usd=None, paid={"input_tokens": 1, "output_tokens": 0, "cost_usd": None}), ensure_ascii=False).encode()
-    + b"\n",
-    json.dumps(runner_record(22, paid=None, cost_usd=3), ensure_ascii=False).encode() + b"\n",  # an int cost, billed by usage
-    json.dumps({"sample_id": "minimal"}, ensure_ascii=False).encode() + b"\n",
-    json.dumps(runner_record(23, "error", usage={"input_tokens": -5, "output_tokens": 0}), ensure_ascii=False).encode() + b"\n",
+    _line(runner_record(20, cost_usd=float("nan"))),  # Python's json writes NaN
+    _line(runner_record(21, cost_usd=None, paid={"input_tokens": 1, "output_tokens": 0, "cost_usd": None})),
+    _line(runner_record(22, paid=None, cost_usd=3)),  # an int cost, billed by usage
+    _line({"sample_id": "minimal"}),
+    _line(runner_record(23, "error", usage={"input_tokens": -5, "output_tokens": 0})),
 ]
 
 
