@@ -114,8 +114,8 @@ def _line_ends(data: bytes) -> np.ndarray | None:
         except UnicodeDecodeError:
             return None
     raw = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(raw == _LF)
-    if len(ends) == 0 or ends[-1] != len(raw) - 1 or np.count_nonzero(raw < _SPACE) != len(ends):
+    ends = np.flatnonzero(raw < _SPACE)  # every control byte must be a newline
+    if len(ends) == 0 or ends[-1] != len(raw) - 1 or np.any(raw[ends] != _LF):
         return None
     if raw[0] != _OPEN or np.any(raw[ends[:-1] + 1] != _OPEN) or np.any(raw[ends - 1] != _CLOSE):
         return None
