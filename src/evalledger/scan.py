@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import LedgerCorruptError, UsageError
-from .ledger import CheckpointManager, calls_files, iter_file_records, parse_record_line, results_files
+from .ledger import CheckpointManager, parse_record_line, results_files
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -153,8 +153,9 @@ def read_manifest_facts(run_dir: str | Path) -> ManifestFacts:
 class RunScan:
     """The result of :func:`scan_run`: the latest-record view as columns, plus sums over *all* records.
 
-    ``input_tokens``, ``output_tokens`` and ``cost_usd`` are the run's bill, as the budget counts it
-    (:func:`evalledger.ledger.billed` of every record, plus the calls files of multi-turn tasks);
+    ``input_tokens``, ``output_tokens`` and ``cost_usd`` are what the results records added to the
+    run's bill (:func:`evalledger.ledger.billed` of every record); the calls files of multi-turn
+    tasks hold the rest (:func:`evalledger.run_stats.calls_bill`, read by stats only, not by every frame).
     ``cost_known`` is False when something was billed without a price.
 
     ``rows`` holds every record of every results file, in ledger order, with the columns of
@@ -250,58 +251,7 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
         scan.cost_usd = math.fsum(pc.drop_null(scan.rows["billed_cost_usd"]).to_numpy())
     else:
         scan.rows = scan.rows.append_column("file", pa.array([], type=pa.int32()))
-    calls = calls_bill(run_dir)
-    scan.input_tokens += calls.input_tokens
-    scan.output_tokens += calls.output_tokens
-    scan.cost_usd = math.fsum([scan.cost_usd, calls.cost_usd])
-    scan.cost_known = scan.cost_known and calls.cost_known
     return scan
-
-
-@dataclass
-class CallsBill:
-    """What the calls files of a multi-turn run (one line per paid model call) add to the bill."""
-
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    cost_known: bool = True
-
-
-def _finite(value: Any) -> float | None:
-    """A JSON number as a finite float, else None (NaN, ±Infinity, beyond a float, not a number)."""
-    if type(value) not in (int, float):
-        return None
-    try:
-        value = float(value)
-    except OverflowError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def calls_bill(run_dir: Path) -> CallsBill:
-    """Tokens and cost of every call in the run's ``calls*.jsonl`` (all shards), as
-    :func:`evalledger.ledger.calls_cost` bills them; values of the wrong type count as missing,
-    and a call with usage but no price makes the cost unknown."""
-    bill = CallsBill()
-    costs = []
-    for path in calls_files(run_dir):
-        for rec in iter_file_records(path):
-            bill.calls += 1
-            usage = rec.get("usage")
-            usage = usage if type(usage) is dict else {}
-            for name in ("input_tokens", "output_tokens"):
-                v = usage.get(name)
-                if type(v) is int and v >= 0:
-                    setattr(bill, name, getattr(bill, name) + v)
-            cost = _finite(rec.get("cost_usd"))
-            if cost is not None:
-                costs.append(cost)
-            elif usage:
-                bill.cost_known = False
-    bill.cost_usd = math.fsum(costs)
-    return bill
 
 
 def _scan_file(path: Path) -> "tuple[pa.Table, BatchSums, int, int, int]":
