@@ -4,7 +4,7 @@
     python benchmarks/bench_results.py --records 100000   # quicker
     python benchmarks/bench_results.py --no-orjson        # also time the stdlib-json fallback
 
-Writes a synthetic run (records shaped like the runner's: prompt, response, usage, ~0.9 kB per
+Writes a synthetic run (records shaped like the runner's: prompt, response, usage, paid, ~0.9 kB per
 line; 1 % error records, 0.5 % samples retried after an error) with the real CheckpointManager,
 then times each reader in a fresh subprocess so that its peak RSS is its own. Targets from
 issue 6: load_results <= 10 s and <= 2 GB RSS; report <= 30 s; get_stats <= 5 s (issue 3).
@@ -50,10 +50,12 @@ def make_run(run_dir: Path, n: int, shards: int = 4, seed: int = 0) -> None:
         q = f"Question {i}: a farmer has {rng.randint(2, 999)} apples and sells {rng.randint(1, 99)} of them. How many are left?"
         ans = str(rng.randint(0, 999))
         lat = round(rng.lognormvariate(0, 0.5), 4)
+        usage = {"input_tokens": rng.randint(80, 200), "output_tokens": rng.randint(20, 120)}
+        cost = round(rng.uniform(1e-5, 1e-4), 7)
         base = {"sample_id": sid, "attempts": 1, "shard": f"{k + 1}/{shards}", "model": "openai/gpt-4o-mini",
-                "task": "qa", "input_hash": f"{i:016x}",
-                "usage": {"input_tokens": rng.randint(80, 200), "output_tokens": rng.randint(20, 120)},
-                "cost_usd": round(rng.uniform(1e-5, 1e-4), 7), "latency_s": lat, "request_ids": [f"req_{i:x}"],
+                "task": "qa", "input_hash": f"{i:016x}", "usage": usage, "cost_usd": cost,
+                "paid": {**usage, "cost_usd": cost},  # a single-turn task's record bills its own usage
+                "latency_s": lat, "request_ids": [f"req_{i:x}"],
                 "started_at": "2026-11-23T10:00:00.000Z", "finished_at": f"2026-11-23T10:{(i // 60000) % 60:02d}:{(i // 1000) % 60:02d}.{i % 1000:03d}Z"}
         ok = {**base, "status": "ok", "prompt": [{"role": "system", "content": PROMPT}, {"role": "user", "content": q}],
               "response": f"Let me think. The farmer starts with some apples and sells some.\n#### {ans}",

@@ -1,4 +1,4 @@
-"""The readers' columnar cache (``<run_dir>/.cache/scan-v1/``): same answers as a full parse, always.
+"""The readers' columnar cache (``<run_dir>/.cache/scan-v2/``): same answers as a full parse, always.
 
 Decisions these tests pin down:
 
@@ -36,7 +36,7 @@ def cache_every_file(monkeypatch):
 
 
 def copy_of(run: Path, name: str = "results.jsonl") -> Path:
-    return run / ".cache" / "scan-v1" / f"{name}.arrow"
+    return run / ".cache" / scan_cache.SUBDIR / f"{name}.arrow"
 
 
 def views(run: Path) -> tuple[list, dict]:

@@ -285,3 +285,46 @@ def test_run_directly_with_fixed_answers() -> None:
     assert out.responses == ["#### 5", "#### 7"] and out.messages == sent[1]
     assert out.extra["transition"] == "incorrect→correct" and out.score.correct is True
     assert isinstance(SelfCorrectTask(), SelfCorrectTask) and SelfCorrectTask().base.name == "qa"
+
+
+def test_stats_bill_a_self_correction_run_as_the_budget_does_also_after_replayed_turns(fake_server, tmp_path) -> None:
+    """get_stats' cost and tokens are the run's bill: every paid call once (the calls file), not
+    the sum of the records' sample totals, which count a turn again when a retried sample replays it."""
+    from evalledger import get_stats
+    from evalledger.resume_scan import scan_ledger
+    from evalledger.study import spent_usd
+
+    def bill(run_dir: Path) -> tuple[float, int, int]:
+        calls = [json.loads(x) for x in (run_dir / "calls.jsonl").read_text().splitlines()]
+        return (sum(c["cost_usd"] for c in calls), sum(c["usage"]["input_tokens"] for c in calls),
+                sum(c["usage"]["output_tokens"] for c in calls))
+
+    def check(summary) -> None:
+        stats = get_stats(summary.run_dir)
+        cost, tokens_in, tokens_out = bill(summary.run_dir)
+        assert stats["cost_usd"] == pytest.approx(cost, rel=1e-12)
+        assert stats["cost_usd"] == pytest.approx(summary.stats["cost_usd"], rel=1e-12)  # the runner's bill
+        assert stats["cost_usd"] == pytest.approx(spent_usd(summary.run_dir), rel=1e-12)  # the study's
+        assert stats["cost_usd"] == pytest.approx(scan_ledger(summary.run_dir).billed_cost, rel=1e-12)  # --max-cost's
+        assert (stats["input_tokens"], stats["output_tokens"]) == (tokens_in, tokens_out)
+
+    fake_server.responder = planned_reply
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 8)
+    config = cfg(fake_server, data, tmp_path / "out", price_input=3.0, price_output=15.0)
+    # Two review turns are refused: those samples' records are errors that carry turn 1's usage.
+    fake_server.fail_when("Review your previous answer", status=400, times=2)
+    s1 = run_experiment(config)
+    assert s1.ok == 6 and s1.errors == 2
+    assert fake_server.request_count == 16  # 8 first turns, 6 + 2 refused reviews
+    check(s1)
+
+    # Resume: the two errors are retried; their first turn is replayed from the calls file, not paid again.
+    before = fake_server.request_count
+    s2 = run_experiment(config)
+    assert s2.ok == 2 and fake_server.request_count - before == 2
+    recs = all_records(s2.run_dir)
+    retried = [r for r in recs if r["status"] == "ok" and r.get("turn_usage", [{}])[0].get("replayed")]
+    assert len(retried) == 2
+    # What the old sum over records got wrong: those turns would be counted twice.
+    assert sum(r["cost_usd"] for r in recs) > bill(s2.run_dir)[0] * (1 + 1e-9)
+    check(s2)

@@ -649,8 +649,8 @@ class CheckpointManager:
 
         The same dict as :func:`evalledger.get_stats`; computed by :mod:`evalledger.run_stats` so
         that the CLI, the report and this method never disagree. Errors are counted apart from
-        wrong answers (accuracy is over ``ok`` records only); tokens and cost sum over *all*
-        records (every record stands for paid requests).
+        wrong answers (accuracy is over ``ok`` records only); tokens and cost are the run's bill
+        (:func:`billed` of every record plus the calls files), as ``--max-cost`` counts it.
         """
         from .run_stats import run_stats  # lazily: it imports pandas, which writers never need
 

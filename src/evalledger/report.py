@@ -38,7 +38,8 @@ def get_stats(run: str | Path, output_dir: str | Path = "outputs") -> dict[str, 
 
     Keys: counts (``total_samples, completed_samples, error_count, pending_samples,
     correct_count``), ``accuracy`` and its Wilson ``accuracy_ci95``, ``errors_by_type``,
-    ``latency_p50_s``/``latency_p95_s`` (ok samples), tokens and ``cost_usd`` over every record,
+    ``latency_p50_s``/``latency_p95_s`` (ok samples), ``input_tokens``/``output_tokens``/``cost_usd``:
+    the run's bill (every record's ``paid`` plus the calls files, as ``--max-cost`` counts it),
     ``cost_per_correct_usd``, ``throughput_per_min``, ``running`` (a process holds a lock now),
     ``eta_s`` (while running), per-shard progress under ``shards``, and for self-correction tasks
     ``transitions`` with ``accuracy_before``/``accuracy_after``. See :mod:`evalledger.run_stats`.

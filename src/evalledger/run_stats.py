@@ -11,9 +11,11 @@ import json
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .ledger import calls_files, iter_file_records
 from .scan import RunScan, scan_run
 
 if TYPE_CHECKING:
@@ -113,6 +115,52 @@ def _owner_alive(owner: dict[str, Any]) -> bool:
     return True
 
 
+@dataclass
+class CallsBill:
+    """What the calls files of a multi-turn run (one line per paid model call) add to the bill."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON number as a finite float, else None (NaN, ±Infinity, beyond a float, not a number)."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def calls_bill(run_dir: Path) -> CallsBill:
+    """Tokens and cost of every call in the run's ``calls*.jsonl`` (all shards), as
+    :func:`evalledger.ledger.calls_cost` bills them; values of the wrong type count as missing,
+    and a call with usage but no price makes the cost unknown."""
+    bill = CallsBill()
+    costs = []
+    for path in calls_files(run_dir):
+        for rec in iter_file_records(path):
+            bill.calls += 1
+            usage = rec.get("usage")
+            usage = usage if type(usage) is dict else {}
+            for name in ("input_tokens", "output_tokens"):
+                v = usage.get(name)
+                if type(v) is int and v >= 0:
+                    setattr(bill, name, getattr(bill, name) + v)
+            cost = _finite(rec.get("cost_usd"))
+            if cost is not None:
+                costs.append(cost)
+            elif usage:
+                bill.cost_known = False
+    bill.cost_usd = math.fsum(costs)
+    return bill
+
+
 def _active_seconds(finished: "pd.Series") -> tuple[float, int, int, float]:
     """Working time between finishes (gaps over IDLE_GAP_S removed), the finishes in it, and the
     last session's count and span."""
@@ -139,7 +187,9 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
 
     Samples the manifest lists as ``ids_not_in_dataset`` are not part of the run: they are left
     out of every count, accuracy, latency and throughput, and listed under ``unknown_sample_ids``.
-    Tokens and cost still sum over every record: those requests were paid for.
+    Tokens and cost are the run's bill, as ``--max-cost`` counts it: every record's ``paid`` (its
+    usage and cost for records older than ``paid``), plus the calls files of multi-turn tasks,
+    foreign ids included (those requests were paid for).
     """
     manifest = scan.manifest
     total = manifest.sample_count
@@ -161,7 +211,8 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     pending = None if total is None else max(total - completed, 0)
     recent_rate = (session_n - 1) / session_span if session_span > 0 else None
     eta = pending / recent_rate if running and pending and recent_rate else None
-    cost = scan.cost_usd if scan.cost_known else None
+    calls = calls_bill(scan.run_dir)  # multi-turn tasks: their calls are billed there, once
+    cost = math.fsum([scan.cost_usd, calls.cost_usd]) if scan.cost_known and calls.cost_known else None
     state_times = []
     for p in scan.run_dir.glob("resume_state*.json"):
         try:
@@ -194,8 +245,8 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
         "errors_by_type": dict(Counter(errs["error_type"].fillna("unknown").astype(str)).most_common()),
         "latency_p50_s": float(lat.quantile(0.5)) if len(lat) else None,
         "latency_p95_s": float(lat.quantile(0.95)) if len(lat) else None,
-        "input_tokens": scan.input_tokens,
-        "output_tokens": scan.output_tokens,
+        "input_tokens": scan.input_tokens + calls.input_tokens,
+        "output_tokens": scan.output_tokens + calls.output_tokens,
         "cost_usd": cost,
         "cost_per_correct_usd": (cost / correct) if cost is not None and correct else None,
         "throughput_per_min": throughput * 60 if throughput else None,

@@ -4,8 +4,10 @@ Everything that reads results for people (``get_stats``, ``load_results``, ``rep
 builds on :func:`scan_run`, so the DataFrame and the stats can never disagree, and a report needs
 only one pass over a million records.
 
-Each results file is parsed in ~16 MB batches by :func:`evalledger.scan_batch.parse_batch` into
-typed Arrow columns (a million records of Python dicts would not fit in 2 GB). What was parsed is
+Each results file is read in ~16 MB blocks of complete lines and parsed into typed Arrow columns
+(a million records of Python dicts would not fit in 2 GB): by pyarrow's multi-threaded JSON reader
+when the block is the runner's plain records (:mod:`evalledger.scan_arrow`), else line by line by
+:func:`evalledger.scan_batch.parse_batch`, which gives the same rows. What was parsed is
 kept in a columnar copy beside the run (:mod:`evalledger.scan_cache`, ``<run_dir>/.cache/``), so the
 next reader parses only the bytes appended since: on a live run, the new records.
 
@@ -19,6 +21,7 @@ never crash a reader: they are read as missing.
 from __future__ import annotations
 
 import gc
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -45,7 +48,15 @@ BASE_COLUMNS = (
     "error_status_code", "started_at", "finished_at",
 )
 TEXT_COLUMNS = ("response",)
-CHUNK_BYTES = 16 << 20  # lines are parsed in ~16 MB batches: list comprehensions, bounded memory
+CHUNK_BYTES = 16 << 20  # lines are parsed in ~16 MB blocks: bounded memory
+
+
+def arrow_parser_enabled() -> bool:
+    """Whether blocks go to pyarrow's JSON reader first (see :mod:`.scan_arrow`).
+
+    ``EVALLEDGER_SCAN_ARROW=off`` parses every line in Python, to compare the two or time them.
+    """
+    return os.environ.get("EVALLEDGER_SCAN_ARROW", "").strip().lower() not in ("0", "off", "no", "false")
 
 
 @dataclass
@@ -142,6 +153,11 @@ def read_manifest_facts(run_dir: str | Path) -> ManifestFacts:
 class RunScan:
     """The result of :func:`scan_run`: the latest-record view as columns, plus sums over *all* records.
 
+    ``input_tokens``, ``output_tokens`` and ``cost_usd`` are what the results records added to the
+    run's bill (:func:`evalledger.ledger.billed` of every record); the calls files of multi-turn
+    tasks hold the rest (:func:`evalledger.run_stats.calls_bill`, read by stats only, not by every frame).
+    ``cost_known`` is False when something was billed without a price.
+
     ``rows`` holds every record of every results file, in ledger order, with the columns of
     :data:`evalledger.scan_batch.SCHEMA` plus ``file`` (an index into ``files``); ``offset`` and
     ``file`` locate a record for :func:`fetch_records`. ``keep`` picks the view out of it: one row
@@ -232,7 +248,7 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
         scan.rows = pa.concat_tables(tables)
         scan.keep = _latest(scan.rows)
         # Correctly rounded, so the total does not depend on batch sizes or on what was cached.
-        scan.cost_usd = math.fsum(pc.drop_null(scan.rows["cost_usd"]).to_numpy())
+        scan.cost_usd = math.fsum(pc.drop_null(scan.rows["billed_cost_usd"]).to_numpy())
     else:
         scan.rows = scan.rows.append_column("file", pa.array([], type=pa.int32()))
     return scan
@@ -247,7 +263,7 @@ def _scan_file(path: Path) -> "tuple[pa.Table, BatchSums, int, int, int]":
     import pyarrow as pa
 
     from . import scan_cache
-    from .scan_batch import SCHEMA, BatchSums, parse_batch
+    from .scan_batch import SCHEMA, BatchSums
 
     try:
         f = open(path, "rb")
@@ -257,35 +273,59 @@ def _scan_file(path: Path) -> "tuple[pa.Table, BatchSums, int, int, int]":
         st = os.fstat(f.fileno())
         cached = scan_cache.load(path, f, st) if scan_cache.enabled() else None
         sums = BatchSums()
-        batches: list[pa.RecordBatch] = []
-        offset = lines_read = partial = 0
+        parts: list[pa.Table] = []
+        offset = lines_read = 0
         if cached is not None:
             sums.add(cached.sums)
             offset = cached.end
             lines_read = cached.sums.records + cached.sums.unparseable_lines
+            parts.append(cached.table)
         f.seek(offset)
+        carry = b""
         while True:
-            lines = f.readlines(CHUNK_BYTES)
-            if not lines:
+            data = f.read(CHUNK_BYTES)
+            if not data:
                 break
-            last_partial = lines[-1][-1:] != b"\n"
-            if last_partial:
-                # The last line without its newline (only ever at EOF): a write in progress or torn.
-                # Stop there: reading on could start in the middle of that line once it is finished.
-                partial = len(lines.pop())
-            offsets = list(accumulate(map(len, lines), initial=offset))
-            offset = offsets.pop()  # the end of the batch is where the next one starts
-            lines_read += len(lines)
-            batch, batch_sums = parse_batch(lines, offsets)
-            batches.append(batch)
-            sums.add(batch_sums)
-            if last_partial:
-                break
-        parts = ([cached.table] if cached is not None else []) + ([pa.Table.from_batches(batches)] if batches else [])
+            if carry:
+                data = carry + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # no newline yet: a very long line, read on
+                carry = data
+                continue
+            carry = data[cut:]
+            table, block_sums, lines = _parse_block(data[:cut] if carry else data, offset)
+            parts.append(table)
+            sums.add(block_sums)
+            lines_read += lines
+            offset += cut
+        # A last line without its newline (only ever at EOF) is a write in progress or torn: not read.
+        partial = len(carry)
         table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
         if scan_cache.should_save(path, st, cached, offset):
             scan_cache.save(path, f, st, scan_cache.CachedFile(table=table, sums=sums, end=offset))
     return table, sums, lines_read, partial, cached.end if cached is not None else 0
+
+
+def _parse_block(data: bytes, start: int) -> "tuple[pa.Table, BatchSums, int]":
+    """Complete lines (the first at byte ``start``): their rows, sums and line count.
+
+    pyarrow's reader when it reads them exactly as parse_batch would (:mod:`.scan_arrow`), else
+    parse_batch itself.
+    """
+    import pyarrow as pa
+
+    from .scan_batch import parse_batch
+
+    if arrow_parser_enabled():
+        from .scan_arrow import parse_block
+
+        fast = parse_block(data, start)
+        if fast is not None:
+            return fast[0], fast[1], fast[1].records
+    lines = io.BytesIO(data).readlines()  # split at b"\n" only, newlines kept, as a file reads them
+    offsets = list(accumulate(map(len, lines), initial=start))
+    batch, sums = parse_batch(lines, offsets[:-1])
+    return pa.Table.from_batches([batch]), sums, len(lines)
 
 
 def _latest(table: "pa.Table") -> "pa.Array | None":

@@ -9,6 +9,11 @@ the DataFrame documents them: a field of the wrong type (a ``usage`` that is a l
 text, ``NaN``) is null. Values a column type cannot hold exactly travel as JSON text in a twin
 column (``score_json`` for a score that is not a bool, ``prediction_json`` for a prediction that is
 not a string, ...), and the fields a record carries beyond the known ones in ``extras_json``.
+``billed_cost_usd`` is what the record added to the run's bill (its ``paid`` cost, or for records
+older than ``paid`` its ``cost_usd``; see :func:`evalledger.ledger.billed`).
+
+The fast path for whole blocks of the runner's own records is :mod:`evalledger.scan_arrow`; it
+must give exactly the rows this module gives (``tests/test_scan_arrow.py``).
 
 Which lines are records is decided by :func:`evalledger.ledger.parse_record_line` alone (the
 orjson fast path only takes lines that rule would take the same way).
@@ -38,14 +43,14 @@ except ImportError:  # pragma: no cover - depends on the environment
 KNOWN_KEYS = frozenset({
     "sample_id", "status", "attempts", "shard", "model", "task", "input_hash", "prompt", "response",
     "prediction", "target", "score", "correct", "usage", "cost_usd", "latency_s", "request_ids", "error",
-    "started_at", "finished_at", "extra",
+    "started_at", "finished_at", "extra", "paid",
 })
 EXTRA_PREFIX = "extra_"
 
 STRING_FIELDS = ("sample_id", "status", "model", "task", "shard", "error_type", "error_message",
                  "started_at", "finished_at")
 INT_FIELDS = ("input_tokens", "output_tokens", "attempts", "error_status_code")
-FLOAT_FIELDS = ("cost_usd", "latency_s")
+FLOAT_FIELDS = ("cost_usd", "latency_s", "billed_cost_usd")
 OBJECT_FIELDS = ("prediction", "target", "response")  # str in a string column, anything else as JSON
 
 SCHEMA = pa.schema(
@@ -66,14 +71,18 @@ _DIRECT = ("correct", "score", "prediction", "target", "response", "latency_s", 
 
 @dataclass
 class BatchSums:
-    """Sums over every record of a batch (or of a whole file): what stats add up besides the view."""
+    """Sums over every record of a batch (or of a whole file): what stats add up besides the view.
+
+    Tokens are what the records added to the run's bill (:func:`billed_parts`), not their ``usage``:
+    a multi-turn task's record carries the sample's usage but bills nothing (its calls file does).
+    """
 
     records: int = 0
     unparseable_lines: int = 0
     error_records: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_known: bool = True  # the cost total itself is summed from the cost_usd column (see scan)
+    input_tokens: int = 0  # billed
+    output_tokens: int = 0  # billed
+    cost_known: bool = True  # the cost total itself is summed from the billed_cost_usd column (see scan)
     last_finished: str | None = None
 
     def add(self, other: "BatchSums") -> None:
@@ -237,8 +246,9 @@ def _count_total(values: list[Any]) -> int:
 def parse_batch(lines: list[bytes], offsets: list[int]) -> tuple[pa.RecordBatch, BatchSums]:
     """The records among complete ``lines`` (starting at byte ``offsets``) as a batch of :data:`SCHEMA`.
 
-    Also returns the batch's :class:`BatchSums`: tokens and cost over every record (each stands
-    for requests that were paid), error records, the latest ``finished_at`` and unparseable lines.
+    Also returns the batch's :class:`BatchSums`: the tokens every record added to the bill
+    (:func:`_bills`; its cost is the ``billed_cost_usd`` column), error records, the latest
+    ``finished_at`` and unparseable lines.
     """
     sums = BatchSums()
     recs, where = _parse_lines(lines, sums)
@@ -293,13 +303,32 @@ def parse_batch(lines: list[bytes], offsets: list[int]) -> tuple[pa.RecordBatch,
              for r in recs], type=pa.string())
     cols["offset"] = pa.array([offsets[j] for j in where], type=pa.int64())
 
-    sums.input_tokens = _count_total(in_tokens)
-    sums.output_tokens = _count_total(out_tokens)
-    if not _only(costs, float, int) or not math.isfinite(sum(filter(None, costs))):
-        costs = [c if _is_amount(c) else None for c in costs]  # not a number: no known cost
-    if None in costs and any(c is None and u for c, u in zip(costs, usages)):
+    bill_in, bill_out, bill_cost, sources = _bills(recs, usages, in_tokens, out_tokens, costs)
+    cols["billed_cost_usd"] = _floats(bill_cost)
+    sums.input_tokens = _count_total(bill_in)
+    sums.output_tokens = _count_total(bill_out)
+    if not _only(bill_cost, float, int) or not math.isfinite(sum(filter(None, bill_cost))):
+        bill_cost = [c if _is_amount(c) else None for c in bill_cost]  # not a number: no known cost
+    if None in bill_cost and any(c is None and s for c, s in zip(bill_cost, sources)):
         sums.cost_known = False  # a paid record without a price: the total is unknown, not lower
     sums.error_records = len(statuses) - statuses.count("ok")
     sums.last_finished = max(filter(None, finished), default=None)
     return pa.RecordBatch.from_arrays([cols[f.name] for f in SCHEMA], schema=SCHEMA), sums
 
+
+def _bills(recs: list[dict[str, Any]], usages: list[dict[str, Any]], in_tokens: list[Any], out_tokens: list[Any],
+           costs: list[Any]) -> tuple[list[Any], list[Any], list[Any], list[dict[str, Any]]]:
+    """What each record adds to the run's bill, as :func:`evalledger.ledger.billed` reads it: its
+    ``paid`` when that is an object, else (records older than ``paid``) its ``usage`` and ``cost_usd``.
+
+    Returns input tokens, output tokens, cost and the object each was read from, per record.
+    """
+    paids = [r.get("paid") for r in recs]
+    if _only(paids):  # no record has ``paid``: the usage is the bill
+        return in_tokens, out_tokens, costs, usages
+    sources = [p if type(p) is dict else u for p, u in zip(paids, usages)]
+    has = [type(p) is dict for p in paids]
+    return ([s.get("input_tokens") if h else v for s, h, v in zip(sources, has, in_tokens)],
+            [s.get("output_tokens") if h else v for s, h, v in zip(sources, has, out_tokens)],
+            [s.get("cost_usd") if h else v for s, h, v in zip(sources, has, costs)],
+            sources)

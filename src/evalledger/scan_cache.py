@@ -1,6 +1,6 @@
 """A columnar copy of each results file's parsed records, so that readers parse only what is new.
 
-``<run_dir>/.cache/scan-v1/<results file name>.arrow`` (an Arrow IPC file) holds the rows that
+``<run_dir>/.cache/scan-v2/<results file name>.arrow`` (an Arrow IPC file) holds the rows that
 :func:`evalledger.scan_batch.parse_batch` made from the file's first ``end`` bytes (always a line
 boundary), plus the sums over those records. A reader that finds a valid copy parses only the
 bytes after ``end``: on a live run, exactly the records appended since. Nothing in ``.cache`` is
@@ -39,7 +39,7 @@ import pyarrow as pa
 from .scan_batch import SCHEMA, BatchSums
 
 CACHE_DIR = ".cache"
-SUBDIR = "scan-v1"  # bump when SCHEMA or the meaning of a column changes: old copies are then ignored
+SUBDIR = "scan-v2"  # bump when SCHEMA or the meaning of a column changes: old copies are then ignored
 FORMAT = 1
 MIN_BYTES = 8 << 20  # smaller results files parse in well under a second: no copy, no files left behind
 REWRITE_FRACTION = 0.10  # rewrite a copy once the uncached tail is this share of what it covers
