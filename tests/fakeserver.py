@@ -331,6 +331,9 @@ class FakeServer:
         free port; ``shutdown_timeout`` bounds how long ``stop()`` waits for in-flight handlers.
         """
         self.latency: float = latency
+        #: seconds before an injected status fault is answered; None: ``latency`` like every answer.
+        #: Real rate limiters answer 429 at once, without the generation time.
+        self.fault_latency: float | None = None
         self.responder: Responder = responder or answer_from_marker
         #: extra headers on successful answers, from the request's 1-based arrival number
         #: (e.g. x-ratelimit-remaining-requests for pacing tests); settable at runtime
@@ -684,6 +687,8 @@ class FakeServer:
         problem: str | None,
     ) -> web.StreamResponse:
         wait = fault.hang_seconds if fault is not None and fault.kind == "hang" else self.latency
+        if fault is not None and fault.kind == "status" and self.fault_latency is not None:
+            wait = self.fault_latency
         if await self._wait(wait):
             return await self._drop_connection(request)
         if fault is not None and fault.kind == "reset":
@@ -827,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-rate", type=float, default=0.0, help="probability each request fails")
     parser.add_argument("--fail-status", type=int, default=500, help="HTTP status of --fail-rate failures")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --fail-rate RNG")
+    parser.add_argument("--fault-latency", type=float, default=None,
+                        help="seconds before a --fail-rate failure is answered (default: --latency)")
     parser.add_argument("--fail-retry-after", type=float, default=None,
                         help="Retry-After seconds sent with --fail-rate failures (default: none)")
     args = parser.parse_args(argv)
@@ -840,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     server = FakeServer(latency=args.latency, port=args.port)
+    server.fault_latency = args.fault_latency
     if args.fail_rate > 0:
         server.fail_rate(args.fail_rate, status=args.fail_status, seed=args.seed, retry_after=args.fail_retry_after)
     with server:

@@ -91,7 +91,8 @@ def test_adaptive_concurrency_can_be_turned_off(fake_server, tmp_path):
 def test_limits_concurrency_slots_are_respected():
     async def main():
         lim = Limits(max_concurrency=4)
-        lim.rate_limited(0.0)  # limit 4 → 2
+        for _ in range(3):  # a storm (every recent response a 429): one cut per episode, 4 → 2
+            lim.rate_limited(0.0)
         peak = 0
         active = 0
 

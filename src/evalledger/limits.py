@@ -3,9 +3,15 @@
 * ``--rpm`` / ``--tpm``: token buckets refilling continuously. A request takes one request token and
   its estimated tokens (prompt characters / 4 + ``max_tokens``) before it is sent; once the
   response reports its real usage, the difference is given back (or charged).
-* Adaptive concurrency (AIMD): a 429 (or Anthropic's 529) halves the number of requests allowed in
-  flight, at most once per episode, and pauses *every* worker for the server's ``Retry-After``;
-  each ``limit`` successes in a row add one slot back, up to ``--concurrency``.
+* Adaptive concurrency (AIMD): a 429 (or Anthropic's 529) *storm* halves the number of requests
+  allowed in flight, at most once per episode, and pauses *every* worker for the server's
+  ``Retry-After``; each ``limit`` successes in a row add one slot back, up to ``--concurrency``.
+  A storm is a 429 when at least half of the recent responses (the last ``max(limit, 8)``, and
+  at least 3) were 429s: the run is over the provider's limit and everyone must back off. A 429 among mostly
+  successful responses (a provider shedding a few requests at random) only makes *that* request
+  wait its ``Retry-After`` (retry.py): pausing everyone and halving the limit for it would cost
+  far more than it saves (issue 3: 30 % of requests 429 with Retry-After 1 used to make a run
+  69x slower; the target is 1.5x).
 
 This module decides only when a request may go; retrying is ``retry.py``'s job.
 """
@@ -16,6 +22,7 @@ import asyncio
 import math
 import re
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -74,6 +81,7 @@ class LimitStats:
     """What the limiter did, for progress and the run summary."""
 
     rate_limited: int = 0  # 429/529 responses seen
+    storms: int = 0  # 429s that paused everyone (at least half the recent responses were 429s)
     decreases: int = 0
     paused_s: float = 0.0  # total seconds requests waited on a rate-limit pause
     throttled_s: float = 0.0  # total seconds requests waited on --rpm/--tpm
@@ -101,6 +109,9 @@ class Limits:
         self._successes = 0
         self._episode_end = 0.0
         self._cond = asyncio.Condition()
+        # The last responses, True for a 429/529: a storm is a 429 when half of them are.
+        self._recent: deque[bool] = deque(maxlen=max(self.max_concurrency, 8))
+        self._recent_429 = 0
         self._last_estimate = 0
         self._rpm = TokenBucket(self.rpm) if self.rpm else None
         self._tpm = TokenBucket(self.tpm) if self.tpm else None
@@ -130,7 +141,9 @@ class Limits:
         finally:
             async with self._cond:
                 self.in_use -= 1
-                self._cond.notify_all()
+                # One waiter per freed slot: waking all of them (there can be several times
+                # --concurrency samples waiting, see runner._schedule) cost O(waiters) a request.
+                self._cond.notify(1)
 
     async def _wait_for_pause(self) -> None:
         while (delay := self.pause_until - time.monotonic()) > 0:
@@ -143,11 +156,30 @@ class Limits:
                 self.stats.paused_s += delay
             self._notify_change()
 
+    def _observe(self, was_429: bool) -> None:
+        window = max(self.limit, 8)
+        if self._recent.maxlen != window:  # the window follows the current limit
+            self._recent = deque(self._recent, maxlen=window)
+            self._recent_429 = sum(self._recent)
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_429 -= self._recent[0]
+        self._recent.append(was_429)
+        self._recent_429 += was_429
+
+    def is_storm(self) -> bool:
+        """Were at least half of the recent responses 429s (and at least 3 responses seen)?"""
+        return len(self._recent) >= 3 and 2 * self._recent_429 >= len(self._recent)
+
     def rate_limited(self, retry_after: float | None) -> None:
-        """A 429/529: pause everyone for Retry-After; halve the limit once per episode."""
+        """A 429/529. In a storm: pause everyone for Retry-After and halve the limit once per
+        episode. Otherwise only the request that got it waits (its retry honours Retry-After)."""
         now = time.monotonic()
         pause = retry_after if retry_after is not None else DEFAULT_PAUSE
         self.stats.rate_limited += 1
+        self._observe(True)
+        if not self.is_storm():
+            return
+        self.stats.storms += 1
         self.pause_until = max(self.pause_until, now + pause)
         self._successes = 0
         # One episode = the 429s that arrive while the requests in flight at the first one drain:
@@ -180,6 +212,7 @@ class Limits:
 
     def succeeded(self) -> None:
         """Additive increase: one more slot after ``limit`` successes in a row."""
+        self._observe(False)
         if not self.adaptive or self.limit >= self.max_concurrency:
             return
         self._successes += 1
@@ -191,7 +224,7 @@ class Limits:
 
     async def _wake(self) -> None:
         async with self._cond:
-            self._cond.notify_all()
+            self._cond.notify(1)  # the one slot just added
 
 
 class _Slot:

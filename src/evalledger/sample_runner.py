@@ -32,6 +32,12 @@ class StopRun(Exception):
     """Raised inside a worker to end the run (fatal provider error)."""
 
 
+class NotStarted(BaseException):
+    """The run was told to stop before this sample sent its first request: drop it (it stays
+    pending, nothing was paid). A BaseException, like CancelledError, so that the retry loop and
+    the task's own error handling let it through untouched."""
+
+
 @dataclass
 class RunState:
     """Shared, mutable state of one invocation's workers."""
@@ -86,11 +92,14 @@ def call_key(request: ChatRequest) -> str:
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:32]
 
 
-async def _attempt(ctx: SampleContext, request: ChatRequest) -> ChatResponse:
-    """One HTTP request, gated by the run's limits; 429/529 feed back into them."""
+async def _attempt(ctx: SampleContext, request: ChatRequest, first: bool = False) -> ChatResponse:
+    """One HTTP request, gated by the run's limits; 429/529 feed back into them. ``first``: the
+    sample has sent nothing yet, so if the run was stopped while it waited for a slot it is dropped."""
     if ctx.limits is None:
         return await ctx.provider.complete(request)
     async with ctx.limits.request(estimate_request_tokens(request.messages, request.max_tokens)) as slot:
+        if first and ctx.run.stop.is_set():
+            raise NotStarted()
         try:
             resp = await ctx.provider.complete(request)
         except Exception as e:
@@ -137,8 +146,9 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
                                           request_id=hit.get("request_id")))
             replayed.append(True)
             return hit["response"]
+        first = not responses and attempts == 0
         try:
-            resp, n = await call_with_retries(lambda: _attempt(ctx, request), ctx.provider.classify,
+            resp, n = await call_with_retries(lambda: _attempt(ctx, request, first), ctx.provider.classify,
                                               ctx.policy, count_request)
         except (NonRetryable, RetriesExhausted) as e:
             attempts += e.attempts
