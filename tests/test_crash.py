@@ -251,6 +251,10 @@ def test_signal_finishes_in_flight_then_printed_command_resumes(fake_server, tmp
     counts = ok_counts(recs)
     assert all(c == 1 for c in counts.values())
     assert len(counts) < n, "the signal came too late to interrupt anything"
+    # No request was sent after the signal (samples still waiting for a request slot are dropped
+    # and stay pending), beyond the ~10 ms the signal takes to arrive.
+    late = [round(r.received_at - t, 3) for r in fake_server.requests if r.received_at > t + 0.05]
+    assert late == [], late
     statuses = fake_server.status_counts()
     # Every request that reached the server was answered (none cut off) and its answer recorded:
     # no paid answer was lost.

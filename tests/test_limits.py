@@ -12,7 +12,7 @@ import pytest
 from evalledger import CheckpointManager, RunConfig, UsageError, run_experiment
 from evalledger.committer import GroupCommitter
 from evalledger.limits import Limits, TokenBucket
-from helpers import all_records, write_qa_dataset
+from helpers import all_records, marker, write_qa_dataset
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:
@@ -171,3 +171,29 @@ def test_rate_limit_headers_pace_before_the_wall(fake_server, tmp_path, style):
     # requests sent after the 4th's answer arrived waited for the window to reset (~1.2 s)
     later = [r.received_at - fourth.received_at for r in reqs if r.seq > 5]
     assert later and min(later) >= 1.0, min(later)
+
+
+def test_a_lone_429_among_successes_pauses_only_its_own_request():
+    """A provider shedding a few requests at random is not a storm: no pause for everyone, no cut."""
+    async def main():
+        lim = Limits(max_concurrency=16)
+        for _ in range(12):
+            lim.succeeded()
+        lim.rate_limited(1.0)
+        assert (lim.pause_until, lim.limit, lim.stats.storms, lim.stats.rate_limited) == (0.0, 16, 0, 1)
+        for _ in range(12):  # now most recent responses are 429s: a storm
+            lim.rate_limited(1.0)
+        assert lim.stats.storms >= 1 and lim.limit == 8 and lim.pause_until > 0
+        assert lim.stats.decreases == 1  # one cut per episode
+
+    asyncio.run(main())
+
+
+def test_retry_after_of_a_lone_429_is_still_honoured(fake_server, tmp_path):
+    """The request that got the 429 waits its Retry-After before it is sent again."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 30)
+    fake_server.fail_when(marker(7), status=429, retry_after=0.6, times=1)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", concurrency=4))
+    assert s.exit_code == 0 and s.ok == 30 and s.limits["rate_limited"] == 1 and s.limits["storms"] == 0
+    hits = sorted(r.received_at for r in fake_server.requests if marker(7) in r.text)
+    assert len(hits) == 2 and hits[1] - hits[0] >= 0.6, hits
