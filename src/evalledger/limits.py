@@ -6,8 +6,8 @@
 * Adaptive concurrency (AIMD): a 429 (or Anthropic's 529) *storm* halves the number of requests
   allowed in flight, at most once per episode, and pauses *every* worker for the server's
   ``Retry-After``; each ``limit`` successes in a row add one slot back, up to ``--concurrency``.
-  A storm is a 429 when at least half of the recent responses (the last ``max(limit, 8)``, and
-  at least 3) were 429s: the run is over the provider's limit and everyone must back off. A 429 among mostly
+  A storm is a 429 when at least 3/4 of the recent responses (the last ``max(limit, 8)``; at
+  least half that many seen) were 429s: the run is over the provider's limit and everyone must back off. A 429 among mostly
   successful responses (a provider shedding a few requests at random) only makes *that* request
   wait its ``Retry-After`` (retry.py): pausing everyone and halving the limit for it would cost
   far more than it saves (issue 3: 30 % of requests 429 with Retry-After 1 used to make a run
@@ -167,8 +167,13 @@ class Limits:
         self._recent_429 += was_429
 
     def is_storm(self) -> bool:
-        """Were at least half of the recent responses 429s (and at least 3 responses seen)?"""
-        return len(self._recent) >= 3 and 2 * self._recent_429 >= len(self._recent)
+        """Were at least 3/4 of the recent responses 429s, with the window at least half full?
+
+        3/4, not 1/2: rate limiters answer 429 at once while answers take the full latency, so
+        right after a pause (all slots sent together) the first responses back are all the 429s
+        of that round; with 30 % of requests shed at random that alone made half the window 429s."""
+        seen = len(self._recent)
+        return seen >= max(3, (self._recent.maxlen or 0) // 2) and 4 * self._recent_429 >= 3 * seen
 
     def rate_limited(self, retry_after: float | None) -> None:
         """A 429/529. In a storm: pause everyone for Retry-After and halve the limit once per
