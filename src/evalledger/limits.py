@@ -142,7 +142,7 @@ class Limits:
             async with self._cond:
                 self.in_use -= 1
                 # One waiter per freed slot: waking all of them (there can be several times
-                # --concurrency samples waiting, see runner._schedule) cost O(waiters) a request.
+                # --concurrency samples waiting, see scheduler.schedule) cost O(waiters) a request.
                 self._cond.notify(1)
 
     async def _wait_for_pause(self) -> None:
