@@ -15,7 +15,7 @@ Durability rules (DESIGN promises 1 and 3):
   copied aside and rebuilt from the results; an unreadable manifest stops the writer before it
   touches anything.
 * Readers never take the lock; they ignore a last line without its newline (it may be being
-  written right now) and skip lines that do not parse.
+  written right now) and skip lines that do not parse (:mod:`evalledger.ledger_files`).
 
 The ledger knows nothing about models or tasks: records are plain dicts.
 """
@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import random
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import filelock
 
@@ -46,174 +43,27 @@ from .fsutil import (
     write_json_atomic,
 )
 
-try:  # optional: ~3.5x faster parsing on the passes over the results made at every open
-    import orjson
-
-    _fast_loads: Any = orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
-    _fast_loads = None
+# Re-exported: the ledger's public names live in these two modules since they were split out.
+from .ledger_files import (  # noqa: F401
+    ReadReport,
+    billed,
+    calls_cost,
+    calls_files,
+    is_record,
+    iter_file_records,
+    iter_run_records,
+    latest_records,
+    parse_record_line,
+    results_files,
+    shard_files,
+    shard_in_name,
+    shard_of_file,
+    shard_suffix,
+)
+from .ledger_repair import move_garbage_lines_aside, move_run_aside, repair_torn_tail  # noqa: F401
 
 MANIFEST = "manifest.json"
 STATE_VERSION = 1
-
-
-def shard_suffix(shard: tuple[int, int] | None) -> str:
-    """``""`` for an unsharded run, ``.shard-K-of-N`` for shard K/N."""
-    return "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
-
-
-@functools.lru_cache(maxsize=None)
-def _shard_name_re(stem: str, ext: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(stem)}(?:\.shard-(\d+)-of-(\d+))?\.{re.escape(ext)}$")
-
-
-def shard_in_name(name: str, stem: str, ext: str) -> tuple[int, int] | None | bool:
-    """For a run file named ``<stem>.<ext>`` or ``<stem>.shard-K-of-N.<ext>``: None (unsharded) or
-    (K, N). False when ``name`` is neither (e.g. ``results.jsonl.corrupt-…``)."""
-    m = _shard_name_re(stem, ext).match(name)
-    if not m:
-        return False
-    return None if m.group(1) is None else (int(m.group(1)), int(m.group(2)))
-
-
-def shard_files(run_dir: Path, stem: str, ext: str) -> list[Path]:
-    """Every ``<stem>[.shard-K-of-N].<ext>`` file of a run (results, calls, status, resume state), sorted."""
-    return sorted(p for p in Path(run_dir).glob(f"{stem}*.{ext}") if shard_in_name(p.name, stem, ext) is not False)
-
-
-def results_files(run_dir: Path) -> list[Path]:
-    """Every results file of a run (all shards), in a stable order."""
-    return shard_files(run_dir, "results", "jsonl")
-
-
-def calls_files(run_dir: Path) -> list[Path]:
-    """Every turn-cache file of a run (multi-turn tasks: one record per paid model call)."""
-    return shard_files(run_dir, "calls", "jsonl")
-
-
-def calls_cost(run_dir: Path) -> float:
-    """USD billed through the turn cache (multi-turn tasks): every paid call is there exactly once."""
-    return sum(rec.get("cost_usd") or 0.0 for path in calls_files(run_dir) for rec in iter_file_records(path)
-               if isinstance(rec.get("cost_usd"), (int, float)))
-
-
-def billed(rec: dict[str, Any]) -> tuple[int, int, float | None]:
-    """(input tokens, output tokens, cost or None) that one results record adds to the run's bill.
-
-    ``paid`` when present (it excludes calls already billed in the calls file and replayed turns);
-    older records without it are billed by their ``usage``.
-    """
-    paid = rec.get("paid")
-    if isinstance(paid, dict):
-        return int(paid.get("input_tokens") or 0), int(paid.get("output_tokens") or 0), paid.get("cost_usd")
-    usage = rec.get("usage") or {}
-    return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0), rec.get("cost_usd")
-
-
-def shard_of_file(path: Path) -> tuple[int, int] | None:
-    """The shard of a results file (None: unsharded, or not a results file)."""
-    return shard_in_name(path.name, "results", "jsonl") or None
-
-
-@dataclass
-class ReadReport:
-    """What a streaming read saw besides records."""
-
-    lines: int = 0
-    skipped_lines: int = 0  # complete lines that are not valid JSON objects
-    partial_tail_bytes: int = 0  # bytes after the last newline (a write in progress or torn)
-
-
-def iter_file_records(path: Path, report: ReadReport | None = None) -> Iterator[dict[str, Any]]:
-    """Yield each complete, parseable record line of one results file, streaming."""
-    report = report if report is not None else ReadReport()
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                # The last line without its newline: a concurrent append or a torn tail.
-                report.partial_tail_bytes += len(raw)
-                break
-            report.lines += 1
-            rec = parse_record_line(raw)
-            if rec is None:
-                report.skipped_lines += 1
-                continue
-            yield rec
-
-
-def is_record(obj: Any) -> bool:
-    """Whether a parsed JSON value has the shape every reader relies on: an object with a string
-    ``sample_id`` and a ``status`` that is a string (or absent/null, read as "not ok")."""
-    return type(obj) is dict and type(obj.get("sample_id")) is str and (
-        obj.get("status") is None or type(obj["status"]) is str)
-
-
-def parse_record_line(raw: bytes) -> dict[str, Any] | None:
-    """The record a complete line holds, or None if the line is garbage.
-
-    The one rule for what a results line is, shared by every reader (``scan``, stats, DataFrames,
-    reports, resume) and by the writer's repair, so that all of them count the same lines.
-
-    A record is a JSON object whose ``sample_id`` is a string and whose ``status`` is a string or
-    absent (our writer never writes anything else). Anything else (not JSON, NUL bytes left by a
-    power loss, a JSON array, an object without a string id, a status like ``5`` or ``[1]``) is
-    garbage: readers skip it and the writer moves it aside on open. Requiring a string id and
-    status also keeps hostile lines such as ``{"sample_id": [1]}`` from crashing the set and dict
-    look-ups every reader does by them.
-
-    ``NaN``/``Infinity`` (which Python's ``json.dumps``, our writer, emits for float nan/inf) are
-    accepted: orjson refuses them, so such a line is re-read with ``json``. A line whose strings
-    hold a lone surrogate escape (``"\\ud800"``) is garbage: it cannot be encoded as UTF-8, so our
-    writer cannot have written it, and it would crash whatever prints or exports it.
-    """
-    rec = None
-    if _fast_loads is not None:
-        try:
-            rec = _fast_loads(raw)
-        except ValueError:
-            rec = None  # orjson refuses NaN, Infinity and lone surrogates, which json accepts
-    if rec is None:
-        try:
-            rec = json.loads(raw)
-        except ValueError:  # includes UnicodeDecodeError
-            return None
-        if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(rec):
-            return None
-    if not is_record(rec):
-        return None
-    return rec
-
-
-def _has_lone_surrogate(obj: Any) -> bool:
-    try:
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def iter_run_records(run_dir: Path, report: ReadReport | None = None) -> Iterator[dict[str, Any]]:
-    """Yield records from every results file of the run (all shards)."""
-    for path in results_files(run_dir):
-        yield from iter_file_records(path, report)
-
-
-def latest_records(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per sample: the latest ``ok`` record, or the latest error record if it has no ``ok``.
-
-    The merged ledger view (DESIGN promise 3): each sample at most once, the last ``ok`` wins.
-    """
-    view: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        sid = rec["sample_id"]
-        cur = view.get(sid)
-        if cur is None or rec.get("status") == "ok" or cur.get("status") != "ok":
-            view[sid] = rec
-    return view
 
 
 class CheckpointManager:
@@ -715,122 +565,6 @@ def _describe_owner(owner_path: Path) -> str:
         return f"pid {owner.get('pid')} on host {owner.get('host')} (since {owner.get('since')})"
     except (OSError, ValueError):
         return "another process"
-
-
-def repair_torn_tail(path: Path) -> Path | None:
-    """Move bytes after the last newline to ``<path>.corrupt-<timestamp>``; truncate. Returns the aside file.
-
-    The aside copy is fsynced before the truncate, so a crash during repair loses nothing (at
-    worst the next open makes a second copy of the same bytes).
-    """
-    try:
-        f = open(path, "r+b")
-    except FileNotFoundError:
-        return None
-    with f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return None
-        cut = _last_newline_end(f, size)
-        if cut == size:
-            return None
-        f.seek(cut)
-        tail = f.read()
-        aside = path.with_name(f"{path.name}.corrupt-{file_timestamp()}")
-        with open(aside, "xb") as out:
-            out.write(tail)
-            out.flush()
-            os.fsync(out.fileno())
-        fsync_dir(path.parent)
-        f.truncate(cut)
-        f.flush()
-        os.fsync(f.fileno())
-    return aside
-
-
-def move_garbage_lines_aside(path: Path) -> tuple[Path | None, list[int]]:
-    """Move complete lines that are not records (see :func:`parse_record_line`) to ``<path>.corrupt-<timestamp>``.
-
-    Returns the aside file (None if the file was clean) and the 1-based numbers of the moved
-    lines. Every other line is kept, byte for byte and in order. Run after
-    :func:`repair_torn_tail`, so every line ends with a newline. Readers skip garbage anyway;
-    moving it out keeps the file a clean ledger and puts the bytes where a person can look.
-
-    Crash-safe, in this order: the removed lines are written to the aside file and fsynced, the
-    cleaned copy is written to a temp file beside the results and fsynced, and only then is the
-    temp file renamed over the results file (atomic) and the directory fsynced. A crash before
-    the rename leaves the original untouched (the next open does the same again); after it, the
-    garbage is already safe in the aside file. Streams twice over the file; memory stays small.
-    """
-    # A tail still being written is not ours to judge (repair_torn_tail's job): iter_blocks leaves
-    # it out. Blocks our writer wrote are cleared by their prefixes, the rest line by line.
-    bad = [number for block in iter_blocks(path) for number in block.garbage]
-    if not bad:
-        return None, []
-    stamp = file_timestamp()
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    tmp = path.with_name(f".{path.name}.clean-{stamp}.tmp")
-    bad_set = set(bad)
-    try:
-        with open(path, "rb") as src, open(aside, "xb") as out_bad, open(tmp, "xb") as out_good:
-            os.chmod(tmp, os.fstat(src.fileno()).st_mode & 0o777)
-            for number, raw in enumerate(src, start=1):
-                if not raw.endswith(b"\n"):
-                    out_good.write(raw)  # cannot happen under the lock after repair_torn_tail; keep it anyway
-                    continue
-                (out_bad if number in bad_set else out_good).write(raw)
-            out_bad.flush()
-            os.fsync(out_bad.fileno())
-            fsync_dir(path.parent)  # the aside file exists for good before the results shrink
-            out_good.flush()
-            os.fsync(out_good.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the original is untouched until the rename
-        raise
-    fsync_dir(path.parent)
-    return aside, bad
-
-
-def _last_newline_end(f: Any, size: int, chunk: int = 1 << 16) -> int:
-    """Offset just after the last b'\\n' in the file (0 if none)."""
-    pos = size
-    while pos > 0:
-        start = max(0, pos - chunk)
-        f.seek(start)
-        block = f.read(pos - start)
-        i = block.rfind(b"\n")
-        if i >= 0:
-            return start + i + 1
-        pos = start
-    return 0
-
-
-def move_run_aside(run_dir: Path) -> Path:
-    """Rename a run directory to ``<run_id>.old-<timestamp>`` (for ``--overwrite``).
-
-    Refuses while any process holds a lock on the run or one of its shards.
-    """
-    run_dir = Path(run_dir)
-    held = []
-    for lock_path in run_dir.glob(".lock*"):
-        if lock_path.name.endswith(".owner"):
-            continue
-        probe = filelock.FileLock(str(lock_path), timeout=0)
-        try:
-            probe.acquire()
-        except filelock.Timeout:
-            held.append(lock_path.name)
-        else:
-            probe.release()
-    if held:
-        raise LockHeldError(
-            f"cannot --overwrite {run_dir}: a process is writing it right now ({', '.join(held)} held); stop it first"
-        )
-    aside = run_dir.with_name(f"{run_dir.name}.old-{file_timestamp()}")
-    os.rename(run_dir, aside)
-    fsync_dir(run_dir.parent)
-    return aside
 
 
 def _state_checksum(state: dict[str, Any]) -> str:
