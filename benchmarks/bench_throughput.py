@@ -285,7 +285,7 @@ def bench_429(root: Path, n: int, latency: float, conc: int, rate: float = 0.3) 
         srv = Server(latency, extra)
         try:
             r = in_child("run", dataset=str(data), out=str(root / f"out_429_{len(rows)}"),
-                         base_url=srv.openai_base_url, concurrency=conc, max_attempts=20, max_retry_wait=30)
+                         base_url=srv.openai_base_url, concurrency=conc)
             stats = srv.stats()
         finally:
             srv.stop()

@@ -12,14 +12,14 @@ from evalledger.retry import NonRetryable, RetriesExhausted, RetryPolicy, _Retry
 
 
 class Boom(Exception):
-    def __init__(self, kind: ErrorKind, retry_after: float | None = None) -> None:
+    def __init__(self, kind: ErrorKind, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(kind.value)
-        self.kind, self.retry_after = kind, retry_after
+        self.kind, self.retry_after, self.status = kind, retry_after, status
 
 
 def classify(exc: BaseException) -> ErrorInfo:
     if isinstance(exc, Boom):
-        return ErrorInfo(exc.kind, "Boom", str(exc), retry_after=exc.retry_after)
+        return ErrorInfo(exc.kind, "Boom", str(exc), status_code=exc.status, retry_after=exc.retry_after)
     return ErrorInfo(ErrorKind.SAMPLE, type(exc).__name__, str(exc))
 
 
@@ -96,3 +96,23 @@ def test_backoff_scale_continues_across_the_fast_path(monkeypatch):
     assert waiter.after(Boom(ErrorKind.TRANSIENT), 1) == 0.5
     assert waiter(State) == 2.0  # 0.5 * 2^(3-1)
     assert waiter.after(None, 10) == 3.0  # capped at max_wait
+
+
+def test_rate_limits_do_not_use_up_the_attempts():
+    """429s (the provider did no work) are retried past --max-attempts; other errors still count."""
+    r429 = Boom(ErrorKind.TRANSIENT, 0.0, status=429)
+    fn, calls = script(r429, r429, Boom(ErrorKind.TRANSIENT, 0.0, status=503), r429, r429, "ok")
+    assert run(fn, RetryPolicy(max_attempts=2, max_wait=0.01)) == ("ok", 6)
+    fn, calls = script(r429, Boom(ErrorKind.TRANSIENT, 0.0, status=503), r429,
+                       Boom(ErrorKind.TRANSIENT, 0.0, status=500), "never")
+    with pytest.raises(RetriesExhausted) as e:
+        run(fn, RetryPolicy(max_attempts=2, max_wait=0.01))
+    assert e.value.attempts == 4 and len(calls) == 4  # the second non-429 failure ends it
+
+
+def test_rate_limit_retries_are_bounded_by_the_total_time():
+    fn, calls = script(*[Boom(ErrorKind.TRANSIENT, 0.05, status=429)] * 100)
+    t = time.monotonic()
+    with pytest.raises(RetriesExhausted):
+        run(fn, RetryPolicy(max_attempts=2, max_wait=1.0, max_total=0.5))
+    assert 0.4 <= time.monotonic() - t < 2.0 and 3 < len(calls) < 20

@@ -37,7 +37,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--top-p", type=float, default=None),
     click.option("--base-url", default=None, help="API base URL (e.g. http://127.0.0.1:8000/v1 for vLLM). Default: the SDK's, or OPENAI_BASE_URL / ANTHROPIC_BASE_URL."),
     click.option("--api-key-env", default=None, metavar="VAR", help="Read the API key from this environment variable instead of OPENAI_API_KEY / ANTHROPIC_API_KEY."),
-    click.option("--max-attempts", type=int, default=6, show_default=True, help="Attempts per request for transient errors (429, 5xx, timeouts)."),
+    click.option("--max-attempts", type=int, default=6, show_default=True, help="Attempts per request for transient errors (5xx, timeouts, resets); 429/529 rate limits do not use them up (retried for up to 15 minutes)."),
     click.option("--max-retry-wait", type=float, default=120.0, show_default=True, help="Cap in seconds on one backoff sleep between retries."),
     click.option("--request-timeout", type=float, default=600.0, show_default=True, help="Seconds before one HTTP request times out (then retried)."),
     click.option("--grace-seconds", type=float, default=30.0, show_default=True, help="On SIGINT/SIGTERM/SIGUSR1, wait this long for in-flight samples before cancelling them."),

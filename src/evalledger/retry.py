@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
+from .limits import RATE_LIMIT_STATUSES
 from .providers.base import ErrorInfo, ErrorKind
 
 T = TypeVar("T")
@@ -54,6 +56,29 @@ class _RetryAfterOrFullJitter(wait_base):
                 return min(info.retry_after + random.uniform(0, 0.1 * info.retry_after + 0.05), self.policy.max_wait)
         # Full jitter (AWS architecture blog): uniform over [0, min(cap, base * 2^(n-1))].
         return random.uniform(0, min(self.policy.max_wait, self.policy.base * 2 ** min(failed_attempts - 1, 60)))
+
+
+def _rate_limited(info: ErrorInfo) -> bool:
+    # 429/529: the provider refused before doing (or billing) any work. Those retries do not use
+    # up --max-attempts (a run over its rate limit must not turn samples into errors); they are
+    # bounded by RetryPolicy.max_total instead.
+    return info.status_code in RATE_LIMIT_STATUSES
+
+
+class _StopAfterCountedAttempts(stop_base):
+    """Stop once ``limit`` attempts failed with something other than a rate limit."""
+
+    def __init__(self, classify: Callable[[BaseException], ErrorInfo], limit: int, counted: int) -> None:
+        self.classify = classify
+        self.limit = limit
+        self.counted = counted
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        # tenacity asks once per failed attempt, before deciding to retry it
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if exc is None or not _rate_limited(self.classify(exc)):
+            self.counted += 1
+        return self.counted >= self.limit
 
 
 class RetriesExhausted(Exception):
@@ -100,12 +125,13 @@ async def call_with_retries(
         info = classify(exc)
         if info.kind is not ErrorKind.TRANSIENT:
             raise NonRetryable(exc, info, 1) from exc
-        if policy.max_attempts <= 1 or time.monotonic() - started >= policy.max_total:
+        counted = 0 if _rate_limited(info) else 1
+        if counted >= policy.max_attempts or time.monotonic() - started >= policy.max_total:
             raise RetriesExhausted(exc, info, 1) from exc
         first_wait = _RetryAfterOrFullJitter(classify, policy).after(exc, 1)
     await asyncio.sleep(first_wait)
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts - 1)
+        stop=_StopAfterCountedAttempts(classify, policy.max_attempts, counted)
         | stop_after_delay(max(policy.max_total - (time.monotonic() - started), 0.0)),
         wait=_RetryAfterOrFullJitter(classify, policy, done_before=1),
         retry=retry_if_exception(lambda e: classify(e).kind is ErrorKind.TRANSIENT),
