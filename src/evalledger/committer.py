@@ -2,8 +2,9 @@
 
 Two stages, so that neither the workers nor the disk wait on each other more than they must:
 
-1. **write**: a record handed to :meth:`GroupCommitter.submit` is written (one ``write`` for all
-   records waiting) as soon as the previous write is done. Its ``written`` future then resolves and
+1. **write**: a record handed to :meth:`GroupCommitter.submit` is written at once, in the event
+   loop's thread (a small append to the page cache), or, while a write or a rollback is running in
+   a thread, with the records waiting behind it (one ``write`` for all of them). Its ``written`` future then resolves and
    the worker goes on to its next sample: a written line survives the process being killed
    (kill -9, OOM), so at most one paid sample per worker is ever lost that way, as before.
 2. **sync**: meanwhile, one ``fsync`` covers every line written before it started. Only after it do
@@ -96,12 +97,32 @@ class GroupCommitter:
             raise self.failure
         loop = asyncio.get_running_loop()
         h = Handed(record, loop.create_future(), loop.create_future())
-        self._to_write.items.append(h)
-        self._to_write.wake.set()
         self.unsynced += 1
         if self.unsynced >= self.max_unsynced:
             self._room.clear()
+        if self.fsync != "always" and not self._to_write.items and not self._io.locked():
+            # Write it now, in this thread: one small append to the page cache takes microseconds,
+            # and a thread hand-off would leave paid answers unwritten meanwhile (with several
+            # samples per request slot, more of them than there are slots), all lost to a kill.
+            try:
+                self.ledger.write_records([record])
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                self._failed(exc, [h])
+                return h
+            self._written([h])
+            return h
+        self._to_write.items.append(h)
+        self._to_write.wake.set()
         return h
+
+    def _written(self, batch: list[Handed]) -> None:
+        for h in batch:
+            _resolve(h.written)
+        if self.fsync == "batch":
+            self._to_sync.items.extend(batch)
+            self._to_sync.wake.set()
+        else:
+            self._acknowledge(batch)
 
     async def room(self) -> None:
         """Wait until fewer than ``max_unsynced`` records wait for their fsync (backpressure)."""
@@ -154,13 +175,7 @@ class GroupCommitter:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            for h in batch:
-                _resolve(h.written)
-            if self.fsync == "batch":
-                self._to_sync.items.extend(batch)
-                self._to_sync.wake.set()
-            else:
-                self._acknowledge(batch)
+            self._written(batch)
 
     async def _sync_loop(self) -> None:
         q = self._to_sync
