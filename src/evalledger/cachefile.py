@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 MIN_FREE_BYTES = 256 << 20  # never compete with the ledger for the last of the disk
 
@@ -27,32 +27,70 @@ def _digest(blobs: list[bytes]) -> str:
     return h.hexdigest()
 
 
-def write(path: Path, header: dict[str, Any], blobs: list[bytes], *, run_dir: Path) -> bool:
-    """Write ``header`` and ``blobs`` to ``path``; False (nothing left behind) when it cannot or should not."""
+def write_atomically(path: Path, run_dir: Path, size: int, min_free: int, write_to: Callable[[Path], None]) -> bool:
+    """Write a cache file through ``write_to(temporary path)`` and rename it over ``path``.
+
+    False, with nothing left behind, when it cannot or should not be written: ``run_dir`` belongs to
+    another user (never leave them files they cannot delete), less than ``min_free`` bytes plus
+    twice ``size`` are free (never compete with the ledger for the disk), or anything fails (a
+    read-only directory, a full disk, a race: caches are optional). Shared by these small files and
+    the readers' Arrow copies (:mod:`.scan_cache`).
+    """
     tmp: Path | None = None
     try:
         if run_dir.stat().st_uid != os.geteuid():
-            return False  # never leave files in someone else's run directory
-        size = sum(map(len, blobs))
-        st = os.statvfs(run_dir)
-        if st.f_bavail * st.f_frsize < MIN_FREE_BYTES + 2 * size:
             return False
-        head = json.dumps({**header, "blobs": [len(b) for b in blobs], "digest": _digest(blobs)}).encode() + b"\n"
+        st = os.statvfs(run_dir)
+        if st.f_bavail * st.f_frsize < min_free + 2 * size:
+            return False
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        with open(tmp, "wb") as f:
-            f.write(head)
-            for blob in blobs:
-                f.write(blob)
+        write_to(tmp)
         os.replace(tmp, path)
         return True
-    except Exception:  # noqa: BLE001 - read-only directory, full disk, a race: the cache is optional
+    except Exception:  # noqa: BLE001 - the cache is optional
         if tmp is not None:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
         return False
+
+
+def write(path: Path, header: dict[str, Any], blobs: list[bytes], *, run_dir: Path) -> bool:
+    """Write ``header`` and ``blobs`` to ``path``; False (nothing left behind) when it cannot or should not."""
+    head = json.dumps({**header, "blobs": [len(b) for b in blobs], "digest": _digest(blobs)}).encode() + b"\n"
+
+    def write_to(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            for blob in blobs:
+                f.write(blob)
+
+    return write_atomically(path, run_dir, sum(map(len, blobs)), MIN_FREE_BYTES, write_to)
+
+
+# The validity fingerprint of a file's first ``end`` bytes, shared by every per-file cache.
+_HEAD = 64 << 10
+_SLICE = 4 << 10
+_SLICES = 16
+
+
+def fingerprint(f: IO[bytes], end: int) -> str:
+    """A hash of samples of the file's first ``end`` bytes (cheap: about 200 KiB read): the first and
+    last 64 KiB before ``end`` and 16 slices of 4 KiB spread over them."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(end.to_bytes(8, "little"))
+    if end <= 2 * _HEAD + _SLICES * _SLICE:
+        f.seek(0)
+        h.update(f.read(end))
+        return h.hexdigest()
+    step = (end - 2 * _HEAD) // (_SLICES + 1)
+    spans = [(0, _HEAD), *((_HEAD + step * (i + 1), _SLICE) for i in range(_SLICES)), (end - _HEAD, _HEAD)]
+    for start, size in spans:
+        f.seek(start)
+        h.update(f.read(size))
+    return h.hexdigest()
 
 
 def read(path: Path) -> tuple[dict[str, Any], list[bytes]] | None:

@@ -17,7 +17,6 @@ Deleting ``.cache`` is always safe: the next resume scans the files in full and 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -33,9 +32,6 @@ SUBDIR = "resume-v1"  # bump when the content or meaning of an index changes: ol
 FORMAT = 1
 MIN_BYTES = 1 << 20  # smaller results files scan in milliseconds: no index, no files left behind
 REWRITE_FRACTION = 0.10  # rewrite an index once the unindexed tail is this share of what it covers
-_HEAD = 64 << 10
-_SLICE = 4 << 10
-_SLICES = 16
 _SUMS = ("records", "ok_records", "error_records", "requests", "input_tokens", "output_tokens", "billed_cost")
 
 
@@ -111,22 +107,6 @@ def index_path(results: Path) -> Path:
     return results.parent / CACHE_DIR / SUBDIR / (results.name + ".idx")
 
 
-def fingerprint(f: IO[bytes], end: int) -> str:
-    """A hash of samples of the file's first ``end`` bytes (about 200 KiB read)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(end.to_bytes(8, "little"))
-    if end <= 2 * _HEAD + _SLICES * _SLICE:
-        f.seek(0)
-        h.update(f.read(end))
-        return h.hexdigest()
-    step = (end - 2 * _HEAD) // (_SLICES + 1)
-    spans = [(0, _HEAD), *((_HEAD + step * (i + 1), _SLICE) for i in range(_SLICES)), (end - _HEAD, _HEAD)]
-    for start, size in spans:
-        f.seek(start)
-        h.update(f.read(size))
-    return h.hexdigest()
-
-
 def load(results: Path, f: IO[bytes], st: os.stat_result) -> tuple[FilePart, int] | None:
     """The index of ``results`` (open as ``f``, stat ``st``) and the byte offset it covers, or None."""
     got = cachefile.read(index_path(results))
@@ -138,7 +118,7 @@ def load(results: Path, f: IO[bytes], st: os.stat_result) -> tuple[FilePart, int
         if (header["format"] != FORMAT or header["source"] != results.name or header["dev"] != st.st_dev
                 or header["ino"] != st.st_ino or not 0 < end <= st.st_size or len(blobs) != 3):
             return None
-        if header["fingerprint"] != fingerprint(f, end):
+        if header["fingerprint"] != cachefile.fingerprint(f, end):
             return None
         correct, other, errored = (cachefile.split_ids(b) for b in blobs)
         counts = {str(k): int(v) for k, v in header["counts"].items()}
@@ -164,6 +144,6 @@ def save(results: Path, f: IO[bytes], st: os.stat_result, part: FilePart, end: i
     if any(b is None for b in blobs):
         return False
     header: dict[str, Any] = {"format": FORMAT, "source": results.name, "dev": st.st_dev, "ino": st.st_ino,
-                              "end": end, "fingerprint": fingerprint(f, end), "counts": part.counts}
+                              "end": end, "fingerprint": cachefile.fingerprint(f, end), "counts": part.counts}
     header.update({name: getattr(part, name) for name in _SUMS})
     return cachefile.write(index_path(results), header, blobs, run_dir=results.parent)  # type: ignore[arg-type]

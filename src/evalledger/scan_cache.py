@@ -25,10 +25,8 @@ fails to open and is ignored, like any copy that cannot be read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +34,8 @@ from typing import IO
 
 import pyarrow as pa
 
+from . import cachefile
+from .cachefile import fingerprint
 from .scan_batch import SCHEMA, BatchSums
 
 CACHE_DIR = ".cache"
@@ -45,9 +45,6 @@ MIN_BYTES = 8 << 20  # smaller results files parse in well under a second: no co
 REWRITE_FRACTION = 0.10  # rewrite a copy once the uncached tail is this share of what it covers
 MIN_FREE_BYTES = 1 << 30
 STALE_TMP_S = 3600.0
-_HEAD = 64 << 10
-_SLICE = 4 << 10
-_SLICES = 16
 
 
 @dataclass
@@ -67,24 +64,6 @@ def enabled() -> bool:
 def cache_path(results: Path) -> Path:
     """Where the copy of ``results`` lives."""
     return results.parent / CACHE_DIR / SUBDIR / (results.name + ".arrow")
-
-
-def fingerprint(f: IO[bytes], end: int) -> str:
-    """A hash of samples of the file's first ``end`` bytes (cheap: about 200 KiB read)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(end.to_bytes(8, "little"))
-    if end <= 2 * _HEAD + _SLICES * _SLICE:
-        f.seek(0)
-        h.update(f.read(end))
-        return h.hexdigest()
-    spans = [(0, _HEAD)]
-    step = (end - 2 * _HEAD) // (_SLICES + 1)
-    spans += [(_HEAD + step * (i + 1), _SLICE) for i in range(_SLICES)]
-    spans.append((end - _HEAD, _HEAD))
-    for start, size in spans:
-        f.seek(start)
-        h.update(f.read(size))
-    return h.hexdigest()
 
 
 def load(results: Path, f: IO[bytes], st: os.stat_result) -> CachedFile | None:
@@ -118,32 +97,17 @@ def should_save(results: Path, st: os.stat_result, old: CachedFile | None, end: 
 
 def save(results: Path, f: IO[bytes], st: os.stat_result, cached: CachedFile) -> bool:
     """Write ``cached`` as the copy of ``results``; False (and nothing left behind) when it cannot be."""
-    run_dir = results.parent
-    directory = cache_path(results).parent
-    tmp: Path | None = None
-    try:
-        if run_dir.stat().st_uid != os.geteuid():
-            return False  # never leave files in someone else's run directory
-        st_vfs = os.statvfs(run_dir)
-        if st_vfs.f_bavail * st_vfs.f_frsize < MIN_FREE_BYTES + 2 * cached.table.nbytes:
-            return False
-        directory.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(directory)
+
+    def write_to(tmp: Path) -> None:
+        _remove_stale_tmp(tmp.parent)
         meta = {"format": FORMAT, "source": results.name, "dev": st.st_dev, "ino": st.st_ino, "end": cached.end,
                 "fingerprint": fingerprint(f, cached.end), "sums": asdict(cached.sums)}
         schema = SCHEMA.with_metadata({"evalledger": json.dumps(meta)})
-        tmp = directory / f".{results.name}.arrow.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             writer.write_table(cached.table.cast(schema))
-        os.replace(tmp, cache_path(results))
-        return True
-    except Exception:  # noqa: BLE001 - read-only directory, full disk, a race: readers work without a copy
-        if tmp is not None:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-        return False
+
+    return cachefile.write_atomically(cache_path(results), results.parent, cached.table.nbytes, MIN_FREE_BYTES,
+                                      write_to)
 
 
 def _remove_stale_tmp(directory: Path) -> None:
