@@ -33,9 +33,11 @@ class StopRun(Exception):
 
 
 class NotStarted(BaseException):
-    """The run was told to stop before this sample sent its first request: drop it (it stays
-    pending, nothing was paid). A BaseException, like CancelledError, so that the retry loop and
-    the task's own error handling let it through untouched."""
+    """The run was told to stop before this sample got any answer: drop it instead of sending its
+    first request or retrying a failed one (it stays pending; failed requests are not paid, and a
+    stopped run, e.g. by the circuit breaker, should not keep calling an API that fails). A
+    BaseException, like CancelledError, so that the retry loop and the task's own error handling
+    let it through untouched."""
 
 
 @dataclass
@@ -92,13 +94,14 @@ def call_key(request: ChatRequest) -> str:
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:32]
 
 
-async def _attempt(ctx: SampleContext, request: ChatRequest, first: bool = False) -> ChatResponse:
-    """One HTTP request, gated by the run's limits; 429/529 feed back into them. ``first``: the
-    sample has sent nothing yet, so if the run was stopped while it waited for a slot it is dropped."""
+async def _attempt(ctx: SampleContext, request: ChatRequest, droppable: bool = False) -> ChatResponse:
+    """One HTTP request, gated by the run's limits; 429/529 feed back into them. ``droppable``: the
+    sample has no answer yet, so if the run was stopped while it waited (for a slot or to retry)
+    it is dropped (NotStarted)."""
     if ctx.limits is None:
         return await ctx.provider.complete(request)
     async with ctx.limits.request(estimate_request_tokens(request.messages, request.max_tokens)) as slot:
-        if first and ctx.run.stop.is_set():
+        if droppable and ctx.run.stop.is_set():
             raise NotStarted()
         try:
             resp = await ctx.provider.complete(request)
@@ -146,9 +149,9 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
                                           request_id=hit.get("request_id")))
             replayed.append(True)
             return hit["response"]
-        first = not responses and attempts == 0
+        droppable = not responses  # no answer yet (earlier turns would be paid for: finish those)
         try:
-            resp, n = await call_with_retries(lambda: _attempt(ctx, request, first), ctx.provider.classify,
+            resp, n = await call_with_retries(lambda: _attempt(ctx, request, droppable), ctx.provider.classify,
                                               ctx.policy, count_request)
         except (NonRetryable, RetriesExhausted) as e:
             attempts += e.attempts

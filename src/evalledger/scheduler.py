@@ -27,8 +27,9 @@ async def schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitt
     # More workers than request slots (Limits holds in-flight requests to the concurrency): a
     # sample waiting out a Retry-After holds a worker, not a slot, so other samples use the slot
     # meanwhile. With one worker per slot, 30 % of requests answered 429 + Retry-After: 1 at
-    # L = 0.2 s left slots idle most of the time. A sample that has not sent anything when the
-    # run is stopped is dropped (NotStarted), so the extra workers never send after a stop.
+    # L = 0.2 s left slots idle most of the time. A sample that has no answer yet when the run is
+    # stopped is dropped before its next request (NotStarted), so after a stop only the requests
+    # already on the wire and later turns of samples with a paid answer are sent.
     n_workers = min(concurrency * WORKERS_PER_SLOT, len(pending))
     queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=n_workers * 2)
     failure: list[BaseException] = []
@@ -82,9 +83,9 @@ async def schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitt
                     record = await run_sample(ctx, sample)
                 except StopRun:
                     return
-                except NotStarted:  # stopped before it sent anything: it stays pending
+                except NotStarted:  # stopped before it got any answer: it stays pending
                     run.attempted -= 1
-                    run.requests -= 1  # counted as it was about to be sent
+                    run.requests -= 1  # the request it was about to send, counted but not sent
                     return
                 on_record(record)
                 try:
