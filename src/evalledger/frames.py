@@ -73,6 +73,35 @@ def _score_array(bools: "pa.ChunkedArray", as_json: "pa.ChunkedArray") -> Any:
         return pd.Series(values, dtype=object).array
 
 
+def _timestamps(strings: "pa.ChunkedArray") -> Any:
+    """ISO 8601 text as ``datetime64[us, UTC]`` (always microseconds); what does not parse is NaT.
+
+    Arrow parses the runner's timestamps in C (a million in ~0.02 s; pandas needs ~0.3 s) but
+    refuses a whole column for one value it cannot read (no zone, 7 decimals, garbage), and then
+    pandas reads it value by value.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return pd.array(pc.cast(strings, pa.timestamp("us", tz="UTC")).to_pandas())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        objects = strings.to_numpy(zero_copy_only=False)  # objects, as the ledger holds them
+        parsed = pd.to_datetime(pd.Series(objects, dtype=object), utc=True, format="ISO8601", errors="coerce")
+        return parsed.astype("datetime64[us, UTC]").array  # one dtype whatever the values (pandas may pick ns)
+
+
+def _object_array(plain: "pa.ChunkedArray", as_json: "pa.ChunkedArray") -> Any:
+    """prediction / target / response: pandas' ``str`` when every value is text (straight from
+    Arrow, no Python objects), else Python objects (numbers, lists, dicts as the record holds them)."""
+    import pandas as pd
+
+    if as_json.null_count == len(as_json) and plain.null_count < len(plain):
+        return pd.array(plain, dtype="str")
+    return pd.Series(_objects(plain, as_json), dtype=object).array
+
+
 def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[str] | None = None) -> "pd.DataFrame":
     """The typed DataFrame of a :class:`RunScan`, sorted by ``sample_id``.
 
@@ -97,13 +126,11 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[
         elif name in INT_COLUMNS or name in FLOAT_COLUMNS or name == "correct":
             data[name] = t[name].to_pandas(types_mapper=nullable.get).array
         elif name in TIME_COLUMNS:
-            strings = t[name].to_numpy(zero_copy_only=False)  # objects, as the ledger holds them
-            data[name] = pd.to_datetime(pd.Series(strings, dtype=object), utc=True, format="ISO8601",
-                                        errors="coerce").array
+            data[name] = _timestamps(t[name])
         elif name == "score":
             data[name] = _score_array(t["score_bool"], t["score_json"])
         elif name in OBJECT_COLUMNS:
-            data[name] = pd.Series(_objects(t[name], t[name + "_json"]), dtype=object).array
+            data[name] = _object_array(t[name], t[name + "_json"])
     df = pd.DataFrame(data)
     # Pass-through fields (self-correction and any task's extras): rare, so built only if present.
     extras_json = t["extras_json"]
