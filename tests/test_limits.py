@@ -201,3 +201,41 @@ def test_retry_after_of_a_lone_429_is_still_honoured(fake_server, tmp_path):
     assert s.exit_code == 0 and s.ok == 30 and s.limits["rate_limited"] == 1 and s.limits["storms"] == 0
     hits = sorted(r.received_at for r in fake_server.requests if marker(7) in r.text)
     assert len(hits) == 2 and hits[1] - hits[0] >= 0.6, hits
+
+
+def test_progress_shows_requests_waiting_out_a_retry_after(fake_server, tmp_path, capfd):
+    """A lone 429's Retry-After is a rate-limit wait too: the plain status line counts it and,
+    while it lasts, says how many requests are waiting (a run whose requests all wait never looks stuck)."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 6)
+    fake_server.fail_when(marker(2), status=429, retry_after=1.2, times=1)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", concurrency=1, quiet=False, progress_interval=0.1))
+    assert s.exit_code == 0 and s.ok == 6 and s.limits["rate_limited"] == 1 and s.limits["storms"] == 0
+    assert s.limits["paused_s"] >= 1.2
+    status = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("[evalledger]")]
+    during = [ln for ln in status if " paused=1" in ln]
+    assert during and all("rl_waits=1 (1s)" in ln for ln in during), status
+    # the other samples went on meanwhile (several per request slot), and only one request waited
+    assert any(" 5/6 " in ln for ln in during) and not any("paused=2" in ln for ln in status), status
+
+
+def test_rpm_waits_are_reported_and_counted_while_they_last():
+    async def main():
+        changes: list[tuple[int, int]] = []
+        waits: list[float] = []
+        lim = Limits(max_concurrency=4, rpm=120, on_change=lambda limit, n: changes.append((limit, n)),
+                     on_wait=waits.append)  # 2 a second, a burst of 20
+
+        async def one() -> None:
+            async with lim.request(10):
+                pass
+
+        await asyncio.gather(*(one() for _ in range(20)))
+        assert waits == [] and changes == []  # the burst: no wait, nothing to report
+        t0 = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(2)))
+        assert time.monotonic() - t0 >= 0.7  # 2 more at 2 a second (less what came back meanwhile)
+        assert len(waits) == 2 and all(0 < w <= 0.5 for w in waits), waits
+        assert max(n for _, n in changes) >= 1 and changes[-1] == (4, 0)  # waiting shown, then none
+        assert lim.stats.throttled_s >= 0.7
+
+    asyncio.run(main())

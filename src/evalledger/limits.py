@@ -60,6 +60,13 @@ class TokenBucket:
         need = min(n, self.capacity)
         return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
 
+    def try_take(self, n: float = 1.0) -> bool:
+        """Take ``n`` tokens now if they are there and nobody is waiting for them (arrival order)."""
+        if self._lock.locked() or self.wait_time(n) > 0:
+            return False
+        self.tokens -= n
+        return True
+
     async def acquire(self, n: float = 1.0) -> float:
         """Take ``n`` tokens, sleeping until they are there. Returns the seconds waited."""
         waited = 0.0
@@ -97,7 +104,8 @@ class Limits:
     adaptive: bool = True
     rpm: float | None = None
     tpm: float | None = None
-    on_change: Callable[[int, int], None] | None = None  # (current limit, requests waiting on a pause)
+    on_change: Callable[[int, int], None] | None = None  # (current limit, requests waiting on a rate limit)
+    on_wait: Callable[[float], None] | None = None  # a wait of so many seconds for a rate limit starts
     stats: LimitStats = field(default_factory=LimitStats)
 
     def __post_init__(self) -> None:
@@ -130,13 +138,9 @@ class Limits:
         self._last_estimate = estimated_tokens
         try:
             await self._wait_for_pause()
-            # (not `x += await …`: that reads x before awaiting and loses other coroutines' updates)
-            if self._rpm is not None:
-                waited = await self._rpm.acquire(1)
-                self.stats.throttled_s += waited
-            if self._tpm is not None:
-                waited = await self._tpm.acquire(estimated_tokens)
-                self.stats.throttled_s += waited
+            for bucket, n in ((self._rpm, 1), (self._tpm, estimated_tokens)):
+                if bucket is not None:
+                    await self._take(bucket, n)
             yield slot
         finally:
             async with self._cond:
@@ -147,13 +151,37 @@ class Limits:
 
     async def _wait_for_pause(self) -> None:
         while (delay := self.pause_until - time.monotonic()) > 0:
-            self.waiting_on_pause += 1
-            self._notify_change()
-            try:
+            async with self._waiting(delay):
                 await asyncio.sleep(delay)
-            finally:
-                self.waiting_on_pause -= 1
-                self.stats.paused_s += delay
+            self.stats.paused_s += delay
+
+    async def _take(self, bucket: TokenBucket, n: float) -> None:
+        """Take ``n`` of ``bucket``'s tokens (--rpm/--tpm); a wait for them shows like any rate-limit wait."""
+        if bucket.try_take(n):  # the common case: no wait, no bookkeeping
+            return
+        async with self._waiting(bucket.wait_time(n)):
+            # (not `x += await …`: that reads x before awaiting and loses other coroutines' updates)
+            waited = await bucket.acquire(n)
+        self.stats.throttled_s += waited
+
+    async def sleep_rate_limited(self, seconds: float) -> None:
+        """A request that got a 429/529 waits out its ``Retry-After`` before its retry (retry.py):
+        counted and shown like the shared pause, so a run whose requests all wait never looks stuck."""
+        async with self._waiting(seconds):
+            await asyncio.sleep(seconds)
+        self.stats.paused_s += seconds
+
+    @asynccontextmanager
+    async def _waiting(self, seconds: float) -> AsyncIterator[None]:
+        """Count a request as waiting on a rate limit (progress shows how many) while inside."""
+        self.waiting_on_pause += 1
+        if self.on_wait is not None:
+            self.on_wait(seconds)
+        self._notify_change()
+        try:
+            yield
+        finally:
+            self.waiting_on_pause -= 1
             self._notify_change()
 
     def _observe(self, was_429: bool) -> None:

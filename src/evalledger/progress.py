@@ -19,9 +19,10 @@ from typing import Any, TextIO
 class Progress:
     """Counts acknowledged samples and shows them.
 
-    The scheduler reports the facts it owns through two hooks: :meth:`set_concurrency` (the
-    current concurrency limit, for an adaptive limiter) and :meth:`note_rate_limit_wait` (each
-    sleep forced by a rate limit or a ``Retry-After``).
+    The run's limiter (:class:`evalledger.limits.Limits`) reports the facts it owns through
+    hooks: :meth:`set_concurrency` (the current concurrency limit), :meth:`set_paused` (requests
+    waiting on a rate limit right now) and :meth:`note_rate_limit_wait` (each wait forced by a
+    429's ``Retry-After``, a storm's pause or ``--rpm``/``--tpm``).
     """
 
     def __init__(

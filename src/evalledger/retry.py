@@ -43,15 +43,20 @@ class _RetryAfterOrFullJitter(wait_base):
         self.classify = classify
         self.policy = policy
         self.done_before = done_before
+        self.rate_limited = False
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         return self.after(exc, retry_state.attempt_number + self.done_before)
 
     def after(self, exc: BaseException | None, failed_attempts: int) -> float:
-        """Seconds to wait after ``failed_attempts`` attempts, the last of which raised ``exc``."""
+        """Seconds to wait after ``failed_attempts`` attempts, the last of which raised ``exc``.
+
+        Sets ``rate_limited``: whether that wait is for a 429/529 (the sleep that follows reports it)."""
+        self.rate_limited = False
         if exc is not None:
             info = self.classify(exc)
+            self.rate_limited = _rate_limited(info)
             if info.retry_after is not None:
                 return min(info.retry_after + random.uniform(0, 0.1 * info.retry_after + 0.05), self.policy.max_wait)
         # Full jitter (AWS architecture blog): uniform over [0, min(cap, base * 2^(n-1))].
@@ -106,11 +111,14 @@ async def call_with_retries(
     classify: Callable[[BaseException], ErrorInfo],
     policy: RetryPolicy,
     on_attempt: Callable[[], None] | None = None,
+    rate_limit_sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> tuple[T, int]:
     """Call ``fn`` until it succeeds or the policy gives up. Returns ``(result, attempts)``.
 
     Raises :class:`NonRetryable` for fatal/sample errors and :class:`RetriesExhausted` when
     transient errors outlast the policy. ``asyncio.CancelledError`` always propagates at once.
+    ``rate_limit_sleep`` replaces ``asyncio.sleep`` for the waits after a 429/529 (the run's
+    limiter counts them for progress: :meth:`evalledger.limits.Limits.sleep_rate_limited`).
     """
     # Fast path: nearly every call succeeds at once, and tenacity's per-attempt machinery (it
     # inspects the callables on every attempt) cost ~0.1 ms of CPU a request, a fifth of
@@ -128,13 +136,22 @@ async def call_with_retries(
         counted = 0 if _rate_limited(info) else 1
         if counted >= policy.max_attempts or time.monotonic() - started >= policy.max_total:
             raise RetriesExhausted(exc, info, 1) from exc
-        first_wait = _RetryAfterOrFullJitter(classify, policy).after(exc, 1)
-    await asyncio.sleep(first_wait)
+        waits = _RetryAfterOrFullJitter(classify, policy, done_before=1)
+        first_wait = waits.after(exc, 1)
+
+    async def sleep(seconds: float) -> None:
+        if rate_limit_sleep is not None and waits.rate_limited:
+            await rate_limit_sleep(seconds)
+        else:
+            await asyncio.sleep(seconds)
+
+    await sleep(first_wait)
     retrying = AsyncRetrying(
         stop=_StopAfterCountedAttempts(classify, policy.max_attempts, counted)
         | stop_after_delay(max(policy.max_total - (time.monotonic() - started), 0.0)),
-        wait=_RetryAfterOrFullJitter(classify, policy, done_before=1),
+        wait=waits,
         retry=retry_if_exception(lambda e: classify(e).kind is ErrorKind.TRANSIENT),
+        sleep=sleep,
         reraise=True,
     )
     attempts = 1

@@ -218,8 +218,6 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
                          config.min_free_mb)
 
     label = prepared.run_id if config.shard is None else f"{prepared.run_id} [shard {config.shard[0]}/{config.shard[1]}]"
-    # Concurrency is fixed for now, so progress shows the configured limit. Hook for the adaptive
-    # limiter / retry loop: call progress.set_concurrency(n) and progress.note_rate_limit_wait(s).
     progress = Progress(len(prepared.selection), len(prepared.selection) - len(pending), quiet=config.quiet,
                         interval=config.progress_interval, label=label, concurrency=config.concurrency)
     _info(config, f"run {prepared.run_id}: {len(prepared.selection)} samples, {skipped} already done, "
@@ -306,7 +304,8 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
 
     limits = Limits(max_concurrency=config.concurrency, adaptive=config.adaptive_concurrency, rpm=config.rpm,
                     tpm=config.tpm, on_change=lambda limit, paused: (progress.set_concurrency(limit),
-                                                                     progress.set_paused(paused)))
+                                                                     progress.set_paused(paused)),
+                    on_wait=progress.note_rate_limit_wait)
     multi_turn = prepared.task.multi_turn
     ctx = SampleContext(
         task=prepared.task, task_name=prepared.task.name or prepared.task_spec, model=config.model,

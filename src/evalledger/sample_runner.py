@@ -152,7 +152,8 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
         droppable = not responses  # no answer yet (earlier turns would be paid for: finish those)
         try:
             resp, n = await call_with_retries(lambda: _attempt(ctx, request, droppable), ctx.provider.classify,
-                                              ctx.policy, count_request)
+                                              ctx.policy, count_request,
+                                              None if ctx.limits is None else ctx.limits.sleep_rate_limited)
         except (NonRetryable, RetriesExhausted) as e:
             attempts += e.attempts
             raise
