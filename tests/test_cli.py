@@ -213,6 +213,8 @@ def _bad_dataset_cases(tmp: Path) -> list[tuple[str, list[str], list[str]]]:
         ("shard a/b", [*g, "--shard", "a/b"], ["--shard"]),
         ("model without prefix", [*g, "--model", "foo"], ["--model", "foo"]),
         ("unknown task", [*g, "--task", "nosuch"], ["--task", "nosuch"]),
+        ("negative progress interval", [*g, "--progress-interval", "-1"], ["--progress-interval"]),
+        ("nan progress interval", [*g, "--progress-interval", "nan"], ["--progress-interval"]),
     ]
     return cases
 
@@ -375,3 +377,17 @@ def test_validate_builtin_and_broken(tmp_path):
     assert r.returncode == 2
     assert "broken.jsonl" in r.stderr and "line 2" in r.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_progress_interval_sets_the_plain_status_lines(fake_server, tmp_path):
+    """Not a terminal (a pipe, like a Slurm log): status lines at --progress-interval; 0 turns them off."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 8)
+    env = cli_env(fake_server)
+    fake_server.latency = 0.15
+    base = ["run", "--dataset", str(data), "--model", MODEL, "--concurrency", "1"]
+    r = run_cli([*base, "--output-dir", str(tmp_path / "a"), "--progress-interval", "0.2"], env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[evalledger]")]
+    assert len(lines) >= 3 and all(" conc=1 " in ln and "/8 ok=" in ln for ln in lines), r.stderr
+    r = run_cli([*base, "--output-dir", str(tmp_path / "b"), "--progress-interval", "0"], env, cwd=tmp_path)
+    assert r.returncode == 0 and "[evalledger]" not in r.stderr and "8/8 ok" in r.stderr, r.stderr

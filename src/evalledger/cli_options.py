@@ -52,6 +52,8 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--max-consecutive-errors", type=int, default=20, show_default=True, help="Circuit breaker: stop (exit 3) after this many samples in a row end in errors; 0 turns it off."),
     click.option("--min-free-mb", type=float, default=100.0, show_default=True, help="Refuse to start (exit 4) unless the output filesystem holds the run's estimated output plus this much."),
     click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+    click.option("--progress-interval", type=float, default=10.0, show_default=True, metavar="SECONDS",
+                 help="When stderr is not a terminal (Slurm logs, CI): one status line every this many seconds; 0: none."),
 ]
 
 

@@ -137,6 +137,8 @@ class RunConfig:
                                  "--overwrite (or use `evalledger prune OUTPUT_DIR --keep N`)")
         if self.min_free_mb < 0:
             raise UsageError(f"--min-free-mb {self.min_free_mb}: must not be negative")
+        if not 0 <= self.progress_interval < float("inf"):
+            raise UsageError(f"--progress-interval {self.progress_interval}: must be 0 (no status lines) or more seconds")
         if self.grace_seconds < 0:
             raise UsageError(f"--grace-seconds {self.grace_seconds}: must not be negative")
         if self.shard is not None:
@@ -241,6 +243,7 @@ class RunConfig:
             ("--price-output", self.price_output, defaults.price_output),
             ("--max-consecutive-errors", self.max_consecutive_errors, defaults.max_consecutive_errors),
             ("--min-free-mb", self.min_free_mb, defaults.min_free_mb),
+            ("--progress-interval", self.progress_interval, defaults.progress_interval),
         ]
         for flag, value, default in pairs:
             if value != default and value is not None:
