@@ -41,6 +41,7 @@ def test_circuit_breaker_stops_after_k_consecutive_errors(fake_server, tmp_path)
     # retry after the trip is dropped instead (it stays pending; failed requests are not paid):
     # at most one request for each of the other workers (WORKERS_PER_SLOT per slot).
     assert fake_server.request_count - before <= 2 * s.errors + 2 * WORKERS_PER_SLOT
+    assert s.requests == fake_server.request_count - before  # the summary counts what was sent, no more
     stats = get_stats(s.run_dir)
     # errors are counted apart: accuracy over the ok records only
     assert stats["completed_samples"] == 7 and stats["accuracy"] == 1.0

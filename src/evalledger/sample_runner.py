@@ -99,10 +99,12 @@ async def _attempt(ctx: SampleContext, request: ChatRequest, droppable: bool = F
     sample has no answer yet, so if the run was stopped while it waited (for a slot or to retry)
     it is dropped (NotStarted)."""
     if ctx.limits is None:
+        ctx.run.requests += 1
         return await ctx.provider.complete(request)
     async with ctx.limits.request(estimate_request_tokens(request.messages, request.max_tokens)) as slot:
         if droppable and ctx.run.stop.is_set():
             raise NotStarted()
+        ctx.run.requests += 1  # counted as it goes out: a dropped sample's request never does
         try:
             resp = await ctx.provider.complete(request)
         except Exception as e:
@@ -133,9 +135,6 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
     shard = None if ctx.shard is None else f"{ctx.shard[0]}/{ctx.shard[1]}"
     cache = ctx.cached_calls.get(sample.id, {})
 
-    def count_request() -> None:
-        run.requests += 1
-
     async def generate(messages: list[dict[str, str]]) -> str:
         nonlocal attempts
         request = ChatRequest(messages=messages, model=ctx.model, temperature=ctx.temperature,
@@ -152,8 +151,8 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
         droppable = not responses  # no answer yet (earlier turns would be paid for: finish those)
         try:
             resp, n = await call_with_retries(lambda: _attempt(ctx, request, droppable), ctx.provider.classify,
-                                              ctx.policy, count_request,
-                                              None if ctx.limits is None else ctx.limits.sleep_rate_limited)
+                                              ctx.policy, rate_limit_sleep=None if ctx.limits is None
+                                              else ctx.limits.sleep_rate_limited)
         except (NonRetryable, RetriesExhausted) as e:
             attempts += e.attempts
             raise
@@ -183,6 +182,9 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
     output = None
     try:
         output = await ctx.task.run(sample, generate, sample_rng(ctx.seed, sample.id))
+    except NotStarted:
+        run.attempted -= 1  # dropped before it got anything: not attempted by this invocation
+        raise
     except (NonRetryable, RetriesExhausted) as e:
         info = e.info
         if info.kind is ErrorKind.FATAL or (

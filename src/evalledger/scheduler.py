@@ -84,8 +84,6 @@ async def schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitt
                 except StopRun:
                     return
                 except NotStarted:  # stopped before it got any answer: it stays pending
-                    run.attempted -= 1
-                    run.requests -= 1  # the request it was about to send, counted but not sent
                     return
                 on_record(record)
                 try:
