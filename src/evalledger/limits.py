@@ -90,7 +90,7 @@ class LimitStats:
     rate_limited: int = 0  # 429/529 responses seen
     storms: int = 0  # 429s that paused everyone (at least half the recent responses were 429s)
     decreases: int = 0
-    paused_s: float = 0.0  # total seconds requests waited on a rate-limit pause
+    paused_s: float = 0.0  # total seconds requests waited on a storm's pause or their own 429's Retry-After
     throttled_s: float = 0.0  # total seconds requests waited on --rpm/--tpm
     min_limit: int = 0
     paced: int = 0  # pauses taken because rate-limit headers said the window was nearly used up
