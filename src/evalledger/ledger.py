@@ -1,4 +1,4 @@
-"""The ledger: one run directory, append-only JSONL results, lock, resume state, stats.
+"""The ledger: one run directory, append-only JSONL results, locks (ledger_locks.py), resume state, stats.
 
 Durability rules (DESIGN promises 1 and 3):
 
@@ -23,15 +23,13 @@ The ledger knows nothing about models or tasks: records are plain dicts.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
-import filelock
 
-from .errors import LedgerCorruptError, LockHeldError
+from .errors import LedgerCorruptError
 from .fastlines import iter_blocks, lead_first
 from .fsutil import (
     file_timestamp,
@@ -65,6 +63,7 @@ from .ledger_state import (  # noqa: F401  (STATE_VERSION, _state_checksum: test
     resume_state_problem,
     restore_random_state,
 )
+from .ledger_locks import WriterLocks, describe_owner  # noqa: F401  (describe_owner: re-exported)
 from .ledger_repair import move_garbage_lines_aside, move_run_aside, repair_torn_tail  # noqa: F401
 
 MANIFEST = "manifest.json"
@@ -92,10 +91,8 @@ class CheckpointManager:
         self.lock_path = self.run_dir / f".lock{sfx}"
         self.owner_path = self.run_dir / f".lock{sfx}.owner"
         self.manifest_path = self.run_dir / MANIFEST
-        # Shared by shard writers, exclusive for an unsharded writer: the two would overlap.
-        self.run_lock_path = self.run_dir / ".lock.run"
-        self._run_lock_fd: int | None = None
-        self._lock: filelock.BaseFileLock | None = None
+        self._locks = WriterLocks(self.run_dir, shard, self.lock_path, self.owner_path)
+        self.run_lock_path = self._locks.run_lock_path
         self._fd: int | None = None
         self._size = 0
         self._synced_size = 0  # bytes of results.jsonl known to be on disk (fsynced)
@@ -110,7 +107,7 @@ class CheckpointManager:
     def open_writer(self) -> "CheckpointManager":
         """Take the lock (at once or :class:`LockHeldError`), repair a torn tail, open for append."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = self._acquire_locks()
+        self._locks.acquire()
         try:
             # A manifest that cannot be read means we cannot tell which experiment this directory
             # holds: refuse before anything in it is touched (no repair, no new files).
@@ -143,27 +140,12 @@ class CheckpointManager:
         """Hold this run's (or shard's) locks as a writer does, opening nothing else: for
         ``verify --repair``, which must repair only what no writer is appending to.
         :class:`LockHeldError` if a writer holds them."""
-        lock = self._acquire_locks()
+        locks = WriterLocks(self.run_dir, self.shard, self.lock_path, self.owner_path)
+        locks.acquire()
         try:
             yield
         finally:
-            self._release_run_lock()
-            lock.release()
-
-    def _acquire_locks(self) -> filelock.BaseFileLock:
-        """This run's (or shard's) lock, then the run-level flock, at once or :class:`LockHeldError`
-        (releasing the first if the second is refused). The caller releases both."""
-        lock = filelock.FileLock(str(self.lock_path), timeout=0)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise LockHeldError(self._lock_held_message()) from None
-        try:
-            self._take_run_lock()
-        except BaseException:
-            lock.release()
-            raise
-        return lock
+            locks.release()
 
     def _repair_garbage_lines(self) -> None:
         """Move complete lines that are not records out of this writer's results file (see
@@ -200,39 +182,6 @@ class CheckpointManager:
         except OSError:
             return  # a directory or an unreadable file: read_resume_state reports it, the run rebuilds
         self.state_aside = aside
-
-    def _take_run_lock(self) -> None:
-        fd = os.open(self.run_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        mode = fcntl.LOCK_SH if self.shard is not None else fcntl.LOCK_EX
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            if self.shard is not None:
-                who = _describe_owner(self.run_dir / ".lock.owner")
-                raise LockHeldError(
-                    f"an unsharded run is writing {self.run_dir} right now ({who}); a shard would pay again "
-                    "for the samples it is sending. Wait for it to finish or stop it."
-                ) from None
-            owners = [_describe_owner(p) for p in sorted(self.run_dir.glob(".lock.shard-*.owner"))]
-            raise LockHeldError(
-                f"shards of this run are being written right now ({'; '.join(owners) or 'another process'}): "
-                f"{self.run_dir}. An unsharded run would pay again for their samples; wait for them or stop them."
-            ) from None
-        self._run_lock_fd = fd
-
-    def _release_run_lock(self) -> None:
-        if self._run_lock_fd is not None:
-            os.close(self._run_lock_fd)  # closing the descriptor drops the flock
-            self._run_lock_fd = None
-
-    def _lock_held_message(self) -> str:
-        who = _describe_owner(self.owner_path)
-        what = "this run" if self.shard is None else f"shard {self.shard[0]}/{self.shard[1]} of this run"
-        return (
-            f"{what} is already being written by {who}: {self.run_dir}\n"
-            "Wait for it to finish or stop it; two writers would pay twice for the same samples."
-        )
 
     @property
     def is_writer(self) -> bool:
@@ -312,7 +261,7 @@ class CheckpointManager:
 
     def append_calls(self, records: list[dict[str, Any]]) -> None:
         """Append model-call records to the turn cache: whole lines, one write, fsync."""
-        if self._lock is None:
+        if not self._locks.held:
             raise RuntimeError("CheckpointManager.append_calls needs open_writer() first")
         if self._calls_fd is None:
             repair_torn_tail(self.calls_path)  # a crash mid-append leaves at most one partial line
@@ -357,14 +306,7 @@ class CheckpointManager:
                 pass
             os.close(self._fd)
             self._fd = None
-        if self._lock is not None:
-            try:
-                self.owner_path.unlink()
-            except FileNotFoundError:
-                pass
-            self._lock.release()
-            self._lock = None
-        self._release_run_lock()
+        self._locks.release(forget_owner=True)
 
     def __enter__(self) -> "CheckpointManager":
         if not self.is_writer:
@@ -481,12 +423,3 @@ def encode_lines(records: list[dict[str, Any]]) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace")
-
-
-def _describe_owner(owner_path: Path) -> str:
-    """``pid P on host H (since T)`` from a lock's owner file, for messages."""
-    try:
-        owner = json.loads(owner_path.read_text())
-        return f"pid {owner.get('pid')} on host {owner.get('host')} (since {owner.get('since')})"
-    except (OSError, ValueError):
-        return "another process"
