@@ -116,3 +116,22 @@ def test_rate_limit_retries_are_bounded_by_the_total_time():
     with pytest.raises(RetriesExhausted):
         run(fn, RetryPolicy(max_attempts=2, max_wait=1.0, max_total=0.5))
     assert 0.4 <= time.monotonic() - t < 2.0 and 3 < len(calls) < 20
+
+
+def test_waits_after_rate_limits_go_through_the_rate_limit_sleep():
+    """Every wait after a 429/529 (the first, outside tenacity, and the later ones inside it) goes
+    through ``rate_limit_sleep``, so the run's limiter can show it; other waits do not."""
+    fn, calls = script(Boom(ErrorKind.TRANSIENT, 0.05, status=429), Boom(ErrorKind.TRANSIENT, 0.05, status=529),
+                       Boom(ErrorKind.TRANSIENT, 0.05, status=503), Boom(ErrorKind.TRANSIENT, 0.05, status=429), "ok")
+    slept: list[float] = []
+
+    async def rate_limit_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.sleep(seconds)
+
+    out = asyncio.run(call_with_retries(fn, classify, RetryPolicy(max_attempts=5, max_wait=1.0),
+                                        rate_limit_sleep=rate_limit_sleep))
+    assert out == ("ok", 5)
+    assert len(slept) == 3 and all(0.05 <= s < 0.2 for s in slept), slept  # the 503's wait is a plain sleep
+    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    assert all(g >= 0.05 for g in gaps), gaps  # every wait was slept, whichever way
