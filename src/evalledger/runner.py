@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from .dataset_index import sample_ids, with_ids, without_ids
 from .diskspace import (
     check_free_space,
     describe_free,
-    disk_failure_message,
     is_disk_error,
 )
 from .errors import (
@@ -35,25 +33,17 @@ from .errors import (
 from .ledger import CheckpointManager, move_run_aside, results_files
 from .lifecycle import StatusWriter
 from .limits import Limits
+from .outcome import EXIT_OK, set_outcome
 from .prepare import PreparedRun, check_or_create_manifest, prepare_run
 from .pricing import Price
 from .progress import Progress
 from .providers import make_provider
-from .providers.base import ErrorInfo, Provider
+from .providers.base import Provider
 from .resume_scan import FileCounts, LedgerScan, note_committed, save_own_index, scan_ledger
 from .retry import RetryPolicy
 from .sample_runner import RunState, SampleContext
 from .scheduler import schedule
 from .signals import install_signal_handlers
-
-EXIT_OK = 0
-EXIT_ERRORS_LEFT = 1
-EXIT_FATAL = 2
-EXIT_OUTAGE = 3
-EXIT_DISK = 4
-EXIT_BUDGET = 5
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
 
 
 @dataclass
@@ -352,30 +342,7 @@ async def _execute(prepared: PreparedRun, ledger: CheckpointManager, provider: P
         remaining=remaining,
         duration_s=time.monotonic() - t0,
     )
-    if committer.failure is not None:
-        summary.exit_code, summary.status = EXIT_DISK, "disk"
-        summary.message = disk_failure_message(ledger.results_path, committer.failure)
-    elif run.fatal is not None:
-        summary.exit_code, summary.status = EXIT_FATAL, "fatal"
-        summary.message = _fatal_message(run.fatal, config, provider)
-    elif run.budget_hit and budget is not None:
-        summary.exit_code, summary.status = EXIT_BUDGET, "budget"
-        summary.message = budget.message(remaining)
-    elif run.outage is not None:
-        summary.exit_code, summary.status = EXIT_OUTAGE, "outage"
-        summary.message = (
-            f"stopped: {config.max_consecutive_errors} samples in a row ended in errors, so the API looks down "
-            f"(last: {run.outage.get('type')}: {run.outage.get('message')}). Everything finished so far is saved; "
-            "resume later with the command below (--max-consecutive-errors changes the threshold)."
-        )
-    elif run.signal_received is not None and remaining:
-        # (A signal that lands after the last sample was committed interrupted nothing: complete, exit 0.)
-        summary.exit_code = EXIT_SIGINT if run.signal_received == signal.SIGINT else EXIT_SIGTERM
-        summary.status = "interrupted"
-        summary.message = f"interrupted by {signal.Signals(run.signal_received).name}: {remaining} sample(s) left"
-    elif remaining:
-        summary.exit_code, summary.status = EXIT_ERRORS_LEFT, "errors"
-        summary.message = f"{remaining} sample(s) ended with errors (see {ledger.errors_path}); run again to retry them"
+    set_outcome(summary, run, config, provider, budget, committer.failure, ledger, remaining)
     if summary.exit_code != EXIT_OK:
         summary.resume_command = config.resume_command()
     # A light summary from what the run already holds: the full get_stats() re-reads every file,
@@ -401,21 +368,6 @@ _COUNTERS = ("ok_records", "error_records", "requests")
 
 def _has_results(run_dir: Path) -> bool:
     return any(p.stat().st_size > 0 for p in results_files(run_dir))
-
-
-def _fatal_message(info: ErrorInfo, config: RunConfig, provider: Provider | None) -> str:
-    base = getattr(provider, "base_url", None) or "the provider's default URL"
-    if info.status_code == 401:
-        fix = "the API key was refused: check OPENAI_API_KEY / ANTHROPIC_API_KEY (or --api-key-env)"
-    elif info.status_code == 403:
-        fix = "the key has no permission for this model or endpoint"
-    elif info.status_code == 404:
-        fix = f"model '{config.model}' or the endpoint was not found at {base}: check --model and --base-url"
-    elif info.status_code is None:
-        fix = f"could not reach {base}: check --base-url and that the server is up"
-    else:
-        fix = "the provider refused the request in a way no retry fixes"
-    return f"stopped: {fix}\n  provider said: {info.message}"
 
 
 def _info(config: RunConfig, msg: str) -> None:
