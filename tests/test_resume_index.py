@@ -9,7 +9,7 @@ import os
 import shutil
 
 import pytest
-from helpers import write_qa_dataset
+from helpers import marker, write_qa_dataset
 from test_resume_scan import assert_agrees, record, write
 
 from evalledger import RunConfig, run_experiment
@@ -182,3 +182,42 @@ def test_the_writer_indexes_what_it_appended_when_it_stops(small_caches, fake_se
     assert len(assert_agrees(first.run_dir).completed) == 40
     last = run_experiment(RunConfig(**base(fake_server, data, out)))
     assert last.requests == 0 and last.skipped_completed == 40 and fake_server.request_count == 40
+
+
+@pytest.mark.parametrize("fsync", ["batch", "always", "off"])
+def test_the_writer_also_indexes_while_it_runs(small_caches, fake_server, tmp_path, monkeypatch, fsync):
+    """During a run (so that a kill -9 leaves an index too), each index covers exactly the
+    acknowledged records: the first ``end`` bytes of the file are those records and nothing else."""
+    from evalledger import cachefile, runner
+
+    monkeypatch.setattr(runner, "INDEX_EVERY_S", 0.0)
+    saves: list[tuple[int, bool]] = []
+    real = runner.save_own_index
+
+    def checking(path, part, end, indexed_end):
+        head = path.read_bytes()[:end]
+        assert head.endswith(b"\n")
+        recs = [json.loads(line) for line in head.splitlines()]
+        correct, other = map(list, part.ok_ids())  # each iterable once
+        assert part.records == len(recs)
+        assert set(correct) | set(other) == {r["sample_id"] for r in recs if r["status"] == "ok"}
+        assert set(correct) == {r["sample_id"] for r in recs if r["status"] == "ok" and r["correct"]}
+        saved = real(path, part, end, indexed_end)
+        saves.append((end, saved))
+        return saved
+
+    monkeypatch.setattr(runner, "save_own_index", checking)
+    fake_server.latency = 0.02
+    fake_server.fail_when(marker(7), status=400, times=1)  # an error record among them
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 120)
+    s = run_experiment(RunConfig(**base(fake_server, data, tmp_path / "out", fsync=fsync)))
+    assert s.ok == 119 and s.errors == 1
+    results = s.run_dir / "results.jsonl"
+    during = [end for end, saved in saves[:-1] if saved]
+    assert len(during) >= 3 and during == sorted(during) and during[-1] < results.stat().st_size, saves
+    # When the writer stops it offers the whole file; written only if the index is well behind.
+    assert saves[-1][0] == results.stat().st_size
+    header, _ = cachefile.read(ledger_index.index_path(results))
+    assert header["end"] == max(end for end, saved in saves if saved)
+    assert results.stat().st_size - header["end"] < ledger_index.REWRITE_FRACTION * header["end"]
+    assert len(assert_agrees(s.run_dir).completed) == 119

@@ -40,6 +40,7 @@ class Handed:
     record: dict[str, Any]
     written: "asyncio.Future[None]"
     synced: "asyncio.Future[None]"
+    end: int = 0  # where its line ends in the results file, once written
 
 
 @dataclass
@@ -73,6 +74,9 @@ class GroupCommitter:
         self.failure: BaseException | None = None
         self.batches = 0  # fsyncs (or, with fsync off, writes) that acknowledged records
         self.committed = 0
+        #: Where the acknowledged records end in the results file: the bytes before it are exactly
+        #: the records acknowledged so far (plus what the file held before), for the ledger index.
+        self.acknowledged_end = 0
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._guarded(self._write_loop()), name="evalledger-writer")]
@@ -109,6 +113,7 @@ class GroupCommitter:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiter
                 self._failed(exc, [h])
                 return h
+            h.end = self.ledger.results_size
             self._written([h])
             return h
         self._to_write.items.append(h)
@@ -175,6 +180,8 @@ class GroupCommitter:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
+            for h in batch:  # one write: they end together (only the last one's end is used)
+                h.end = self.ledger.results_size
             self._written(batch)
 
     async def _sync_loop(self) -> None:
@@ -205,6 +212,9 @@ class GroupCommitter:
     def _acknowledge(self, batch: list[Handed]) -> None:
         self.batches += 1
         self.committed += len(batch)
+        # Batches are acknowledged in the order they were written, and a batch holds every record
+        # written before the last of it: so the file's bytes up to here are all acknowledged.
+        self.acknowledged_end = max(self.acknowledged_end, max((h.end for h in batch), default=0))
         if self.on_commit is not None:
             self.on_commit([h.record for h in batch])
         for h in batch:

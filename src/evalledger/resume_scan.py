@@ -64,7 +64,7 @@ def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None, own: Pat
     A results file with a valid index (:mod:`.ledger_index`) is scanned only after the bytes its
     index covers; a file whose unindexed part is large gets a new index. ``own``: the writer's
     own results file, whose part is kept in ``scan.own`` so the writer can add what it appends
-    (:func:`note_committed`) and index the file when it stops (:func:`save_own_index`).
+    (:func:`note_committed`) and index the file while it runs and when it stops (:func:`save_own_index`).
     """
     scan = LedgerScan()
     errored_all: set[str] = set()
@@ -124,8 +124,9 @@ def note_committed(part: FilePart, records: list[dict[str, Any]]) -> None:
 
 
 def save_own_index(path: Path, part: FilePart, end: int, indexed_end: int) -> bool:
-    """Index the writer's own results file when it stops, if ``part`` describes exactly its first
-    ``end`` bytes (the writer's own count of them) and the index on disk is well behind."""
+    """Index the writer's own results file, while it runs and when it stops, if ``part``
+    describes exactly its first ``end`` bytes (the writer's own count of them) and the index on
+    disk is well behind."""
     if not (index_enabled() and ledger_index.should_save(indexed_end, end)):
         return False
     try:
