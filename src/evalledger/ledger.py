@@ -140,12 +140,11 @@ class CheckpointManager:
         """Hold this run's (or shard's) locks as a writer does, opening nothing else: for
         ``verify --repair``, which must repair only what no writer is appending to.
         :class:`LockHeldError` if a writer holds them."""
-        locks = WriterLocks(self.run_dir, self.shard, self.lock_path, self.owner_path)
-        locks.acquire()
+        self._locks.acquire()
         try:
             yield
         finally:
-            locks.release()
+            self._locks.release()
 
     def _repair_garbage_lines(self) -> None:
         """Move complete lines that are not records out of this writer's results file (see
