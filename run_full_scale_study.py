@@ -9,7 +9,7 @@ Example (a self-correction study on the embedded model, no key needed):
 Each pair is an ordinary evalledger run with a stable run ID, so rerunning resumes the grid.
 """
 
-from evalledger.commands_study import study
+from evalledger.cli import study
 
 if __name__ == "__main__":
     study(prog_name="run_full_scale_study.py")

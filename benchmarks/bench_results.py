@@ -34,8 +34,8 @@ PROMPT = ("Solve the following math problem step by step. After your reasoning, 
 
 def make_run(run_dir: Path, n: int, shards: int = 4, seed: int = 0) -> None:
     """Write ``n`` samples' records into ``shards`` shard files of a new run directory."""
-    from evalledger import CheckpointManager
-    from evalledger.fsutil import write_json_atomic
+    from evalledger.readers import CheckpointManager
+    from evalledger.fsio import write_json_atomic
 
     rng = random.Random(seed)
     run_dir.mkdir(parents=True)
@@ -86,7 +86,7 @@ if {no_orjson}:
 t = time.perf_counter()
 import evalledger
 from evalledger import get_stats, load_results
-from evalledger.report_html import write_report
+from evalledger.readers.html import write_report
 what, run = sys.argv[1], sys.argv[2]
 t, c = time.perf_counter(), time.process_time()
 if what == "load_results":

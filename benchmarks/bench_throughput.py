@@ -100,7 +100,8 @@ def child_run(args: dict) -> dict:
     """``run_experiment`` once; wall and CPU seconds exclude interpreter start-up and imports."""
     import openai  # noqa: F401  imported before the clock starts, as in the bare loop (~1-3 s here)
 
-    from evalledger import RunConfig, run_experiment
+    from evalledger.config import RunConfig
+    from evalledger.run import run_experiment
 
     cfg = RunConfig(dataset=args["dataset"], model=MODEL, output_dir=Path(args["out"]), base_url=args["base_url"],
                     api_key="sk-bench", quiet=True, concurrency=args["concurrency"], fsync=args.get("fsync", "batch"),
@@ -167,7 +168,7 @@ def child_bare(args: dict) -> dict:
 
 
 def child_completed_ids(args: dict) -> dict:
-    from evalledger import CheckpointManager
+    from evalledger.readers import CheckpointManager
 
     t, c = time.perf_counter(), time.process_time()
     n = len(CheckpointManager(args["run_dir"]).completed_ids())

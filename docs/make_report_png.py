@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from evalledger import CheckpointManager
-from evalledger.fsutil import write_json_atomic
+from evalledger.ledger.manager import CheckpointManager
+from evalledger.fsio.atomic import write_json_atomic
 
 DOCS = Path(__file__).resolve().parent
 

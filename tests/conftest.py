@@ -15,6 +15,8 @@ import pytest  # noqa: E402
 
 from fakeserver import FakeServer  # noqa: E402
 
+from evalledger.cli.options import show_warnings  # noqa: E402
+
 
 @pytest.fixture
 def fake_server() -> Iterator[FakeServer]:
@@ -25,3 +27,11 @@ def fake_server() -> Iterator[FakeServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _warnings_on_stderr() -> Iterator[None]:
+    """The library warns through ``logging``; show its warnings on stderr the way the CLI does, so
+    that tests of the Python API read them where a user of the command line sees them."""
+    show_warnings()
+    yield

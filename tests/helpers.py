@@ -32,7 +32,7 @@ def write_qa_dataset(path: Path, n: int, *, with_ids: bool = True, start: int = 
 
 def run_config(server: Any, data: Path | str, out: Path, **kw: Any) -> Any:
     """A RunConfig for ``data`` against the fake server: quiet, concurrency 2, short retry waits."""
-    from evalledger import RunConfig
+    from evalledger.config import RunConfig
 
     base: dict[str, Any] = dict(dataset=str(data), model="openai/test-model", output_dir=out,
                                 base_url=server.openai_base_url, api_key="sk-test", quiet=True, concurrency=2,

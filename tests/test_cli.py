@@ -40,7 +40,7 @@ def summary_json(stdout: str) -> dict:
 
 
 def test_help_and_version(tmp_path):
-    from evalledger import __version__
+    from evalledger._version import __version__
 
     top, run, stats, validate, version = run_many(
         [["--help"], ["run", "--help"], ["stats", "--help"], ["validate", "--help"], ["--version"]],

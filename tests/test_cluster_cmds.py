@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from evalledger.commands_cluster import merge_run, run_status
+from evalledger.ops import merge_run
+from evalledger.ops import run_status
 from evalledger.datasets import parse_shard, shard_of
 from evalledger.errors import UsageError
-from evalledger.ledger import CheckpointManager
-from evalledger.slurm import SlurmOptions, array_spec, render_script
+from evalledger.readers import CheckpointManager
+from evalledger.ops import SlurmOptions, render_script
+from evalledger.ops.slurm import array_spec
 from helpers import all_records, cli_env, marker, read_lines, run_cli, write_qa_dataset
 
 MODEL = "openai/test-model"

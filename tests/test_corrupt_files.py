@@ -23,10 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from evalledger import CheckpointManager, ConfigDriftError, RunConfig, run_experiment
+from evalledger.readers import CheckpointManager
+from evalledger.errors import ConfigDriftError
+from evalledger.config import RunConfig
+from evalledger.run import run_experiment
 from evalledger.errors import LedgerCorruptError
-from evalledger.ledger import STATE_VERSION, _state_checksum, move_garbage_lines_aside
-from evalledger.prepare import prepare_run
+from evalledger.ledger.state import STATE_VERSION, _state_checksum
+from evalledger.ledger import move_garbage_lines_aside
+from evalledger.run import prepare_run
 from helpers import all_records, cli_env, marker, read_lines, run_cli, write_qa_dataset
 
 MODEL = "openai/test-model"
@@ -361,7 +365,7 @@ def test_repair_keeps_file_mode_and_drops_a_stale_clean_copy(tmp_path):
 
 _CHILD = """
 import sys
-from evalledger.ledger import CheckpointManager
+from evalledger import CheckpointManager
 print("ready", flush=True)
 sys.stdin.readline()
 CheckpointManager(sys.argv[1]).open_writer().close()

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from evalledger import RunConfig, UsageError, estimate_experiment, get_stats, run_experiment
+from evalledger.config import RunConfig
+from evalledger.errors import UsageError
+from evalledger.run import estimate_experiment, run_experiment
+from evalledger.readers import get_stats
 from helpers import all_records, cli_env, marker, popen_cli, run_cli, run_config, write_qa_dataset
 
 TESTS = Path(__file__).resolve().parent

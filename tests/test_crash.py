@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from evalledger import CheckpointManager
+from evalledger.readers import CheckpointManager
 from helpers import (
     all_records,
     cli_env,

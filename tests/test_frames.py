@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from evalledger.frames import _object_array, _objects, _timestamps
+from evalledger.readers.frames import _object_array, _objects, _timestamps
 
 RUNNER_TIMES = ["2026-11-23T10:00:00.000Z", "2026-11-23T10:00:00.123456Z", None, "2026-11-23T23:59:59.999Z"]
 ODD_TIMES = ["2026-11-23T10:00:00+02:00", "2026-11-23T10:00:00.5+0130", "2026-11-23T10:00Z"]

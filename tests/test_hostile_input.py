@@ -4,7 +4,7 @@ Each case is checked the way a user meets it: ``evalledger validate`` / ``evalle
 subprocesses (exit code 2, a message naming the file and the row/line and field or the flag, no
 traceback), and ``run`` also from Python against the loopback fake server, where we can count
 requests (none) and look at the output directory (nothing created). ``validate`` and ``run`` share
-:func:`evalledger.prepare.prepare_run`, so checking both proves ``run`` checks the dataset first.
+:func:`evalledger.run.prepare.prepare_run`, so checking both proves ``run`` checks the dataset first.
 
 Decisions these tests pin down (see ``evalledger.datasets``):
 
@@ -26,9 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from evalledger import DatasetError, RunConfig, UsageError, run_experiment
+from evalledger.errors import DatasetError, UsageError
+from evalledger.config import RunConfig
+from evalledger.run import run_experiment
 from evalledger.datasets import load_dataset
-from evalledger.prepare import prepare_run, run_dir_inside
+from evalledger.run import prepare_run
+from evalledger.run.prepare import run_dir_inside
 from helpers import cli_env, run_many, write_qa_dataset
 
 MODEL = "openai/test-model"
@@ -175,7 +178,7 @@ def test_mixed_number_and_string_ids_that_do_not_collide_are_text(tmp_path):
 
 _MEASURE = """
 import atexit, resource, sys
-from evalledger.main import cli
+from evalledger.cli import cli
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 atexit.register(lambda: print(f"RSS-KB {base} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr))
 cli(sys.argv[1:])

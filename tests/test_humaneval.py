@@ -17,18 +17,15 @@ from typing import Any
 import pytest
 from helpers import all_records, cli_env, run_cli
 
-from evalledger import RunConfig, run_experiment
+from evalledger.config import RunConfig
+from evalledger.run import run_experiment
 from evalledger.datasets import BUILTIN_DATASETS
 from evalledger.errors import UsageError
 from evalledger.samples import Sample
 from evalledger.sandbox import SandboxLimits, run_python, run_python_async
 from evalledger.tasks import load_task
-from evalledger.tasks.humaneval import (
-    HumanEvalTask,
-    build_program,
-    complete_function,
-    extract_code,
-)
+from evalledger.tasks import HumanEvalTask
+from evalledger.tasks.humaneval import build_program, complete_function, extract_code
 
 # Wall clock generous (a loaded 2-core CI box can take seconds just to start python); CPU bounds loops.
 FAST = SandboxLimits(timeout_s=30, cpu_seconds=5)
@@ -390,7 +387,7 @@ def test_validate_needs_no_flag(tmp_path) -> None:
 
 
 def test_allow_code_execution_is_not_identity(fake_server, tmp_path) -> None:
-    from evalledger.prepare import prepare_run
+    from evalledger.run import prepare_run
 
     a = prepare_run(cfg(fake_server, tmp_path / "out", allow_code_execution=True))
     c = prepare_run(cfg(fake_server, tmp_path / "out"), check_code_execution=False)

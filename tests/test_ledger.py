@@ -12,9 +12,11 @@ import textwrap
 
 import pytest
 
-from evalledger import CheckpointManager, LockHeldError
-from evalledger.committer import GroupCommitter
-from evalledger.ledger import ReadReport, iter_file_records, latest_records, repair_torn_tail
+from evalledger.readers import CheckpointManager
+from evalledger.errors import LockHeldError
+from evalledger.ledger import GroupCommitter
+from evalledger.ledger import ReadReport, iter_file_records, latest_records
+from evalledger.ledger import repair_torn_tail
 
 
 def rec(sid: str, status: str = "ok", **kw):

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from evalledger import RunConfig, get_stats, run_experiment
-from evalledger.commands_results import list_runs
-from evalledger.fsutil import sha256_file
-from evalledger.lifecycle import PROCESS_GONE, run_lifecycle
+from evalledger.config import RunConfig
+from evalledger.readers import get_stats
+from evalledger.run import run_experiment
+from evalledger.cli.results import list_runs
+from evalledger.fsio import sha256_file
+from evalledger.ledger import PROCESS_GONE, run_lifecycle
 from helpers import (
     cli_env,
     line_count,

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from evalledger import CheckpointManager, RunConfig, UsageError, run_experiment
-from evalledger.committer import GroupCommitter
-from evalledger.limits import Limits, TokenBucket
+from evalledger.readers import CheckpointManager
+from evalledger.config import RunConfig
+from evalledger.errors import UsageError
+from evalledger.run import run_experiment
+from evalledger.ledger import GroupCommitter
+from evalledger.run.limits import Limits, TokenBucket
 from helpers import all_records, marker, write_qa_dataset
 
 

@@ -7,7 +7,10 @@ import json
 
 import pytest
 
-from evalledger import RunConfig, get_stats, load_results, run_experiment
+from evalledger.config import RunConfig
+from evalledger.readers import get_stats
+from evalledger.readers import load_results
+from evalledger.run import run_experiment
 
 pytestmark = pytest.mark.local_model
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from evalledger import RunConfig, get_stats, run_experiment
+from evalledger.config import RunConfig
+from evalledger.readers import get_stats
+from evalledger.run import run_experiment
 from evalledger.errors import DiskSpaceError
-from evalledger.scheduler import WORKERS_PER_SLOT
+from evalledger.run.scheduler import WORKERS_PER_SLOT
 from helpers import all_records, cli_env, marker, run_cli, run_config, tiny_fs, write_qa_dataset
 
 

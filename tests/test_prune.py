@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from evalledger import RunConfig, run_experiment
-from evalledger.prune import dir_size, execute_prune, plan_prune
+from evalledger.config import RunConfig
+from evalledger.run import run_experiment
+from evalledger.fsio import dir_size
+from evalledger.ops import execute_prune, plan_prune
 from helpers import cli_env, run_cli, run_config, write_qa_dataset
 from test_verify import tree_digest
 
@@ -195,7 +197,7 @@ def test_dir_size_counts_allocated_blocks(tmp_path):
 
 
 def test_prune_runs_from_python(fake_server, tmp_path):
-    from evalledger import prune_runs
+    from evalledger.ops import prune_runs
 
     _, out = make_history(fake_server, tmp_path, overwrites=3)
     plan, result = prune_runs(out, keep=2, dry_run=True)

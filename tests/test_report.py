@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from evalledger import get_stats, load_results, run_experiment
+from evalledger.readers import get_stats
+from evalledger.readers import load_results
+from evalledger.run import run_experiment
 from helpers import cli_env, marker, run_cli, write_qa_dataset
 from test_results import cfg, rec, write_manifest, write_records
 

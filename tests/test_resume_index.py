@@ -12,13 +12,16 @@ import pytest
 from helpers import marker, write_qa_dataset
 from test_resume_scan import assert_agrees, record, write
 
-from evalledger import RunConfig, run_experiment
-from evalledger import dataset_index, ledger_index
-from evalledger.dataset_index import LazySamples, index_path
+from evalledger.config import RunConfig
+from evalledger.run import run_experiment
+from evalledger.datasets import index as dataset_index
+from evalledger.ledger import index as ledger_index
+from evalledger.datasets import LazySamples
+from evalledger.datasets.index import index_path
 from evalledger.errors import DatasetError
-from evalledger.prepare import prepare_run
-from evalledger.resume_scan import scan_ledger
-from evalledger.sample_runner import input_hash
+from evalledger.run import prepare_run
+from evalledger.ledger import scan_ledger
+from evalledger.run.sample import input_hash
 
 MODEL = "openai/test-model"
 
@@ -161,7 +164,7 @@ def test_ledger_index_counts_foreign_ids_and_ignores_a_torn_copy(small_caches, t
 
 
 def test_the_writer_indexes_what_it_appended_when_it_stops(small_caches, fake_server, tmp_path):
-    from evalledger import cachefile
+    from evalledger.fsio import cachefile
 
     data = write_qa_dataset(tmp_path / "qa.jsonl", 40)
     out = tmp_path / "out"
@@ -188,7 +191,8 @@ def test_the_writer_indexes_what_it_appended_when_it_stops(small_caches, fake_se
 def test_the_writer_also_indexes_while_it_runs(small_caches, fake_server, tmp_path, monkeypatch, fsync):
     """During a run (so that a kill -9 leaves an index too), each index covers exactly the
     acknowledged records: the first ``end`` bytes of the file are those records and nothing else."""
-    from evalledger import cachefile, runner
+    from evalledger.fsio import cachefile
+    from evalledger.run import runner
 
     monkeypatch.setattr(runner, "INDEX_EVERY_S", 0.0)
     saves: list[tuple[int, bool]] = []

@@ -7,10 +7,12 @@ import json
 
 from helpers import write_qa_dataset
 
-from evalledger import CheckpointManager, RunConfig, run_experiment
-from evalledger.fastlines import LEAD_KEYS, iter_blocks
+from evalledger.readers import CheckpointManager
+from evalledger.config import RunConfig
+from evalledger.run import run_experiment
+from evalledger.ledger.lines import LEAD_KEYS, iter_blocks
 from evalledger.ledger import billed
-from evalledger.resume_scan import scan_ledger
+from evalledger.ledger import scan_ledger
 
 MODEL = "openai/test-model"
 

@@ -7,8 +7,14 @@ import time
 
 import pytest
 
-from evalledger.providers.base import ErrorInfo, ErrorKind
-from evalledger.retry import NonRetryable, RetriesExhausted, RetryPolicy, _RetryAfterOrFullJitter, call_with_retries
+from evalledger.providers import ErrorInfo, ErrorKind
+from evalledger.run.retry import (
+    NonRetryable,
+    RetriesExhausted,
+    RetryPolicy,
+    _RetryAfterOrFullJitter,
+    call_with_retries,
+)
 
 
 class Boom(Exception):
@@ -82,7 +88,7 @@ def test_one_attempt_policy_does_not_retry():
 
 def test_backoff_scale_continues_across_the_fast_path(monkeypatch):
     """Without Retry-After the wait after n failed attempts is full jitter over base * 2^(n-1)."""
-    monkeypatch.setattr("evalledger.retry.random.uniform", lambda lo, hi: hi)  # the top of the range
+    monkeypatch.setattr("evalledger.run.retry.random.uniform", lambda lo, hi: hi)  # the top of the range
     waiter = _RetryAfterOrFullJitter(classify, RetryPolicy(base=0.5, max_wait=3.0), done_before=1)
 
     class State:

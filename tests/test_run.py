@@ -8,15 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from evalledger import (
-    CheckpointManager,
-    ConfigDriftError,
-    RunConfig,
-    RunExistsError,
-    get_stats,
-    load_results,
-    run_experiment,
-)
+from evalledger.readers import CheckpointManager
+from evalledger.errors import ConfigDriftError, RunExistsError
+from evalledger.config import RunConfig
+from evalledger.readers import get_stats
+from evalledger.readers import load_results
+from evalledger.run import run_experiment
 from evalledger.datasets import shard_of
 from helpers import all_records, marker, only_run_dir, write_qa_dataset
 
@@ -237,7 +234,7 @@ def test_config_drift_is_refused_with_a_diff(fake_server, tmp_path):
 
 
 def test_run_id_is_stable_and_covers_identity_only(fake_server, tmp_path):
-    from evalledger.prepare import prepare_run
+    from evalledger.run import prepare_run
 
     data = write_qa_dataset(tmp_path / "qa.jsonl", 3)
     a = prepare_run(cfg(fake_server, data, tmp_path / "a"))
@@ -267,8 +264,8 @@ def test_limit_extends_the_same_run(fake_server, tmp_path):
 
 
 def test_second_writer_on_same_run_is_refused(fake_server, tmp_path):
-    from evalledger import LockHeldError
-    from evalledger.prepare import prepare_run
+    from evalledger.errors import LockHeldError
+    from evalledger.run import prepare_run
 
     data = write_qa_dataset(tmp_path / "qa.jsonl", 3)
     config = cfg(fake_server, data, tmp_path / "out")
@@ -365,7 +362,7 @@ def test_insufficient_quota_429_is_fatal_not_retried(fake_server, tmp_path):
 
 
 def test_anthropic_rejects_sampling_flags_before_any_request(fake_server, tmp_path):
-    from evalledger import UsageError
+    from evalledger.errors import UsageError
 
     with pytest.raises(UsageError, match="--temperature"):
         RunConfig(dataset="gsm8k", model="anthropic/claude-test", temperature=0.7)

@@ -1,5 +1,5 @@
-"""The cold scan's fast path (pyarrow's JSON reader, :mod:`evalledger.scan_arrow`) against the
-Python path (:func:`evalledger.scan_batch.parse_batch`): the same rows, the same sums, always.
+"""The cold scan's fast path (pyarrow's JSON reader, :mod:`evalledger.readers.scan_arrow`) against the
+Python path (:func:`evalledger.readers.scan_batch.parse_batch`): the same rows, the same sums, always.
 
 Decisions these tests pin down:
 
@@ -22,12 +22,14 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from evalledger import get_stats, load_results, scan
-from evalledger.fsutil import write_json_atomic
+from evalledger.readers import get_stats
+from evalledger.readers import load_results
+from evalledger.readers import scan
+from evalledger.fsio import write_json_atomic
 from evalledger.ledger import encode_lines
-from evalledger.scan import scan_run
-from evalledger.scan_arrow import parse_block
-from evalledger.scan_batch import SCHEMA, parse_batch
+from evalledger.readers.scan import scan_run
+from evalledger.readers.scan_arrow import parse_block
+from evalledger.readers.scan_batch import SCHEMA, parse_batch
 
 
 def runner_record(i: int, status: str = "ok", **fields: Any) -> dict[str, Any]:
@@ -169,7 +171,7 @@ def test_whole_runs_read_the_same_with_and_without_the_fast_path(tmp_path, monke
     run = _varied_run(tmp_path)
     monkeypatch.setenv("EVALLEDGER_SCAN_CACHE", "off")
     monkeypatch.setattr(scan, "CHUNK_BYTES", 4096)  # many blocks: clean ones fast, hostile ones not
-    import evalledger.scan_arrow as scan_arrow
+    import evalledger.readers.scan_arrow as scan_arrow
 
     taken = []
     real = scan_arrow.parse_block

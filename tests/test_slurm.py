@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from evalledger.commands_cluster import run_status
+from evalledger.ops import run_status
 from evalledger.datasets import shard_of
 from fakeserver import FakeServer
 from helpers import cli_env, marker, read_lines, run_cli, write_qa_dataset

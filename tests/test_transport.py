@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from evalledger import run_experiment
+from evalledger.run import run_experiment
 from evalledger.providers import make_provider
 from helpers import all_records, run_config, write_qa_dataset
 

@@ -10,8 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from evalledger import RunConfig, run_experiment
-from evalledger.verify import verify_run
+from evalledger.config import RunConfig
+from evalledger.run import run_experiment
+from evalledger.ops import verify_run
 from helpers import cli_env, run_cli, run_config, write_qa_dataset
 
 
@@ -167,7 +168,7 @@ def test_unparseable_lines_and_a_torn_tail_with_offsets_then_repair(fake_server,
 
 
 def test_repair_refuses_while_a_writer_holds_the_lock(fake_server, tmp_path):
-    from evalledger import CheckpointManager
+    from evalledger.readers import CheckpointManager
 
     run_dir = complete_run(fake_server, tmp_path)
     with open(run_dir / "results.jsonl", "ab") as f:

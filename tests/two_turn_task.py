@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from evalledger.tasks.base import Task, TaskOutput
-from evalledger.tasks.qa import QATask
+from evalledger.tasks import Task, TaskOutput
+from evalledger.tasks import QATask
 
 REVIEW = "REVIEW-TURN: check your answer and give the final one as '#### N'."
 

@@ -7,14 +7,18 @@ The public API::
     summary = run_experiment(RunConfig(dataset="gsm8k", model="openai/gpt-4o-mini", limit=100))
     print(get_stats(summary.run_id))          # counts, accuracy, tokens, cost
     df = load_results(summary.run_id)         # one row per sample, all shards merged
+
+The parts, from the top down (each imports only those below it; see ``docs/architecture.md``):
+``cli`` → ``study`` → ``run`` → ``ops`` → ``readers`` → ``ledger`` | ``datasets`` | ``tasks`` |
+``providers`` → the leaf modules (``errors``, ``config``, ``records``, ``pricing``, ``samples``,
+``sandbox``, ``fsio``).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .config import RunConfig  # noqa: E402
-from .errors import (  # noqa: E402
+from evalledger._version import __version__
+from evalledger.config import RunConfig
+from evalledger.errors import (
     ConfigDriftError,
     DatasetError,
     EvalLedgerError,
@@ -23,12 +27,10 @@ from .errors import (  # noqa: E402
     RunExistsError,
     UsageError,
 )
-from .ledger import CheckpointManager  # noqa: E402
-from .lifecycle import RunLifecycle, run_lifecycle  # noqa: E402
-from .prune import PrunePlan, PruneResult, plan_prune, prune_runs  # noqa: E402
-from .report import get_stats, load_results, load_runs, resolve_run_dir  # noqa: E402
-from .runner import RunSummary, estimate_experiment, run_experiment, run_experiment_async  # noqa: E402
-from .verify import VerifyReport, verify_run  # noqa: E402
+from evalledger.ledger import RunLifecycle, run_lifecycle
+from evalledger.ops import PrunePlan, PruneResult, VerifyReport, plan_prune, prune_runs, verify_run
+from evalledger.readers import CheckpointManager, get_stats, load_results, load_runs, resolve_run_dir
+from evalledger.run import RunSummary, estimate_experiment, run_experiment, run_experiment_async
 
 __all__ = [
     "CheckpointManager",
@@ -37,24 +39,24 @@ __all__ = [
     "EvalLedgerError",
     "FatalProviderError",
     "LockHeldError",
+    "PrunePlan",
+    "PruneResult",
     "RunConfig",
     "RunExistsError",
+    "RunLifecycle",
     "RunSummary",
     "UsageError",
+    "VerifyReport",
     "__version__",
+    "estimate_experiment",
     "get_stats",
     "load_results",
     "load_runs",
-    "resolve_run_dir",
-    "PrunePlan",
-    "PruneResult",
-    "RunLifecycle",
-    "VerifyReport",
     "plan_prune",
     "prune_runs",
-    "run_lifecycle",
-    "verify_run",
-    "estimate_experiment",
+    "resolve_run_dir",
     "run_experiment",
     "run_experiment_async",
+    "run_lifecycle",
+    "verify_run",
 ]

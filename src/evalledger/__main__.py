@@ -1,6 +1,6 @@
 """``python -m evalledger`` is the same as the ``evalledger`` command."""
 
-from .main import cli
+from evalledger.cli import main
 
 if __name__ == "__main__":
-    cli()
+    main()

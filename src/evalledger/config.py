@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .pricing import Price
+    from evalledger.pricing import Price
 
-from .errors import UsageError
+from evalledger.errors import UsageError
 
 DEFAULT_MODEL = "local/smollm2"
 DEFAULT_MAX_TOKENS = 512
@@ -165,7 +165,7 @@ class RunConfig:
 
     def price(self) -> "Price | None":
         """The price for this run's model: --price-input/--price-output, else the (--prices) table; None if unknown."""
-        from .pricing import price_for
+        from evalledger.pricing import price_for
 
         return price_for(self.model, prices_file=self.prices_file, price_input=self.price_input,
                          price_output=self.price_output)

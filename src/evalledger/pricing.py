@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from evalledger.errors import UsageError
 
 DEFAULT_PRICES = Path(__file__).with_name("prices.toml")
 

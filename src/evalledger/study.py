@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .budget import Estimate
-from .config import RunConfig
-from .errors import EvalLedgerError, UsageError
-from .ledger import CheckpointManager, billed, calls_cost
-from .runner import RunSummary, estimate_experiment, run_experiment
+from evalledger.run import Estimate
+from evalledger.config import RunConfig
+from evalledger.errors import EvalLedgerError, UsageError
+from evalledger.ledger import RunLedger
+from evalledger.ledger import billed, calls_cost
+from evalledger.run import RunSummary, estimate_experiment, run_experiment
 
 TRANSITIONS = ("correct→correct", "correct→incorrect", "incorrect→correct", "incorrect→incorrect")
 
@@ -93,7 +94,7 @@ def plan_study(study: StudyConfig) -> list[PairResult]:
         try:
             config = study.run_config(model, dataset)
             pair.estimate = estimate_experiment(config)
-            from .prepare import prepare_run
+            from evalledger.run import prepare_run
 
             pair.run_id = prepare_run(config).run_id
         except EvalLedgerError as e:
@@ -170,7 +171,7 @@ def _grid_spent(study: StudyConfig, plan: list[PairResult]) -> float:
 
 def spent_usd(run_dir: Path) -> float:
     """What a run has been billed so far (results records' ``paid`` plus the calls files)."""
-    return sum(billed(rec)[2] or 0.0 for rec in CheckpointManager(run_dir).iter_records()) + calls_cost(run_dir)
+    return sum(billed(rec)[2] or 0.0 for rec in RunLedger(run_dir).iter_records()) + calls_cost(run_dir)
 
 
 def pair_row(study: StudyConfig, pair: PairResult) -> dict[str, Any]:
@@ -181,7 +182,7 @@ def pair_row(study: StudyConfig, pair: PairResult) -> dict[str, Any]:
         row["status"] = "failed"
         return row
     assert run_dir is not None
-    view = CheckpointManager(run_dir).latest_records()
+    view = RunLedger(run_dir).latest_records()
     ok = [r for r in view.values() if r.get("status") == "ok"]
     row["n"] = len(ok)
     row["errors"] = sum(1 for r in view.values() if r.get("status") != "ok")

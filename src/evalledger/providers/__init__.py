@@ -7,8 +7,8 @@ OpenAI-compatible servers ``vllm/<model>`` / ``ollama/<model>`` (default local b
 
 from __future__ import annotations
 
-from ..errors import UsageError
-from .base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
+from evalledger.errors import UsageError
+from evalledger.providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
 
 # Default base URLs of common self-hosted OpenAI-compatible servers.
 COMPATIBLE_DEFAULT_URLS = {
@@ -42,21 +42,21 @@ def make_provider(
     """
     prefix, name = split_model(model)
     if prefix == "openai":
-        from .openai import OpenAIProvider
+        from evalledger.providers.openai import OpenAIProvider
 
         return OpenAIProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout,
                               concurrency=concurrency)
     if prefix == "anthropic":
-        from .anthropic import AnthropicProvider
+        from evalledger.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout,
                                  concurrency=concurrency)
     if prefix == "local":
-        from .local import LocalProvider
+        from evalledger.providers.local import LocalProvider
 
         return LocalProvider(model, name, parallel=concurrency, timeout=timeout)
     if prefix in COMPATIBLE_DEFAULT_URLS or base_url:
-        from .openai import OpenAIProvider
+        from evalledger.providers.openai import OpenAIProvider
 
         url = base_url or COMPATIBLE_DEFAULT_URLS[prefix]
         return OpenAIProvider(model, name, base_url=url, api_key=api_key, timeout=timeout, concurrency=concurrency)

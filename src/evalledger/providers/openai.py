@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import UsageError
-from .base import (
+from evalledger.errors import UsageError
+from evalledger.providers.base import (
     ChatRequest,
     ChatResponse,
     ErrorInfo,

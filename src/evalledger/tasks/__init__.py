@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import UsageError
-from .base import Generate, Message, Score, Task, TaskOutput
-from .humaneval import HumanEvalTask
-from .mcq import MCQTask
-from .qa import QATask, extract_number_answer, normalize_number
-from .self_correct import SELF_CORRECT, SelfCorrectTask
+from evalledger.errors import UsageError
+from evalledger.tasks.base import Generate, Message, Score, Task, TaskOutput
+from evalledger.tasks.humaneval import HumanEvalTask
+from evalledger.tasks.mcq import MCQTask
+from evalledger.tasks.qa import QATask, extract_number_answer, normalize_number
+from evalledger.tasks.self_correct import SELF_CORRECT, SelfCorrectTask
 
 __all__ = [
     "BUILTIN_TASKS",

@@ -20,9 +20,9 @@ import textwrap
 import weakref
 from typing import Any
 
-from ..samples import Sample
-from ..sandbox import ExecutionResult, SandboxLimits, run_python, run_python_async
-from .base import Generate, Message, Score, Task, TaskOutput
+from evalledger.samples import Sample
+from evalledger.sandbox import ExecutionResult, SandboxLimits, run_python, run_python_async
+from evalledger.tasks.base import Generate, Message, Score, Task, TaskOutput
 
 __all__ = ["INSTRUCTION", "HumanEvalTask", "build_program", "complete_function", "extract_code"]
 

@@ -16,8 +16,8 @@ import numbers
 import re
 from typing import Any
 
-from ..samples import Sample
-from .base import Message, Score, Task
+from evalledger.samples import Sample
+from evalledger.tasks.base import Message, Score, Task
 
 __all__ = ["MCQTask", "LETTERS", "sample_choices", "answer_letter", "extract_choice_letter"]
 

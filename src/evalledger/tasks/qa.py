@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from ..samples import Sample
-from .base import Message, Score, Task
+from evalledger.samples import Sample
+from evalledger.tasks.base import Message, Score, Task
 
 __all__ = [
     "QATask",

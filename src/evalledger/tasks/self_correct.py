@@ -19,8 +19,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ..samples import Sample
-from .base import Generate, Message, Score, Task, TaskOutput
+from evalledger.samples import Sample
+from evalledger.tasks.base import Generate, Message, Score, Task, TaskOutput
 
 __all__ = [
     "REVIEW_PROMPT",
@@ -83,7 +83,7 @@ class SelfCorrectTask(Task):
     def __init__(self, base: Task | None = None, review_prompt: str | None = None) -> None:
         if base is None:
             # Constructible without arguments like every built-in task; qa is the default task.
-            from .qa import QATask
+            from evalledger.tasks.qa import QATask
 
             base = QATask()
         if isinstance(base, SelfCorrectTask):

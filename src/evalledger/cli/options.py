@@ -1,0 +1,98 @@
+"""What the CLI commands share: the experiment flags, their RunConfig, and the failure exit."""
+
+from __future__ import annotations
+
+import logging
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from evalledger.config import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, RunConfig
+from evalledger.errors import EvalLedgerError
+
+# Applied bottom-up by click, so listed here in the order --help shows them.
+_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+    click.option("--dataset", "-d", required=True, help="Built-in name (gsm8k, mmlu-elementary-math, humaneval) or a .jsonl/.json/.csv/.parquet file."),
+    click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                  help="openai/<model>, anthropic/<model>, local/smollm2, vllm/<model>, ollama/<model>, or <model> with --base-url."),
+    click.option("--task", "-t", default=None, help="qa, mcq, humaneval, self-correct[:BASE] or package.module:ClassName. Default: the dataset's own task, else qa; plain self-correct wraps that default."),
+    click.option("--limit", type=int, default=None, help="Only the first N samples in file order (not part of the run ID: raise it later to extend the run)."),
+    click.option("--id-column", default=None, help="Column holding sample IDs. Default: 'id' if present, else a hash of the row's content."),
+    click.option("--review-prompt", default=None, metavar="FILE", help="Text file replacing the self-correct review prompt (its sha256 is part of the run ID)."),
+    click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True, help="Where run directories live."),
+    click.option("--run-id", default=None, help="Name the run explicitly instead of <dataset>_<model>_<task>_<hash8>."),
+    click.option("--shard", default=None, metavar="K/N", help="Run only shard K of N (1-based; stable hash of the sample ID)."),
+    click.option("--concurrency", "-c", type=int, default=8, show_default=True, help="Requests in flight at once."),
+    click.option("--resume/--no-resume", default=True, show_default=True, help="Continue an existing run. --no-resume refuses if the run has results."),
+    click.option("--overwrite", is_flag=True, help="Move an existing run directory aside (<run_id>.old-<timestamp>) and start afresh."),
+    click.option("--keep-old", type=int, default=None, metavar="N", help="With --overwrite: then remove moved-aside copies of this run beyond the newest N (never one holding the only ok record of a sample; see `evalledger prune`)."),
+    click.option("--allow-code-execution", is_flag=True, help="Let tasks run model-written code on this machine (humaneval; required for them). Limited child process, not a security sandbox."),
+    click.option("--retry-errors/--no-retry-errors", default=True, show_default=True, help="On resume, send samples whose last record is an error again."),
+    click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Write resume_state.json every N records (records themselves are always appended as they finish)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Run seed: per-sample RNGs and the API seed where supported."),
+    click.option("--temperature", type=float, default=0.0, show_default=True),
+    click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True),
+    click.option("--top-p", type=float, default=None),
+    click.option("--base-url", default=None, help="API base URL (e.g. http://127.0.0.1:8000/v1 for vLLM). Default: the SDK's, or OPENAI_BASE_URL / ANTHROPIC_BASE_URL."),
+    click.option("--api-key-env", default=None, metavar="VAR", help="Read the API key from this environment variable instead of OPENAI_API_KEY / ANTHROPIC_API_KEY."),
+    click.option("--max-attempts", type=int, default=6, show_default=True, help="Attempts per request for transient errors (5xx, timeouts, resets); 429/529 rate limits do not use them up (retried for up to 15 minutes)."),
+    click.option("--max-retry-wait", type=float, default=120.0, show_default=True, help="Cap in seconds on one backoff sleep between retries."),
+    click.option("--request-timeout", type=float, default=600.0, show_default=True, help="Seconds before one HTTP request times out (then retried)."),
+    click.option("--grace-seconds", type=float, default=30.0, show_default=True, help="On SIGINT/SIGTERM/SIGUSR1, wait this long for in-flight samples before cancelling them."),
+    click.option("--rpm", type=float, default=None, help="Requests per minute for this run (per shard: the key's limit ÷ shards running at once)."),
+    click.option("--tpm", type=float, default=None, help="Tokens per minute (prompt estimate + max_tokens before a request, corrected from its usage)."),
+    click.option("--adaptive-concurrency/--no-adaptive-concurrency", default=True, show_default=True, help="On 429/529 halve the requests in flight and pause all workers for Retry-After; grow back on success."),
+    click.option("--fsync", type=click.Choice(["always", "batch", "off"]), default="batch", show_default=True, help="always: one fsync per record; batch: records finishing together share one; off: no fsync (safe against kill -9, NOT against power loss)."),
+    click.option("--max-cost", type=float, default=None, metavar="USD", help="Budget for the whole run, across resumes: stop dispatching (exit 5) before the total would exceed it."),
+    click.option("--prices", "prices_file", default=None, metavar="FILE", help="A price table (TOML, USD per 1M tokens) replacing the shipped one."),
+    click.option("--price-input", type=float, default=None, metavar="USD", help="USD per 1M input tokens for this model (with --price-output); overrides the table."),
+    click.option("--price-output", type=float, default=None, metavar="USD", help="USD per 1M output tokens for this model (with --price-input)."),
+    click.option("--max-consecutive-errors", type=int, default=20, show_default=True, help="Circuit breaker: stop (exit 3) after this many samples in a row end in errors; 0 turns it off."),
+    click.option("--min-free-mb", type=float, default=100.0, show_default=True, help="Refuse to start (exit 4) unless the output filesystem holds the run's estimated output plus this much."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+    click.option("--progress-interval", type=float, default=10.0, show_default=True, metavar="SECONDS",
+                 help="When stderr is not a terminal (Slurm logs, CI): one status line every this many seconds; 0: none."),
+]
+
+
+def experiment_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command with every experiment flag."""
+    for option in reversed(_OPTIONS):
+        f = option(f)
+    return f
+
+
+def config_from_options(opts: dict[str, Any]) -> RunConfig:
+    """Build the RunConfig from parsed flags (each flag's name is its RunConfig field)."""
+    from evalledger.datasets import parse_shard
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {k: v for k, v in opts.items() if k in fields}
+    if values.get("shard") is not None:
+        values["shard"] = parse_shard(values["shard"])
+    return RunConfig(**values)
+
+
+def fail(exc: EvalLedgerError) -> None:
+    """Print ``error: <message>`` on stderr and exit with the error's code (2 for usage, 4 disk, ...)."""
+    click.echo(f"error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class _StderrWarnings(logging.Handler):
+    """The library's warnings as ``warning: <message>`` lines on the current ``sys.stderr``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def show_warnings() -> None:
+    """Print the library's warnings (logger ``evalledger``) on stderr, once, even with --quiet:
+    they are about the user's data."""
+    logger = logging.getLogger("evalledger")
+    if not any(isinstance(h, _StderrWarnings) for h in logger.handlers):
+        logger.addHandler(_StderrWarnings(logging.WARNING))
+        logger.propagate = False

@@ -1,0 +1,269 @@
+"""CLI commands that look at results: ``stats``, ``list``, ``export``, ``errors``, ``report``.
+
+Thin like the rest of the CLI: each parses flags, calls the library and prints. None of them
+takes a run's lock, so all are safe while a run is writing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from evalledger.cli.options import fail
+from evalledger.errors import EvalLedgerError, UsageError
+
+_OUTPUT_DIR = click.option("--output-dir", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+                           default=Path("outputs"), show_default=True, help="Where run directories live.")
+
+
+# export and report write a file, and the issue's `report RUN -o report.html` gives -o to it there.
+_OUTPUT_DIR_LONG = click.option("--output-dir", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+                                default=Path("outputs"), show_default=True, help="Where run directories live.")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def _usd(x: float | None) -> str:
+    return "unknown" if x is None else f"{x:.4f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    """A plain fixed-width table (two spaces between columns)."""
+    cells = [header] + [["-" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@_OUTPUT_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print get_stats() as JSON.")
+def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
+    """Show a run's progress and results (RUN is a run ID under --output-dir or a run directory)."""
+    from evalledger.readers import get_stats
+
+    try:
+        s = get_stats(run_ref, output_dir)
+    except EvalLedgerError as e:
+        fail(e)
+    if as_json:
+        click.echo(json.dumps(s, indent=2, default=str))
+        return
+    ci = s["accuracy_ci95"]
+    rows: list[tuple[str, Any]] = [
+        ("run", s["run_id"]),
+        ("model", s["model"]),
+        ("dataset", s["dataset"]),
+        ("task", s["task"]),
+        ("status", s["state_label"]),
+        ("samples", s["total_samples"]),
+        ("completed (ok)", s["completed_samples"]),
+        ("with errors", s["error_count"]),
+        ("pending", s["pending_samples"]),
+        ("correct", s["correct_count"]),
+        ("accuracy", _pct(s["accuracy"])),
+        ("accuracy 95% CI", "-" if ci is None else f"{ci[0]:.2%} – {ci[1]:.2%} (Wilson)"),
+    ]
+    if "transitions" in s:
+        rows.append(("accuracy before→after", f"{_pct(s.get('accuracy_before'))} → {_pct(s.get('accuracy_after'))}"))
+        rows.append(("transitions", ", ".join(f"{k} {v}" for k, v in s["transitions"].items())))
+    for etype, n in s["errors_by_type"].items():
+        rows.append((f"errors: {etype}", n))
+    lat50, lat95 = s["latency_p50_s"], s["latency_p95_s"]
+    rows += [
+        ("latency p50/p95", "-" if lat50 is None else f"{lat50:.2f}s / {lat95:.2f}s"),
+        ("input tokens", s["input_tokens"]),
+        ("output tokens", s["output_tokens"]),
+        ("cost (USD)", _usd(s["cost_usd"])),
+        ("cost per correct", _usd(s["cost_per_correct_usd"]) if s["cost_usd"] is not None else "unknown"),
+        ("throughput", "-" if s["throughput_per_min"] is None else f"{s['throughput_per_min']:.1f} samples/min"),
+    ]
+    if s["running"]:
+        rows.append(("ETA", _duration(s["eta_s"])))
+    rows.append(("last checkpoint", s["last_checkpoint"]))
+    if len(s["shards"]) > 1 or "all" not in s["shards"]:
+        for name, sh in s["shards"].items():
+            rows.append((f"shard {name}", f"{sh['ok']} ok, {sh['error_records']} error records"
+                                          + (", running" if sh["running"] else "")))
+    if s["unparseable_lines"] or s["partial_tail_bytes"]:
+        rows.append(("unreadable", f"{s['unparseable_lines']} lines, {s['partial_tail_bytes']} bytes of partial tail"))
+    if s["unknown_sample_ids"]:
+        ids = s["unknown_sample_ids"]
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        rows.append(("not in dataset", f"{len(ids)} sample(s), not counted above: {shown}"))
+    if s.get("manifest_problem"):
+        rows.append(("manifest problem", s["manifest_problem"]))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {'-' if v is None else v}")
+
+
+def list_runs(output_dir: str | Path) -> list[dict[str, Any]]:
+    """One summary dict per run under ``output_dir`` (what ``evalledger list`` shows)."""
+    from evalledger.readers import run_dirs
+    from evalledger.readers import run_stats
+
+    out = []
+    for d in run_dirs(output_dir):
+        s = run_stats(d)
+        out.append({
+            "run_id": s["run_id"], "model": s["model"], "dataset": s["dataset"], "task": s["task"],
+            "completed_samples": s["completed_samples"], "total_samples": s["total_samples"],
+            "error_count": s["error_count"], "accuracy": s["accuracy"], "cost_usd": s["cost_usd"],
+            "last_activity": s["last_checkpoint"], "running": s["running"],
+            "writers": [f"pid {w.get('pid')}@{w.get('host')}" for w in s["writers"].values()],
+            "state": s["state_label"], "size_bytes": s["size_bytes"],
+        })
+    return out
+
+
+@click.command(name="list")
+@_OUTPUT_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
+def list_cmd(output_dir: Path, as_json: bool) -> None:
+    """List every run under --output-dir: progress, errors, accuracy, cost, and whether it is running."""
+    runs = list_runs(output_dir)
+    if as_json:
+        click.echo(json.dumps(runs, indent=2, default=str))
+        return
+    if not runs:
+        click.echo(f"no runs in {output_dir}", err=True)
+        return
+    from evalledger.fsio import human_bytes
+
+    rows = [[r["run_id"], r["model"], r["dataset"], r["task"],
+             f"{r['completed_samples']}/{'?' if r['total_samples'] is None else r['total_samples']}",
+             r["error_count"], _pct(r["accuracy"]), _usd(r["cost_usd"]) if r["cost_usd"] is not None else "?",
+             human_bytes(r["size_bytes"]), r["last_activity"], r["state"]]
+            for r in runs]
+    click.echo(_table(rows, ["RUN", "MODEL", "DATASET", "TASK", "DONE", "ERRORS", "ACCURACY", "COST", "SIZE",
+                             "LAST ACTIVITY", "STATE"]))
+    total = sum(r["size_bytes"] for r in runs)
+    free = shutil.disk_usage(output_dir).free
+    click.echo(f"{len(runs)} run(s), {human_bytes(total)} in {output_dir}; {human_bytes(free)} free on its filesystem")
+
+
+def export_results(run: str | Path, path: str | Path, fmt: str, output_dir: str | Path = "outputs") -> int:
+    """Write ``load_results(run)`` to ``path`` as csv, parquet or jsonl; returns the row count.
+
+    Lists and dicts (a multi-turn response, a dict score) become JSON text in CSV and Parquet,
+    which need one type per column. Parquet needs pyarrow: the ``[parquet]`` extra.
+    """
+    from evalledger.readers import jsonable, load_results
+
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError("--format parquet needs pyarrow: pip install 'evalledger[parquet]' "
+                             "(or use --format csv / jsonl)") from None
+    df = load_results(run, output_dir)
+    if fmt == "jsonl":
+        df.to_json(path, orient="records", lines=True, date_format="iso", force_ascii=False)
+        return len(df)
+    for col in df.columns:
+        if df[col].dtype == object:
+            df[col] = df[col].map(jsonable)
+            if fmt == "parquet":  # one Arrow type per column: mixed scalars as text
+                kinds = {type(v) for v in df[col] if v is not None}
+                if len(kinds) > 1:
+                    df[col] = df[col].map(lambda v: None if v is None else str(v))
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)
+    return len(df)
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@_OUTPUT_DIR_LONG
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write. Default: <run_id>.<format> in the current directory.")
+def export(run_ref: str, output_dir: Path, fmt: str, out_path: Path | None) -> None:
+    """Export one row per sample (the load_results() DataFrame) to CSV, Parquet or JSONL."""
+    from evalledger.readers import resolve_run_dir
+
+    try:
+        run_dir = resolve_run_dir(run_ref, output_dir)
+        path = out_path or Path(f"{run_dir.name}.{fmt}")
+        n = export_results(run_dir, path, fmt)
+    except EvalLedgerError as e:
+        fail(e)
+    click.echo(f"wrote {n} rows to {path}", err=True)
+
+
+def error_groups(run: str | Path, output_dir: str | Path = "outputs") -> list[dict[str, Any]]:
+    """Samples whose latest record is an error, grouped by error type (largest group first)."""
+    import pandas as pd
+
+    from evalledger.readers import load_results
+
+    df = load_results(run, output_dir, text=False)
+    df = df[df["in_dataset"].fillna(True).astype(bool)]  # as in the stats: the run's samples only
+    errs = df[(df["status"] != "ok").fillna(True).astype(bool)]
+    groups = []
+    for etype, g in errs.groupby(errs["error_type"].fillna("unknown"), sort=False):
+        first = g.iloc[0]
+        codes = sorted({int(c) for c in g["error_status_code"].dropna()})
+        groups.append({"type": str(etype), "count": len(g), "status_codes": codes,
+                       "example_sample_id": str(first["sample_id"]),
+                       "example_message": None if pd.isna(first["error_message"]) else str(first["error_message"]),
+                       "sample_ids": [str(x) for x in g["sample_id"].head(20)]})
+    return sorted(groups, key=lambda x: -x["count"])
+
+
+@click.command()
+@click.argument("run_ref", metavar="RUN")
+@_OUTPUT_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON.")
+def errors(run_ref: str, output_dir: Path, as_json: bool) -> None:
+    """Show samples whose latest record is an error, grouped by type, with counts and an example."""
+    try:
+        groups = error_groups(run_ref, output_dir)
+    except EvalLedgerError as e:
+        fail(e)
+    if as_json:
+        click.echo(json.dumps(groups, indent=2))
+        return
+    if not groups:
+        click.echo("no samples with errors")
+        return
+    for g in groups:
+        codes = f" (HTTP {', '.join(map(str, g['status_codes']))})" if g["status_codes"] else ""
+        click.echo(f"{g['type']}{codes}: {g['count']} sample(s)")
+        click.echo(f"  e.g. {g['example_sample_id']}: {g['example_message']}")
+
+
+@click.command()
+@click.argument("target", metavar="RUN_OR_DIR")
+@_OUTPUT_DIR_LONG
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
+              show_default=True, help="The HTML file to write.")
+@click.option("--samples", "n_samples", type=int, default=100, show_default=True,
+              help="Rows per group (all / incorrect / errors) in the sample browser.")
+def report(target: str, output_dir: Path, out_path: Path, n_samples: int) -> None:
+    """Write one self-contained HTML report (plots inline) for a run, or for every run in a directory."""
+    from evalledger.readers import write_report
+
+    try:
+        n_runs = write_report(target, out_path, output_dir=output_dir, n_samples=n_samples)
+    except EvalLedgerError as e:
+        fail(e)
+    click.echo(f"wrote {out_path} ({n_runs} run{'s' if n_runs != 1 else ''})", err=True)

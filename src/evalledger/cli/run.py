@@ -1,0 +1,120 @@
+"""``evalledger run``, ``estimate`` and ``validate``: one experiment from the command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Any
+
+import click
+
+from evalledger.cli.options import config_from_options, experiment_options, fail
+from evalledger.config import DEFAULT_MODEL, RunConfig
+from evalledger.errors import EvalLedgerError
+
+
+class _EarlyStop(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _stop_on_early_signals() -> None:
+    """Turn SIGTERM/SIGUSR1 during start-up (dataset checks, model load) into a clean exit 143.
+
+    Once samples are dispatched, the runner's own handlers replace these (grace period, flush).
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        raise _EarlyStop(signal.Signals(signum).name)
+
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, handler)
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    from evalledger.datasets import parse_shard
+
+    return parse_shard(value)
+
+
+@click.command()
+@experiment_options
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+def run(**opts: Any) -> None:
+    """Run (or resume) an experiment: every sample of DATASET through MODEL, scored, into the ledger."""
+    from evalledger.run import run_experiment
+
+    as_json = opts.pop("as_json")
+    _stop_on_early_signals()
+    try:
+        config = config_from_options(opts)
+        summary = run_experiment(config)
+    except EvalLedgerError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        # Ctrl-C before the run's own handler was installed (e.g. while the local model loads).
+        click.echo("interrupted before any sample was sent; run the same command again to start", err=True)
+        sys.exit(130)
+    except _EarlyStop as e:
+        click.echo(f"{e.name} before any sample was sent; run the same command again to start", err=True)
+        sys.exit(143)
+    stats = summary.stats
+    acc = stats.get("accuracy")
+    click.echo(
+        f"run {summary.run_id}: {stats.get('completed_samples')}/{stats.get('total_samples')} ok, "
+        f"{stats.get('error_count')} with errors, accuracy {'-' if acc is None else f'{acc:.1%}'}; "
+        f"this invocation: {summary.ok} ok, {summary.errors} errors, {summary.requests} requests, "
+        f"{summary.skipped_completed} skipped as done, {summary.duration_s:.1f}s → {summary.run_dir}",
+        err=True,
+    )
+    if summary.message:
+        click.echo(summary.message, err=True)
+    if summary.resume_command:
+        click.echo(f"resume with: {summary.resume_command}", err=True)
+    if as_json:
+        out = {k: v for k, v in summary.__dict__.items() if k != "stats"}
+        out["stats"] = stats
+        click.echo(json.dumps(out, default=str, indent=2))
+    sys.exit(summary.exit_code)
+
+
+@click.command()
+@experiment_options
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON on stdout.")
+def estimate(**opts: Any) -> None:
+    """Project tokens and cost for the samples `run` would send now, with the same flags as `run`."""
+    from evalledger.run import estimate_experiment
+
+    as_json = opts.pop("as_json")
+    try:
+        est = estimate_experiment(config_from_options(opts))
+    except EvalLedgerError as e:
+        fail(e)
+    if as_json:
+        click.echo(json.dumps(est.__dict__, indent=2))
+    else:
+        click.echo(est.line())
+
+
+@click.command()
+@click.option("--dataset", "-d", required=True, help="Built-in name or a dataset file.")
+@click.option("--task", "-t", default=None, help="Task whose required fields to check.")
+@click.option("--id-column", default=None)
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Only used to show the run ID.")
+def validate(dataset: str, task: str | None, id_column: str | None, model: str) -> None:
+    """Check a dataset for a task without sending anything; print the sample count and run ID."""
+    from evalledger.run import prepare_run
+
+    try:
+        # validate writes nothing and runs nothing: where outputs would go, and whether the task may
+        # execute code, are not its business.
+        p = prepare_run(RunConfig(dataset=dataset, task=task, id_column=id_column, model=model),
+                        check_output_dir=False, check_code_execution=False, use_index=False)
+    except EvalLedgerError as e:
+        fail(e)
+    click.echo(f"{p.dataset.path}: {len(p.samples)} samples OK for task '{p.task_spec}' "
+               f"(ids: {p.dataset.id_source}); run ID with --model {model}: {p.run_id}")

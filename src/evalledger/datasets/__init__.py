@@ -1,0 +1,53 @@
+"""Datasets: files (JSON lines, JSON, CSV, Parquet; gzip) to validated samples with stable ids,
+the index a run keeps of them, shard membership, and the built-in datasets shipped as package data."""
+
+from __future__ import annotations
+
+from evalledger.datasets.files import (
+    BUILTIN_DATASETS,
+    ResolvedDataset,
+    locate_dataset,
+    read_dataset_file,
+    resolve_dataset,
+)
+from evalledger.datasets.index import (
+    LazySamples,
+    RowSource,
+    ValidatedIndex,
+    in_shard,
+    index_key,
+    load_index,
+    sample_ids,
+    save_index,
+    with_ids,
+    without_ids,
+)
+from evalledger.datasets.loader import Dataset, load_dataset, load_dataset_bytes
+from evalledger.datasets.sharding import parse_shard, shard_of
+from evalledger.datasets.values import max_field_chars
+from evalledger.datasets import index
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "Dataset",
+    "LazySamples",
+    "ResolvedDataset",
+    "RowSource",
+    "ValidatedIndex",
+    "in_shard",
+    "index",
+    "index_key",
+    "load_dataset",
+    "load_dataset_bytes",
+    "load_index",
+    "locate_dataset",
+    "max_field_chars",
+    "parse_shard",
+    "read_dataset_file",
+    "resolve_dataset",
+    "sample_ids",
+    "save_index",
+    "shard_of",
+    "with_ids",
+    "without_ids",
+]

@@ -1,0 +1,46 @@
+"""File-system helpers: atomic and durable writes, checksummed cache files, disk space, and a GC
+pause for bulk loads. Knows nothing about runs."""
+
+from __future__ import annotations
+
+from evalledger.fsio.atomic import (
+    canonical_json,
+    create_json_exclusive,
+    file_timestamp,
+    fsync_dir,
+    hostname,
+    sha256_file,
+    utc_now,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from evalledger.fsio.diskspace import (
+    check_free_space,
+    describe_free,
+    disk_failure_message,
+    is_disk_error,
+    dir_size,
+    human_bytes,
+)
+from evalledger.fsio.gcpause import paused_gc
+from evalledger.fsio import cachefile
+
+__all__ = [
+    "cachefile",
+    "canonical_json",
+    "check_free_space",
+    "create_json_exclusive",
+    "describe_free",
+    "dir_size",
+    "disk_failure_message",
+    "file_timestamp",
+    "fsync_dir",
+    "hostname",
+    "human_bytes",
+    "is_disk_error",
+    "paused_gc",
+    "sha256_file",
+    "utc_now",
+    "write_bytes_atomic",
+    "write_json_atomic",
+]

@@ -1,0 +1,102 @@
+"""The locks a writer of a run directory holds, and the messages that name who holds them.
+
+Two locks, both taken at once or refused (:class:`~evalledger.errors.LockHeldError`):
+
+* ``.lock`` (unsharded) or ``.lock.shard-K-of-N``: one writer per results file (filelock);
+* ``.lock.run``: an ``flock`` shared by shard writers and exclusive for an unsharded writer,
+  so that an unsharded run and shards of the same run never write side by side (each would pay
+  for the other's samples).
+
+``.lock….owner`` beside the first names the holder (pid, host, since) for the messages.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import filelock
+
+from evalledger.errors import LockHeldError
+
+
+class WriterLocks:
+    """The locks of one run (or shard) writer; :meth:`acquire`, then :meth:`release` (idempotent)."""
+
+    def __init__(self, run_dir: Path, shard: tuple[int, int] | None, lock_path: Path, owner_path: Path) -> None:
+        self.run_dir = run_dir
+        self.shard = shard
+        self.lock_path = lock_path
+        self.owner_path = owner_path
+        self.run_lock_path = run_dir / ".lock.run"
+        self._lock: filelock.BaseFileLock | None = None
+        self._run_lock_fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+    def acquire(self) -> None:
+        """This run's (or shard's) lock, then the run-level flock, at once or :class:`LockHeldError`
+        (releasing the first if the second is refused)."""
+        lock = filelock.FileLock(str(self.lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockHeldError(self._held_message()) from None
+        try:
+            self._take_run_lock()
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+
+    def release(self, *, forget_owner: bool = False) -> None:
+        """Release both locks; ``forget_owner`` also removes the owner file (a writer that wrote one)."""
+        if self._lock is not None:
+            if forget_owner:
+                self.owner_path.unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
+        if self._run_lock_fd is not None:
+            os.close(self._run_lock_fd)  # closing the descriptor drops the flock
+            self._run_lock_fd = None
+
+    def _take_run_lock(self) -> None:
+        fd = os.open(self.run_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        mode = fcntl.LOCK_SH if self.shard is not None else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if self.shard is not None:
+                who = describe_owner(self.run_dir / ".lock.owner")
+                raise LockHeldError(
+                    f"an unsharded run is writing {self.run_dir} right now ({who}); a shard would pay again "
+                    "for the samples it is sending. Wait for it to finish or stop it."
+                ) from None
+            owners = [describe_owner(p) for p in sorted(self.run_dir.glob(".lock.shard-*.owner"))]
+            raise LockHeldError(
+                f"shards of this run are being written right now ({'; '.join(owners) or 'another process'}): "
+                f"{self.run_dir}. An unsharded run would pay again for their samples; wait for them or stop them."
+            ) from None
+        self._run_lock_fd = fd
+
+    def _held_message(self) -> str:
+        who = describe_owner(self.owner_path)
+        what = "this run" if self.shard is None else f"shard {self.shard[0]}/{self.shard[1]} of this run"
+        return (
+            f"{what} is already being written by {who}: {self.run_dir}\n"
+            "Wait for it to finish or stop it; two writers would pay twice for the same samples."
+        )
+
+
+def describe_owner(owner_path: Path) -> str:
+    """``pid P on host H (since T)`` from a lock's owner file, for messages."""
+    try:
+        owner = json.loads(owner_path.read_text())
+        return f"pid {owner.get('pid')} on host {owner.get('host')} (since {owner.get('since')})"
+    except (OSError, ValueError):
+        return "another process"

@@ -1,0 +1,216 @@
+"""One pass over a run's ledger for what ``run`` needs before sending anything.
+
+What is done, what errored, the usage and spend so far, records for ids the dataset lacks, and
+the counters of this writer's own file: everything the runner and the manifest check used to get
+from two (or three) full parses of every record, now from one pass that reads most lines by their
+prefix only (see :mod:`evalledger.ledger.lines`), and only past what each file's index under
+``<run_dir>/.cache/resume-v1/`` already sums up (see :mod:`evalledger.ledger.index`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Container
+from itertools import chain, filterfalse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalledger.ledger import index as ledger_index
+from evalledger.ledger.lines import Prefix, iter_blocks
+from evalledger.fsio import paused_gc
+from evalledger.ledger.files import billed, calls_cost
+from evalledger.ledger.layout import results_files
+from evalledger.ledger.index import FilePart, multi_counts
+
+
+@dataclass
+class FileCounts:
+    """Cumulative counters of one results file (to rebuild a resume state)."""
+
+    ok_records: int = 0
+    error_records: int = 0
+    requests: int = 0  # sum of attempts
+
+
+@dataclass
+class LedgerScan:
+    """What every results file of a run holds, as far as resuming cares (garbage lines skipped)."""
+
+    completed: set[str] = field(default_factory=set)  # ids with an ok record
+    correct: set[str] = field(default_factory=set)  # ids whose last ok record is correct
+    errored: set[str] = field(default_factory=set)  # ids with error records and no ok record
+    ok_records: int = 0
+    input_tokens: int = 0  # over ok records
+    output_tokens: int = 0
+    billed_cost: float = 0.0  # what every record (and the calls files) added to the bill
+    records: int = 0
+    in_dataset: int = 0  # records whose id is in ``known_ids``
+    foreign: dict[str, int] = field(default_factory=dict)  # id not in ``known_ids`` -> records
+    files: dict[Path, FileCounts] = field(default_factory=dict)
+    own: FilePart | None = None  # the ``own`` file's part (see scan_ledger), kept up to date by the writer
+    own_end: int = 0  # the bytes of the own file that ``own`` covers
+    own_indexed_end: int = 0  # the bytes of the own file its index on disk covers (0: none)
+
+    @property
+    def observed(self) -> tuple[int, int, int]:
+        """(ok records, their input tokens, their output tokens), for cost estimates."""
+        return self.ok_records, self.input_tokens, self.output_tokens
+
+
+def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None, own: Path | None = None) -> LedgerScan:
+    """One streaming pass over every results file (all shards) and the calls files' cost.
+
+    ``known_ids``: the dataset's sample ids; records for other ids are counted in ``foreign``.
+    A results file with a valid index (:mod:`.ledger_index`) is scanned only after the bytes its
+    index covers; a file whose unindexed part is large gets a new index. ``own``: the writer's
+    own results file, whose part is kept in ``scan.own`` so the writer can add what it appends
+    (:func:`note_committed`) and index the file while it runs and when it stops (:func:`save_own_index`).
+    """
+    scan = LedgerScan()
+    errored_all: set[str] = set()
+    with paused_gc():  # a million prefix tuples, none in a cycle: see gcpause
+        for path in results_files(run_dir):
+            counts = scan.files.setdefault(path, FileCounts())
+            part, end, indexed_end = _scan_file(path)
+            if path == own:
+                scan.own, scan.own_end, scan.own_indexed_end = part, end, indexed_end
+            _apply(scan, counts, errored_all, part, known_ids)
+    if own is not None and scan.own is None:
+        scan.own = FilePart()  # no such file yet: it starts empty
+    scan.errored = errored_all - scan.completed
+    scan.billed_cost += calls_cost(run_dir)
+    return scan
+
+
+def _scan_file(path: Path) -> tuple[FilePart, int, int]:
+    """What the complete records of one results file add up to (a torn last line is left out),
+    the bytes that covers, and the bytes its index on disk covers afterwards (0: none)."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return FilePart(), 0, 0
+    with f:
+        st = os.fstat(f.fileno())
+        use_index = index_enabled()
+        cached = ledger_index.load(path, f, st) if use_index and st.st_size >= ledger_index.MIN_BYTES else None
+        start = cached[1] if cached is not None else 0
+        tail = FilePart()
+        ids: list[str] = []
+        end = start
+        for block in iter_blocks(path, start=start):
+            end += block.nbytes
+            if block.prefixes:
+                _add_prefixes(tail, ids, block.prefixes)
+            else:
+                _add_records(tail, ids, block.records)
+        tail.counts = multi_counts(ids)
+        if cached is None:
+            part = tail
+        else:
+            part = cached[0] if not tail.records else cached[0].then(tail)
+        if use_index and ledger_index.should_save(start, end) and ledger_index.save(path, f, st, part, end):
+            start = end
+    return part, end, start
+
+
+def note_committed(part: FilePart, records: list[dict[str, Any]]) -> None:
+    """Add records just appended to the file ``part`` describes (the writer's own file)."""
+    part.materialise()
+    for rec in records:
+        sid = rec["sample_id"]
+        if sid in part.last_ok or sid in part.errored:
+            part.counts[sid] = part.counts.get(sid, 1) + 1
+    _add_records(part, [], records)
+
+
+def save_own_index(path: Path, part: FilePart, end: int, indexed_end: int) -> bool:
+    """Index the writer's own results file, while it runs and when it stops, if ``part``
+    describes exactly its first ``end`` bytes (the writer's own count of them) and the index on
+    disk is well behind."""
+    if not (index_enabled() and ledger_index.should_save(indexed_end, end)):
+        return False
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_size < end:
+                return False
+            return ledger_index.save(path, f, st, part, end)
+    except OSError:
+        return False
+
+
+def index_enabled() -> bool:
+    """Whether resumes use and write the ledger index (``EVALLEDGER_SCAN_CACHE=off`` turns it off, like the readers' cache)."""
+    return os.environ.get("EVALLEDGER_SCAN_CACHE", "").strip().lower() not in ("0", "off", "no", "false")
+
+
+def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePart,
+           known_ids: Container[str] | None) -> None:
+    """Add one file's part to the scan (files in order: a later ok record decides ``correct``)."""
+    # C-level loops only: this runs over every id of every file
+    correct, other = (list(ids) for ids in part.ok_ids())
+    scan.completed.update(correct)
+    scan.completed.update(other)
+    scan.correct.update(correct)
+    scan.correct.difference_update(other)
+    errored.update(part.errored)
+    scan.records += part.records
+    scan.ok_records += part.ok_records
+    scan.input_tokens += part.input_tokens
+    scan.output_tokens += part.output_tokens
+    scan.billed_cost += part.billed_cost
+    counts.ok_records += part.ok_records
+    counts.error_records += part.error_records
+    counts.requests += part.requests
+    if known_ids is None:
+        return
+    # Records for ids the dataset lacks (rare: results copied in, a recreated manifest).
+    foreign = list(filterfalse(known_ids.__contains__, chain(correct, other)))
+    foreign_ok = set(foreign)
+    foreign += [sid for sid in part.errored if sid not in known_ids and sid not in foreign_ok]
+    n_foreign = 0
+    for sid in foreign:
+        n = part.record_count(sid)
+        n_foreign += n
+        scan.foreign[sid] = scan.foreign.get(sid, 0) + n
+    scan.in_dataset += part.records - n_foreign
+
+
+def _add_prefixes(part: FilePart, ids: list[str], prefixes: list[Prefix]) -> None:
+    # Hot path (a million records should take about a second): comprehensions and C-level sums,
+    # no per-record function calls.
+    ok_rows = [p for p in prefixes if p[1] == "ok"]
+    # the last ok record of a sample decides whether it is correct, as in the merged view
+    part.last_ok.update({p[0]: p[3] == "true" for p in ok_rows})
+    part.errored.update([p[0] for p in prefixes if p[1] != "ok"])
+    ids.extend([p[0] for p in prefixes])
+    ok, n = len(ok_rows), len(prefixes)
+    part.records += n
+    part.ok_records += ok
+    part.error_records += n - ok
+    part.input_tokens += sum(map(int, [p[4] for p in ok_rows]))
+    part.output_tokens += sum(map(int, [p[5] for p in ok_rows]))
+    # billed(): ``paid`` when the record has it, else (older records) its cost; null: unpriced
+    bills = [p[7] or p[6] for p in prefixes]
+    part.billed_cost += sum(map(float, [b for b in bills if b != "null"]))
+    part.requests += sum(map(int, [p[2] for p in prefixes]))
+
+
+def _add_records(part: FilePart, ids: list[str], records: list[dict[str, Any]]) -> None:
+    for rec in records:
+        sid = rec["sample_id"]
+        ids.append(sid)
+        part.records += 1
+        attempts = rec.get("attempts")
+        part.requests += attempts if isinstance(attempts, int) and attempts > 0 else 0
+        if rec.get("status") == "ok":
+            part.ok_records += 1
+            part.last_ok[sid] = rec.get("correct") is True
+            usage = rec.get("usage") or {}
+            part.input_tokens += int(usage.get("input_tokens") or 0)
+            part.output_tokens += int(usage.get("output_tokens") or 0)
+        else:
+            part.error_records += 1
+            part.errored.add(sid)
+        part.billed_cost += billed(rec)[2] or 0.0

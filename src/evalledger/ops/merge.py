@@ -1,0 +1,108 @@
+"""Merging a sharded run: one deduplicated ledger, per sample its latest ok record, in dataset order.
+
+The library side of ``evalledger merge`` (the command is in :mod:`evalledger.cli.cluster`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalledger.datasets import shard_of
+from evalledger.errors import UsageError
+from evalledger.fsio import write_bytes_atomic
+from evalledger.ledger import iter_file_records
+from evalledger.ledger import shard_of_file
+from evalledger.ledger import results_files
+from evalledger.ops.status import expected_sample_ids
+from evalledger.ledger import lock_state
+
+__all__ = ["MergeReport", "merge_run"]
+
+
+@dataclass
+class MergeReport:
+    """What :func:`merge_run` found and wrote."""
+
+    run_id: str
+    output: str | None  # None: nothing written (coverage not exact and not allowed)
+    written: int
+    expected: int
+    files: list[str]
+    ok_records: int
+    duplicates_dropped: int  # ok records beyond the one kept per sample
+    missing: list[str] = field(default_factory=list)  # dataset samples without an ok record
+    errors_only: list[str] = field(default_factory=list)  # the missing ones whose latest record is an error
+    extra: list[str] = field(default_factory=list)  # ok samples the dataset does not have (left out)
+    misplaced: list[str] = field(default_factory=list)  # "id in file" where the shard file does not own the id
+    writers: list[str] = field(default_factory=list)  # shards whose lock is held right now
+
+    @property
+    def exact(self) -> bool:
+        """True when every dataset sample is covered once and nothing else is there."""
+        return not (self.missing or self.extra or self.misplaced)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form."""
+        return {**dataclasses.asdict(self), "exact": self.exact}
+
+
+def merge_run(run_dir: Path, output: Path, *, allow_incomplete: bool = False) -> MergeReport:
+    """Write one deduplicated ledger of a run: per sample its latest ok record, in dataset order.
+
+    Checks that the results cover the dataset exactly: every sample has an ok record, no ok
+    record is for a sample the dataset lacks, and every shard file holds only samples of its own
+    shard. If not, nothing is written unless ``allow_incomplete`` (then the ok records of the
+    dataset's samples are written). "Latest" is by ``finished_at``; the file is written
+    atomically. Raises :class:`UsageError` if ``output`` would overwrite a results file of the run.
+    """
+    run_dir = Path(run_dir)
+    output = Path(output)
+    if output.resolve().parent == run_dir.resolve() and (output.name.startswith("results") and output.name.endswith(".jsonl")):
+        raise UsageError(f"-o {output}: that name is read as a results file of the run; write the merge elsewhere")
+    expected = expected_sample_ids(run_dir)
+    universe = set(expected)
+    best: dict[str, dict[str, Any]] = {}
+    latest_any: dict[str, dict[str, Any]] = {}
+    ok_records = 0
+    misplaced: list[str] = []
+    files = results_files(run_dir)
+    for path in files:
+        sh = shard_of_file(path)
+        for rec in iter_file_records(path):
+            sid = rec["sample_id"]
+            if sh is not None and shard_of(sid, sh[1]) != sh[0]:
+                misplaced.append(f"{sid} in {path.name}")
+            latest_any[sid] = rec
+            if rec.get("status") != "ok":
+                continue
+            ok_records += 1
+            cur = best.get(sid)
+            if cur is None or str(rec.get("finished_at") or "") >= str(cur.get("finished_at") or ""):
+                best[sid] = rec
+    # A later error does not undo an ok: the sample stays done (DESIGN promise 3).
+    missing = [sid for sid in expected if sid not in best]
+    errors_only = [sid for sid in missing if sid in latest_any]
+    extra = sorted(sid for sid in best if sid not in universe)
+    writers = []
+    for lock in sorted(run_dir.glob(".lock*")):
+        if lock.name.endswith(".owner") or lock.name == ".lock.run":
+            continue
+        state, _ = lock_state(lock, lock.with_name(lock.name + ".owner"))
+        if state in ("held", "held elsewhere"):
+            writers.append(lock.name.removeprefix(".lock.") if lock.name != ".lock" else "unsharded")
+    report = MergeReport(run_id=run_dir.name, output=None, written=0, expected=len(expected),
+                         files=[p.name for p in files], ok_records=ok_records,
+                         duplicates_dropped=ok_records - len(best), missing=missing, errors_only=errors_only,
+                         extra=extra, misplaced=misplaced, writers=writers)
+    if not report.exact and not allow_incomplete:
+        return report
+    lines = [json.dumps(best[sid], ensure_ascii=False, separators=(",", ":")) + "\n" for sid in expected if sid in best]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(output, "".join(lines).encode())
+    report.output = str(output)
+    report.written = len(lines)
+    return report

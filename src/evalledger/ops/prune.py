@@ -1,0 +1,273 @@
+"""Reclaim disk without risking a result: ``evalledger prune`` and ``run --overwrite --keep-old N``.
+
+Two kinds of leftovers are candidates:
+
+* **old runs**: ``<run_id>.old-<timestamp>`` directories made by ``--overwrite``, beyond the newest
+  ``keep`` per run ID;
+* **corrupt leftovers**: ``*.corrupt-<timestamp>`` files (torn tails and garbage lines moved aside
+  by ``run``/``verify --repair``, untrusted resume states) in any run directory.
+
+``older_than_days`` limits both to things at least that old. Whatever the flags, nothing is removed
+that
+
+* is a live run directory (only ``.corrupt-*`` files inside one can go),
+* belongs to a run whose lock a process holds right now (checked again just before removal),
+* holds the only ``ok`` record of a sample: an old run goes only if every sample it has an ok
+  record for also has one in a copy that stays (the live run or a kept old copy); a corrupt
+  leftover goes only if no line in it is an ok record missing from the run's results.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalledger.fsio import file_timestamp, fsync_dir
+from evalledger.ledger import MANIFEST
+from evalledger.ledger import parse_record_line
+from evalledger.ledger import results_files
+from evalledger.ledger import locks_held
+from evalledger.fsio import dir_size
+
+_OLD_RE = re.compile(r"^(?P<run_id>.+)\.old-(?P<stamp>\d{8}T\d{6}\.\d{6}Z)$")
+_PRUNING_RE = re.compile(r"^\.(?P<name>.+)\.pruning-\d{8}T\d{6}\.\d{6}Z$")
+_CORRUPT_RE = re.compile(r"\.corrupt-\d{8}T\d{6}\.\d{6}Z$")
+
+
+@dataclass
+class PruneItem:
+    """One thing ``prune`` will remove (or would, with ``--dry-run``)."""
+
+    path: Path
+    kind: str  # "old run" | "corrupt leftover" | "interrupted prune"
+    run_id: str
+    bytes: int
+    age_days: float
+
+
+@dataclass
+class KeptItem:
+    """A candidate that stays, and why."""
+
+    path: Path
+    kind: str
+    reason: str
+    by_keep: bool = False  # one of the newest --keep copies: kept by choice, not for safety
+
+
+@dataclass
+class PrunePlan:
+    """What :func:`plan_prune` found: what goes, what stays (with reasons) and the bytes freed."""
+
+    output_dir: Path
+    remove: list[PruneItem] = field(default_factory=list)
+    kept: list[KeptItem] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(i.bytes for i in self.remove)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total_bytes"] = self.total_bytes
+        return d
+
+
+@dataclass
+class PruneResult:
+    """What :func:`execute_prune` did."""
+
+    removed: list[PruneItem] = field(default_factory=list)
+    freed_bytes: int = 0
+    skipped: list[KeptItem] = field(default_factory=list)  # changed since the plan (e.g. a lock taken)
+    failed: list[KeptItem] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ok_ids(run_dir: Path) -> set[str]:
+    """Sample IDs with an ok record in any results file of ``run_dir`` (streaming, all shards).
+
+    Every line fully parsed, on purpose: ``RunLedger.completed_ids`` trusts a line's prefix
+    (see fastlines.py), and a line damaged after its prefix must not count as the copy that lets
+    another one be deleted.
+    """
+    from evalledger.ledger import iter_file_records
+
+    return {r["sample_id"] for p in results_files(run_dir) for r in iter_file_records(p) if r.get("status") == "ok"}
+
+
+def _ok_ids_in_leftover(path: Path) -> set[str]:
+    """Sample IDs of complete ok record lines inside a moved-aside file (usually none)."""
+    ids: set[str] = set()
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                rec = parse_record_line(raw if raw.endswith(b"\n") else raw + b"\n")
+                if rec is not None and rec.get("status") == "ok":
+                    ids.add(rec["sample_id"])
+    except OSError:
+        pass
+    return ids
+
+
+def _age_days(path: Path, now: float) -> float:
+    try:
+        return max(0.0, (now - os.lstat(path).st_mtime) / 86400)
+    except OSError:
+        return 0.0
+
+
+def _is_run_dir(d: Path) -> bool:
+    return (d / MANIFEST).exists() or bool(results_files(d))
+
+
+def plan_prune(output_dir: str | Path, *, keep: int = 1, older_than_days: float | None = None,
+               run_id: str | None = None, corrupt: bool = True, now: float | None = None) -> PrunePlan:
+    """Decide what :func:`execute_prune` would remove under ``output_dir`` (changes nothing).
+
+    ``keep``: moved-aside copies kept per run ID, newest first. ``older_than_days``: only remove
+    things at least this old (by mtime). ``run_id``: only that run's leftovers (what
+    ``run --overwrite --keep-old`` uses). ``corrupt``: include ``.corrupt-*`` leftovers.
+    """
+    from evalledger.errors import UsageError
+
+    root = Path(output_dir)
+    if keep < 0:
+        raise UsageError(f"--keep {keep}: must be 0 or more")
+    if older_than_days is not None and older_than_days < 0:
+        raise UsageError(f"--older-than {older_than_days}: must not be negative")
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a directory (give the output dir that holds the runs)")
+    now = time.time() if now is None else now
+    plan = PrunePlan(root)
+    young = (lambda p: older_than_days is not None and _age_days(p, now) < older_than_days)
+
+    live: dict[str, Path] = {}
+    old: dict[str, list[Path]] = {}
+    for d in sorted(root.iterdir()):
+        if d.is_symlink() or not d.is_dir():
+            continue
+        m = _OLD_RE.match(d.name)
+        if m:
+            if run_id is None or m.group("run_id") == run_id:
+                old.setdefault(m.group("run_id"), []).append(d)
+        elif (pm := _PRUNING_RE.match(d.name)) and (run_id is None or pm.group("name").startswith(run_id + ".old-")):
+            # A directory a killed prune had already started to delete: finish the job.
+            plan.remove.append(PruneItem(d, "interrupted prune", pm.group("name"), dir_size(d), _age_days(d, now)))
+        elif _is_run_dir(d) and (run_id is None or d.name == run_id):
+            live[d.name] = d
+
+    for rid, copies in sorted(old.items()):
+        copies.sort(key=lambda p: _OLD_RE.match(p.name).group("stamp"), reverse=True)  # newest first
+        stays = copies[:keep]
+        for c in stays:
+            plan.kept.append(KeptItem(c, "old run", f"one of the newest {keep} old cop{'y' if keep == 1 else 'ies'} of {rid}",
+                                      by_keep=True))
+        candidates = []
+        for c in copies[keep:]:
+            held = locks_held(c)
+            if held:
+                plan.kept.append(KeptItem(c, "old run", f"a process holds its lock ({', '.join(held)})"))
+                stays.append(c)
+            elif young(c):
+                plan.kept.append(KeptItem(c, "old run", f"younger than {older_than_days:g} days"))
+                stays.append(c)
+            else:
+                candidates.append(c)
+        # Oldest first: an older copy goes when what it holds survives elsewhere, newer ones last.
+        ok_of = {c: _ok_ids(c) for c in [*stays, *candidates]}
+        live_ok = _ok_ids(live[rid]) if rid in live else set()
+        removed: set[Path] = set()
+        for c in reversed(candidates):
+            others = set(live_ok)
+            for o in [*stays, *candidates]:
+                if o is not c and o not in removed:
+                    others |= ok_of[o]
+            only_here = ok_of[c] - others
+            if only_here:
+                plan.kept.append(KeptItem(c, "old run", f"holds the only ok record of {len(only_here)} sample(s) "
+                                                        f"(e.g. {sorted(only_here)[0]})"))
+                continue
+            removed.add(c)
+            plan.remove.append(PruneItem(c, "old run", rid, dir_size(c), _age_days(c, now)))
+
+    if corrupt:
+        going = {i.path for i in plan.remove}
+        dirs = [*live.values(), *(c for copies in old.values() for c in copies if c not in going)]
+        for d in dirs:
+            leftovers = sorted(p for p in d.iterdir() if _CORRUPT_RE.search(p.name) and not p.is_symlink())
+            if not leftovers:
+                continue
+            held = locks_held(d)
+            ok_here: set[str] | None = None
+            for p in leftovers:
+                if held:
+                    plan.kept.append(KeptItem(p, "corrupt leftover", f"its run is being written ({', '.join(held)})"))
+                    continue
+                if young(p):
+                    plan.kept.append(KeptItem(p, "corrupt leftover", f"younger than {older_than_days:g} days"))
+                    continue
+                lost = _ok_ids_in_leftover(p) if p.name.startswith(("results", "calls")) else set()
+                if lost:
+                    ok_here = _ok_ids(d) if ok_here is None else ok_here
+                    lost -= ok_here
+                if lost:
+                    plan.kept.append(KeptItem(p, "corrupt leftover", f"holds an ok record found nowhere else "
+                                                                     f"({len(lost)} sample(s), e.g. {sorted(lost)[0]})"))
+                    continue
+                rid = _OLD_RE.match(d.name).group("run_id") if _OLD_RE.match(d.name) else d.name
+                plan.remove.append(PruneItem(p, "corrupt leftover", rid, dir_size(p), _age_days(p, now)))
+    return plan
+
+
+def execute_prune(plan: PrunePlan) -> PruneResult:
+    """Remove what ``plan`` lists, re-checking each item's run lock right before it goes.
+
+    A directory is first renamed to ``.<name>.pruning-<timestamp>`` and then deleted, so one cut
+    short by a crash never looks like a valid old run (the next prune finishes it).
+    """
+    result = PruneResult()
+    for item in plan.remove:
+        run_dir = item.path if item.path.is_dir() else item.path.parent
+        held = locks_held(run_dir) if item.kind != "interrupted prune" else {}
+        if held:
+            result.skipped.append(KeptItem(item.path, item.kind, f"a process took its lock since ({', '.join(held)})"))
+            continue
+        try:
+            if item.path.is_dir() and not item.path.is_symlink():
+                target = item.path
+                if item.kind != "interrupted prune":
+                    target = item.path.with_name(f".{item.path.name}.pruning-{file_timestamp()}")
+                    os.rename(item.path, target)
+                    fsync_dir(target.parent)
+                shutil.rmtree(target)
+            else:
+                item.path.unlink()
+            fsync_dir(item.path.parent)
+        except OSError as e:
+            result.failed.append(KeptItem(item.path, item.kind, str(e)))
+            continue
+        result.removed.append(item)
+        result.freed_bytes += item.bytes
+    return result
+
+
+def prune_runs(output_dir: str | Path = "outputs", *, keep: int = 1, older_than_days: float | None = None,
+               dry_run: bool = False) -> tuple[PrunePlan, PruneResult | None]:
+    """``evalledger prune`` from Python: the plan, and what was removed (None with ``dry_run``).
+
+    There is no confirmation here: call :func:`plan_prune` first to look at what would go.
+    """
+    plan = plan_prune(output_dir, keep=keep, older_than_days=older_than_days)
+    return plan, None if dry_run else execute_prune(plan)
+
+
+__all__ = ["KeptItem", "PruneItem", "PrunePlan", "PruneResult", "dir_size", "execute_prune", "human_bytes",
+           "plan_prune", "prune_runs"]

@@ -1,0 +1,26 @@
+"""Reading runs, never writing them: the streaming scan, its Arrow fast path and columnar cache,
+the pandas DataFrames, the stats dict, the HTML report, and finding runs by ID.
+
+Safe while a run is writing: readers never take a lock and ignore a partial last line.
+"""
+
+from __future__ import annotations
+
+from evalledger.readers.api import CheckpointManager, get_stats
+from evalledger.readers.frames import jsonable, load_results, load_runs
+from evalledger.readers.html import write_report
+from evalledger.readers.locate import resolve_run_dir, run_dirs
+from evalledger.readers.stats import run_stats, wilson_interval
+
+__all__ = [
+    "CheckpointManager",
+    "get_stats",
+    "jsonable",
+    "load_results",
+    "load_runs",
+    "resolve_run_dir",
+    "run_dirs",
+    "run_stats",
+    "wilson_interval",
+    "write_report",
+]

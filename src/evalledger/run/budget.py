@@ -1,0 +1,97 @@
+"""Projected tokens and cost for pending samples, and the ``--max-cost`` budget.
+
+The projection uses prompt lengths (about four characters a token) and ``max_tokens`` until the run
+has finished samples; then it uses their observed average tokens per sample instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from evalledger.run.limits import estimate_prompt_tokens
+from evalledger.pricing import Price
+from evalledger.samples import Sample
+from evalledger.tasks import Task
+
+_PROMPT_SAMPLE = 500  # samples whose prompts are measured; the rest are extrapolated
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What the pending samples will cost, projected."""
+
+    pending: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None  # None: no known price for the model
+    per_sample_cost: float | None
+    basis: str
+
+    def line(self) -> str:
+        """One human-readable pre-flight line."""
+        cost = "unknown (no price for this model; see --prices)" if self.cost_usd is None else f"~${self.cost_usd:,.4f}"
+        return (f"estimate: {self.pending} pending samples, ~{self.input_tokens:,} input + ~{self.output_tokens:,} "
+                f"output tokens, cost {cost} ({self.basis})")
+
+
+def estimate_pending(task: Task, pending: Sequence[Sample], max_tokens: int, price: Price | None,
+                     observed: tuple[int, int, int] = (0, 0, 0)) -> Estimate:
+    """Project tokens and cost for ``pending``: observed averages when there are any, else prompt + max_tokens."""
+    calls = max(1, int(task.calls_per_sample))
+    n_obs, in_obs, out_obs = observed
+    if not pending:
+        return Estimate(0, 0, 0, 0.0 if price else None, None, "nothing pending")
+    if n_obs:
+        per_in, per_out = in_obs / n_obs, out_obs / n_obs
+        basis = f"observed average of {n_obs} finished samples"
+    else:
+        step = max(1, len(pending) // _PROMPT_SAMPLE)
+        measured = pending[::step][:_PROMPT_SAMPLE]
+        prompt = sum(estimate_prompt_tokens(task.build_messages(s)) for s in measured) / len(measured)
+        # Each later turn re-sends the conversation so far (prompt + earlier answers).
+        per_in = sum(prompt + i * max_tokens for i in range(calls))
+        per_out = calls * max_tokens
+        basis = f"prompt lengths + max_tokens {max_tokens} × {calls} call(s); an upper bound on output"
+    per_cost = price.cost(int(per_in), int(per_out)) if price else None
+    k = len(pending)
+    return Estimate(k, int(per_in * k), int(per_out * k), None if per_cost is None else per_cost * k, per_cost, basis)
+
+
+class Budget:
+    """``--max-cost``: admit a sample only if everything spent plus everything in flight stays within it."""
+
+    def __init__(self, max_cost: float, spent_before: float, per_sample: float) -> None:
+        self.max_cost = max_cost
+        self.spent_before = spent_before
+        self.spent_now = 0.0
+        self.per_sample = per_sample  # projected cost of one sample, refined as samples finish
+        self._finished = 0
+        self._max_seen = 0.0
+        self.changed = asyncio.Event()  # set whenever spend or the projection changes
+
+    @property
+    def spent(self) -> float:
+        return self.spent_before + self.spent_now
+
+    def add(self, paid_cost: float, finished_sample: bool, sample_cost: float | None = None) -> None:
+        """Account a paid amount; a finished sample's full cost refines the per-sample projection.
+
+        The projection is the most expensive sample seen so far, not the average: a budget is a
+        ceiling, so admitting a sample must not count on it being cheaper than its predecessors.
+        """
+        self.spent_now += paid_cost
+        if finished_sample and sample_cost is not None:
+            self._finished += 1
+            self._max_seen = max(self._max_seen, sample_cost)
+            self.per_sample = self._max_seen
+        self.changed.set()
+
+    def admits(self, in_flight: int) -> bool:
+        """Would one more sample, with ``in_flight`` others still unpaid, stay within the budget?"""
+        return self.spent + (in_flight + 1) * self.per_sample <= self.max_cost + 1e-12
+
+    def message(self, remaining: int) -> str:
+        return (f"stopped: budget reached: spent ${self.spent:,.4f} of --max-cost ${self.max_cost:,.4f}; "
+                f"{remaining} sample(s) left, about ${remaining * self.per_sample:,.4f} more. "
+                "Continue with a larger --max-cost (the run resumes where it stopped).")

@@ -1,0 +1,101 @@
+"""How a run ended: its exit code, status and the message that says what to do next.
+
+The exit codes are part of the CLI's contract (README): 0 complete, 1 samples ended with
+errors, 2 fatal (bad key, unknown model, unreachable endpoint), 3 the circuit breaker (the
+API looks down), 4 the disk, 5 the budget, 130/143 interrupted by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evalledger.fsio import disk_failure_message
+
+if TYPE_CHECKING:
+    from evalledger.run.budget import Budget
+    from evalledger.config import RunConfig
+    from evalledger.ledger import RunLedger
+    from evalledger.providers import ErrorInfo, Provider
+    from evalledger.run.sample import RunState
+
+EXIT_OK = 0
+EXIT_ERRORS_LEFT = 1
+EXIT_FATAL = 2
+EXIT_OUTAGE = 3
+EXIT_DISK = 4
+EXIT_BUDGET = 5
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+@dataclass
+class RunSummary:
+    """What one ``run`` did. ``exit_code`` is what the CLI exits with."""
+
+    run_id: str
+    run_dir: Path
+    exit_code: int
+    status: str  # complete | errors | interrupted | fatal | outage | disk | budget
+    total_samples: int  # in this invocation's selection (the shard, after --limit)
+    skipped_completed: int  # already ok in the ledger: no request sent
+    attempted: int
+    ok: int  # acknowledged ok records written by this invocation
+    errors: int  # acknowledged error records written by this invocation
+    requests: int  # HTTP requests sent (every attempt)
+    remaining: int  # samples of the selection still without an ok record
+    duration_s: float
+    message: str = ""
+    resume_command: str | None = None
+    moved_aside: Path | None = None
+    # light summary of the run (or shard): counts, accuracy, cost; get_stats() has the full dict
+    stats: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)  # 429s seen, limit decreases, pause/throttle seconds
+
+
+def set_outcome(summary: RunSummary, run: "RunState", config: "RunConfig", provider: "Provider | None",
+                budget: "Budget | None", write_failure: BaseException | None, ledger: "RunLedger",
+                remaining: int) -> None:
+    """Set ``summary``'s exit code, status and message from how the run stopped (first cause wins:
+    the disk, a fatal provider error, the budget, the circuit breaker, a signal, errors left)."""
+    if write_failure is not None:
+        summary.exit_code, summary.status = EXIT_DISK, "disk"
+        summary.message = disk_failure_message(ledger.results_path, write_failure)
+    elif run.fatal is not None:
+        summary.exit_code, summary.status = EXIT_FATAL, "fatal"
+        summary.message = _fatal_message(run.fatal, config, provider)
+    elif run.budget_hit and budget is not None:
+        summary.exit_code, summary.status = EXIT_BUDGET, "budget"
+        summary.message = budget.message(remaining)
+    elif run.outage is not None:
+        summary.exit_code, summary.status = EXIT_OUTAGE, "outage"
+        summary.message = (
+            f"stopped: {config.max_consecutive_errors} samples in a row ended in errors, so the API looks down "
+            f"(last: {run.outage.get('type')}: {run.outage.get('message')}). Everything finished so far is saved; "
+            "resume later with the command below (--max-consecutive-errors changes the threshold)."
+        )
+    elif run.signal_received is not None and remaining:
+        # (A signal that lands after the last sample was committed interrupted nothing: complete, exit 0.)
+        summary.exit_code = EXIT_SIGINT if run.signal_received == signal.SIGINT else EXIT_SIGTERM
+        summary.status = "interrupted"
+        summary.message = f"interrupted by {signal.Signals(run.signal_received).name}: {remaining} sample(s) left"
+    elif remaining:
+        summary.exit_code, summary.status = EXIT_ERRORS_LEFT, "errors"
+        summary.message = f"{remaining} sample(s) ended with errors (see {ledger.errors_path}); run again to retry them"
+
+
+def _fatal_message(info: ErrorInfo, config: RunConfig, provider: Provider | None) -> str:
+    base = getattr(provider, "base_url", None) or "the provider's default URL"
+    if info.status_code == 401:
+        fix = "the API key was refused: check OPENAI_API_KEY / ANTHROPIC_API_KEY (or --api-key-env)"
+    elif info.status_code == 403:
+        fix = "the key has no permission for this model or endpoint"
+    elif info.status_code == 404:
+        fix = f"model '{config.model}' or the endpoint was not found at {base}: check --model and --base-url"
+    elif info.status_code is None:
+        fix = f"could not reach {base}: check --base-url and that the server is up"
+    else:
+        fix = "the provider refused the request in a way no retry fixes"
+    return f"stopped: {fix}\n  provider said: {info.message}"

@@ -1,0 +1,296 @@
+"""Turn a RunConfig into a concrete run: dataset loaded and validated, task, run ID (the manifest: run_manifest.py).
+
+Everything here happens before any request is sent, so bad input costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import dataclasses
+import hashlib
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalledger._version import __version__
+from evalledger.datasets import index as dataset_index
+from evalledger.config import RunConfig, identity_hash, make_run_id
+from evalledger.datasets import ResolvedDataset, locate_dataset, read_dataset_file
+from evalledger.datasets.files import _format_of, _resolve_path
+from evalledger.datasets import (
+    LazySamples,
+    RowSource,
+    ValidatedIndex,
+    in_shard,
+    index_key,
+    load_index,
+    save_index,
+)
+from evalledger.datasets import max_field_chars
+from evalledger.datasets import Dataset, load_dataset_bytes
+from evalledger.errors import DatasetError, UsageError
+from evalledger.fsio import utc_now
+from evalledger.fsio import paused_gc
+from evalledger.samples import Sample
+from evalledger.tasks import load_task
+from evalledger.tasks import Task
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASK = "qa"
+
+__all__ = ["PreparedRun", "prepare_run", "check_code_execution_allowed",
+           "run_dir_inside", "check_output_dir_usable", "DEFAULT_TASK"]
+
+
+@dataclass
+class PreparedRun:
+    """A validated run, ready to execute: nothing has been written yet."""
+
+    config: RunConfig
+    dataset: Dataset
+    task: Task
+    task_spec: str
+    identity: dict[str, Any]
+    run_id: str
+    run_dir: Path
+    samples: Sequence[Sample]  # after --limit, before --shard (a LazySamples for a large JSON-lines file)
+    selection: Sequence[Sample]  # this shard's samples
+    index_key: dict[str, Any] = field(default_factory=dict)  # what the dataset's validation depended on
+    new_index: ValidatedIndex | None = None  # the index this run's validation made, to save (save_dataset_index)
+
+    @property
+    def config_hash(self) -> str:
+        return identity_hash(self.identity)
+
+    def save_dataset_index(self) -> None:
+        """Save the validated index of a dataset this run just validated in full (see :mod:`.dataset_index`),
+        so the next resume skips the validation. Call once the run directory exists and is ours."""
+        if self.new_index is not None:
+            save_index(self.run_dir, self.index_key, self.new_index)
+            self.new_index = None
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest content for a new run directory."""
+        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.config).items()}
+        cfg.pop("api_key", None)  # never write secrets to disk
+        return {
+            "run_id": self.run_id,
+            "identity": self.identity,
+            "identity_hash": self.config_hash,
+            "config": cfg,
+            "task": self.task.name or self.task_spec,
+            "task_spec": self.task_spec,
+            "prompt_version": self.task.prompt_version,
+            "dataset": {
+                "name": self.dataset.name,
+                "path": str(self.dataset.path),
+                "sha256": self.dataset.sha256,
+                "total_rows": self.dataset.total_rows,
+                "id_source": self.dataset.id_source,
+            },
+            "sample_count": len(self.samples),
+            "limit": self.config.limit,
+            "versions": _versions(),
+            "created_at": utc_now(),
+        }
+
+
+def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_execution: bool = True,
+                use_index: bool = True) -> PreparedRun:
+    """Resolve the dataset and task, validate every row, and compute the run ID.
+
+    With ``use_index`` (what ``run`` and ``estimate`` do), a run directory holding the validated
+    index of this very file for these settings (:mod:`.dataset_index`) skips the row-by-row
+    validation, which that index records as passed; ``validate`` always checks every row.
+
+    With ``check_output_dir`` (what ``run`` does), also check that ``--output-dir`` is, or can be
+    created as, a writable directory and that the run directory would be inside it; ``validate``
+    writes nothing and skips that. Nothing is created either way.
+
+    With ``check_code_execution`` (what ``run`` does), a task that runs model-written code
+    (``executes_code``, e.g. humaneval) is refused unless ``allow_code_execution`` is set, and
+    warned about on stderr when it is; ``validate`` runs nothing and skips that.
+
+    Raises :class:`DatasetError` / :class:`UsageError` with a message naming the file, row or flag.
+    """
+    located = locate_dataset(config.dataset)
+    task_spec = config.task or located.default_task or DEFAULT_TASK
+    # Plain "self-correct" wraps the dataset's default task (qa for a file that is not built in).
+    task = load_task(task_spec, default_base=located.default_task or DEFAULT_TASK,
+                     review_prompt=config.review_prompt_text())
+    if check_code_execution:
+        check_code_execution_allowed(task, task_spec, config)
+    # The file is read and hashed once: the hash names the run, and these bytes are what is parsed.
+    raw, st = read_dataset_file(_resolve_path(located.path))
+    resolved = dataclasses.replace(located, sha256=hashlib.sha256(raw).hexdigest())
+    task_name = task.name or task_spec
+    identity = config.identity(dataset_sha256=resolved.sha256, task_name=task_name, prompt_version=task.prompt_version)
+    run_id = config.run_id or make_run_id(resolved.name, config.model, task_name, identity)
+    run_dir = run_dir_inside(config.output_dir, run_id)
+    key = index_key(sha256=resolved.sha256, format=_format_of(resolved.path), id_column=config.id_column,
+                    default_id_column=resolved.default_id_column, required=list(task.required_fields),
+                    task=f"{type(task).__module__}.{type(task).__qualname__}", task_spec=task_spec,
+                    task_name=task_name, prompt_version=task.prompt_version, limit=config.limit,
+                    max_field_chars=max_field_chars(), evalledger=__version__)
+    # Millions of small dicts are built here and none is in a cycle: see gcpause.
+    with paused_gc():
+        index = load_index(run_dir, key) if use_index and len(raw) >= dataset_index.MIN_BYTES else None
+        if index is not None:
+            del raw  # a resume of an already validated file: its rows are read back only when pending
+            dataset = _dataset_from_index(resolved, st, index, task, config.limit)
+            new_index = None
+        else:
+            dataset = load_dataset_bytes(resolved, raw, id_column=config.id_column,
+                                         required_fields=task.required_fields, limit=config.limit)
+            del raw
+            _validate_rows(dataset, task, task_spec)
+            dataset, new_index = _lazy_if_large(dataset, st, task)
+    if check_output_dir:
+        check_output_dir_usable(config.output_dir, run_dir)
+    return PreparedRun(
+        config=config,
+        dataset=dataset,
+        task=task,
+        task_spec=task_spec,
+        identity=identity,
+        run_id=run_id,
+        run_dir=run_dir,
+        samples=dataset.samples,
+        selection=in_shard(dataset.samples, config.shard),
+        index_key=key,
+        new_index=new_index,
+    )
+
+
+def _validate_rows(dataset: Dataset, task: Task, task_spec: str) -> None:
+    """The task's own check of every sample (``validate_sample``); one error listing the bad rows."""
+    problems = []
+    for sample in dataset.samples:
+        problem = task.validate_sample(sample)
+        if problem:
+            problems.append(f"row {sample.row} (id {sample.id}): {problem}")
+    if problems:
+        more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DatasetError(
+            f"{dataset.path}: {len(problems)} row(s) cannot be used by task '{task_spec}':\n  "
+            + "\n  ".join(problems[:10])
+            + more
+        )
+
+
+def _id_column_of(id_source: str) -> str | None:
+    return id_source[len("column:"):] if id_source.startswith("column:") else None
+
+
+def _dataset_from_index(resolved: ResolvedDataset, st: os.stat_result, index: ValidatedIndex, task: Task,
+                        limit: int | None) -> Dataset:
+    """The dataset of a file a previous run validated (its index matched): ids only, rows read back on demand."""
+    refs = index.refs
+    source = RowSource(resolved.path, resolved.sha256, st, refs, index.row_label,
+                       id_column=_id_column_of(index.id_source), required=task.required_fields,
+                       validate=task.validate_sample)
+    n = len(refs.ids) if limit is None else min(limit, len(refs.ids))
+    return Dataset(name=resolved.name, path=resolved.path, sha256=resolved.sha256,
+                   samples=LazySamples(source, range(n)), total_rows=index.total_rows, id_source=index.id_source,
+                   row_label=index.row_label, columns=index.columns, all_ids=frozenset(refs.ids), refs=refs)
+
+
+def _lazy_if_large(dataset: Dataset, st: os.stat_result, task: Task) -> tuple[Dataset, ValidatedIndex | None]:
+    """A large JSON-lines dataset just validated: drop the rows' fields (they are read back when sent)
+    and return the index to save once the run directory is ours. Others are kept as they are."""
+    refs = dataset.refs
+    if refs is None or st.st_size < dataset_index.MIN_BYTES:
+        return dataset, None
+    index = ValidatedIndex(refs, dataset.total_rows, dataset.id_source, dataset.row_label, dataset.columns)
+    if refs.starts is None:
+        return dataset, index  # other formats: the rows stay in memory (no offsets to read them back by)
+    source = RowSource(dataset.path, dataset.sha256, st, refs, dataset.row_label,
+                       id_column=_id_column_of(dataset.id_source), required=task.required_fields,
+                       validate=task.validate_sample)
+    return dataclasses.replace(dataset, samples=LazySamples(source, range(len(dataset.samples)))), index
+
+
+def check_code_execution_allowed(task: Task, task_spec: str, config: RunConfig) -> None:
+    """Refuse a code-running task without ``--allow-code-execution``; warn once when allowed.
+
+    Checked right after the task is loaded, before the dataset is read or anything is written or
+    sent, so a refused run costs nothing.
+    """
+    if not getattr(task, "executes_code", False):
+        return
+    if not config.allow_code_execution:
+        raise UsageError(
+            f"--task {task_spec}: this task runs model-written Python code on this machine (in a child "
+            "process with resource limits, which is not a security sandbox). Pass --allow-code-execution "
+            "(allow_code_execution=True from Python) to run it, preferably inside a container or VM."
+        )
+    log.warning(
+        f"--allow-code-execution: task {task_spec} will run model-written code on this machine "
+        "(child process with limits and a scrubbed environment; not a security boundary)"
+    )
+
+
+def run_dir_inside(output_dir: Path, run_id: str) -> Path:
+    """``output_dir / run_id``, refusing any run ID that would put the run anywhere else.
+
+    ``RunConfig`` already limits ``--run-id`` to ``[A-Za-z0-9][A-Za-z0-9._-]*``, and derived
+    run IDs are built from slugs; this is the last line of defence for both: the run directory
+    must be exactly one level below the output directory (no ``/``, no ``.`` or ``..``).
+    """
+    bad = (
+        run_id in ("", ".", "..")
+        or "/" in run_id
+        or (os.altsep is not None and os.altsep in run_id)
+        or "\x00" in run_id
+    )
+    run_dir = Path(output_dir) / run_id
+    out_abs = os.path.normpath(os.path.abspath(output_dir))
+    if bad or os.path.dirname(os.path.normpath(os.path.abspath(run_dir))) != out_abs:
+        raise UsageError(f"--run-id {run_id!r}: must be a single directory name inside --output-dir {output_dir}")
+    return run_dir
+
+
+def check_output_dir_usable(output_dir: Path, run_dir: Path) -> None:
+    """Refuse (:class:`UsageError`, exit 2, naming ``--output-dir``) before any request is sent
+    when the run could not write its files: the output directory (or the nearest existing
+    parent it would be created in) is a file or not writable, or the run directory is a file.
+
+    Checked without writing anything: ``os.access`` also reports a read-only filesystem or an
+    immutable directory for root, who otherwise passes every permission check.
+    """
+    out = Path(output_dir)
+    for candidate in (out, *out.absolute().parents):
+        if candidate.is_symlink() and not candidate.exists():
+            raise UsageError(f"--output-dir {out}: {candidate} is a broken symlink or a symlink loop")
+        if not candidate.exists():
+            continue
+        if not candidate.is_dir():
+            what = "is a file" if candidate.is_file() else "is not a directory"
+            if candidate == out:
+                raise UsageError(f"--output-dir {out}: {what}, not a directory")
+            raise UsageError(f"--output-dir {out}: cannot create it, {candidate} {what}")
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            where = "" if candidate == out else f" (it would be created in {candidate}, which is not writable)"
+            raise UsageError(f"--output-dir {out}: not writable{where}; choose another --output-dir")
+        break
+    if run_dir.exists() or run_dir.is_symlink():
+        if not run_dir.is_dir():
+            raise UsageError(f"--output-dir {out}: the run directory {run_dir} exists but is not a directory")
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise UsageError(f"--output-dir {out}: the run directory {run_dir} is not writable")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"evalledger": __version__, "python": platform.python_version()}
+    for pkg in ("openai", "anthropic", "tenacity", "pandas"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

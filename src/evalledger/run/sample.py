@@ -1,0 +1,242 @@
+"""One sample through the task: the model calls (with retries), the turn cache, and its record.
+
+Turn cache: for a multi-turn task (``task.multi_turn``) every model call that succeeds is appended
+to ``calls….jsonl`` before the task goes on. On resume, a call whose request is identical (same
+messages and generation parameters) is answered from there instead of being paid for again, so a
+crash between turn 1 and turn 2 costs only turn 2.
+
+Billing: each results record carries ``paid`` = what that record adds to the run's bill. For a
+single-turn task that is its usage; for a multi-turn task the calls file is the bill (every paid
+call is there once) and the record's ``paid`` is zero, while its ``usage`` is the sample's total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from evalledger.fsio import canonical_json, utc_now
+from evalledger.run.limits import RATE_LIMIT_STATUSES, Limits, estimate_request_tokens
+from evalledger.pricing import Price
+from evalledger.providers import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
+from evalledger.run.retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
+from evalledger.samples import Sample, sample_rng
+from evalledger.tasks import Task
+
+
+class StopRun(Exception):
+    """Raised inside a worker to end the run (fatal provider error)."""
+
+
+class NotStarted(BaseException):
+    """The run was told to stop before this sample got any answer: drop it instead of sending its
+    first request or retrying a failed one (it stays pending; failed requests are not paid, and a
+    stopped run, e.g. by the circuit breaker, should not keep calling an API that fails). A
+    BaseException, like CancelledError, so that the retry loop and the task's own error handling
+    let it through untouched."""
+
+
+@dataclass
+class RunState:
+    """Shared, mutable state of one invocation's workers."""
+
+    stop: asyncio.Event
+    fatal: ErrorInfo | None = None
+    outage: dict[str, Any] | None = None  # the last error when the circuit breaker tripped
+    budget_hit: bool = False
+    signal_received: int | None = None
+    requests: int = 0
+    successes: int = 0
+    attempted: int = 0
+    in_flight: int = 0
+    workers: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+@dataclass
+class SampleContext:
+    """What every sample of the run shares."""
+
+    task: Task
+    task_name: str
+    model: str
+    shard: tuple[int, int] | None
+    seed: int
+    temperature: float
+    max_tokens: int
+    top_p: float | None
+    policy: RetryPolicy
+    provider: Provider
+    run: RunState
+    price: Price | None
+    #: sample id → call key → cached call record (multi-turn tasks only)
+    cached_calls: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: durably appends one call record (multi-turn tasks only)
+    persist_call: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    #: concurrency slots, the shared rate-limit pause, RPM/TPM (None: workers only)
+    limits: Limits | None = None
+
+    @property
+    def multi_turn(self) -> bool:
+        return bool(self.task.multi_turn)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        return None if self.price is None else round(self.price.cost(input_tokens, output_tokens), 10)
+
+
+def call_key(request: ChatRequest) -> str:
+    """Identity of one model call: same messages and generation parameters → same answer to reuse."""
+    body = {"messages": request.messages, "model": request.model, "temperature": request.temperature,
+            "max_tokens": request.max_tokens, "seed": request.seed, "top_p": request.top_p}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:32]
+
+
+async def _attempt(ctx: SampleContext, request: ChatRequest, droppable: bool = False) -> ChatResponse:
+    """One HTTP request, gated by the run's limits; 429/529 feed back into them. ``droppable``: the
+    sample has no answer yet, so if the run was stopped while it waited (for a slot or to retry)
+    it is dropped (NotStarted)."""
+    if ctx.limits is None:
+        ctx.run.requests += 1
+        return await ctx.provider.complete(request)
+    async with ctx.limits.request(estimate_request_tokens(request.messages, request.max_tokens)) as slot:
+        if droppable and ctx.run.stop.is_set():
+            raise NotStarted()
+        ctx.run.requests += 1  # counted as it goes out: a dropped sample's request never does
+        try:
+            resp = await ctx.provider.complete(request)
+        except Exception as e:
+            info = ctx.provider.classify(e)
+            if info.status_code in RATE_LIMIT_STATUSES and info.kind is ErrorKind.TRANSIENT:
+                ctx.limits.rate_limited(info.retry_after)
+            raise
+        slot.used(resp.input_tokens + resp.output_tokens)
+        ctx.limits.observe_headers(resp.ratelimit_headers)
+        ctx.limits.succeeded()
+        return resp
+
+
+def input_hash(sample: Sample) -> str:
+    body = json.dumps(sample.fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
+    """Run one sample through the task; return its record (ok or error). Raises StopRun on fatal."""
+    run = ctx.run
+    responses: list[ChatResponse] = []
+    replayed: list[bool] = []
+    attempts = 0
+    started_at = utc_now()
+    t0 = time.monotonic()
+    run.attempted += 1
+    shard = None if ctx.shard is None else f"{ctx.shard[0]}/{ctx.shard[1]}"
+    cache = ctx.cached_calls.get(sample.id, {})
+
+    async def generate(messages: list[dict[str, str]]) -> str:
+        nonlocal attempts
+        request = ChatRequest(messages=messages, model=ctx.model, temperature=ctx.temperature,
+                              max_tokens=ctx.max_tokens, seed=ctx.seed, top_p=ctx.top_p)
+        key = call_key(request) if ctx.multi_turn else ""
+        hit = cache.get(key) if key else None
+        if hit is not None:  # paid for by an earlier, interrupted attempt: replay, do not pay again
+            usage = hit.get("usage") or {}
+            responses.append(ChatResponse(text=hit["response"], input_tokens=int(usage.get("input_tokens") or 0),
+                                          output_tokens=int(usage.get("output_tokens") or 0),
+                                          request_id=hit.get("request_id")))
+            replayed.append(True)
+            return hit["response"]
+        droppable = not responses  # no answer yet (earlier turns would be paid for: finish those)
+        try:
+            resp, n = await call_with_retries(lambda: _attempt(ctx, request, droppable), ctx.provider.classify,
+                                              ctx.policy, rate_limit_sleep=None if ctx.limits is None
+                                              else ctx.limits.sleep_rate_limited)
+        except (NonRetryable, RetriesExhausted) as e:
+            attempts += e.attempts
+            raise
+        attempts += n
+        run.successes += 1
+        responses.append(resp)
+        replayed.append(False)
+        if key and ctx.persist_call is not None:
+            await ctx.persist_call({
+                "sample_id": sample.id, "call_key": key, "turn": len(responses) - 1, "shard": shard,
+                "model": ctx.model, "response": resp.text, "request_id": resp.request_id,
+                "usage": {"input_tokens": resp.input_tokens, "output_tokens": resp.output_tokens},
+                "cost_usd": ctx.cost(resp.input_tokens, resp.output_tokens), "finished_at": utc_now(),
+            })
+        return resp.text
+
+    record: dict[str, Any] = {
+        "sample_id": sample.id,
+        "status": "ok",
+        "attempts": 0,
+        "shard": shard,
+        "model": ctx.model,
+        "task": ctx.task_name,
+        "input_hash": input_hash(sample),
+    }
+    error: dict[str, Any] | None = None
+    output = None
+    try:
+        output = await ctx.task.run(sample, generate, sample_rng(ctx.seed, sample.id))
+    except NotStarted:
+        run.attempted -= 1  # dropped before it got anything: not attempted by this invocation
+        raise
+    except (NonRetryable, RetriesExhausted) as e:
+        info = e.info
+        if info.kind is ErrorKind.FATAL or (
+            isinstance(e, RetriesExhausted) and run.successes == 0 and "Connection" in info.type
+        ):
+            # Fatal: stop the whole run at once; no error record (no flood of identical errors).
+            if run.fatal is None:
+                run.fatal = info
+            run.stop.set()
+            raise StopRun() from None
+        error = {"type": info.type, "message": info.message, "retryable": info.retryable,
+                 "status_code": info.status_code}
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # a task or scorer bug for this sample: record it, keep going
+        error = {"type": type(e).__name__, "message": str(e) or type(e).__name__, "retryable": False,
+                 "status_code": None}
+
+    in_tok = sum(r.input_tokens for r in responses)
+    out_tok = sum(r.output_tokens for r in responses)
+    if ctx.multi_turn:
+        paid_in = paid_out = 0  # every paid call is in the calls file already
+    else:
+        paid_in = sum(r.input_tokens for r, rep in zip(responses, replayed) if not rep)
+        paid_out = sum(r.output_tokens for r, rep in zip(responses, replayed) if not rep)
+    if output is not None:
+        record.update(
+            prompt=output.messages,
+            response=output.responses[0] if len(output.responses) == 1 else output.responses,
+            prediction=output.score.prediction,
+            target=output.score.target,
+            score=output.score.score,
+            correct=bool(output.score.correct),
+        )
+        if output.extra:
+            record["extra"] = output.extra
+    else:
+        record.update(prompt=None, response=[r.text for r in responses] or None, prediction=None,
+                      target=None, score=None, correct=None)
+    if len(responses) > 1 or any(replayed):
+        record["turn_usage"] = [{"input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "replayed": rep}
+                                for r, rep in zip(responses, replayed)]
+    record.update(
+        status="ok" if error is None else "error",
+        attempts=attempts,
+        usage={"input_tokens": in_tok, "output_tokens": out_tok},
+        cost_usd=ctx.cost(in_tok, out_tok),  # None: the model has no known price (unknown, not zero)
+        paid={"input_tokens": paid_in, "output_tokens": paid_out, "cost_usd": ctx.cost(paid_in, paid_out)},
+        latency_s=round(time.monotonic() - t0, 4),
+        request_ids=[r.request_id for r in responses],
+        error=error,
+        started_at=started_at,
+        finished_at=utc_now(),
+    )
+    return record
