@@ -34,8 +34,8 @@ PROMPT = ("Solve the following math problem step by step. After your reasoning, 
 
 def make_run(run_dir: Path, n: int, shards: int = 4, seed: int = 0) -> None:
     """Write ``n`` samples' records into ``shards`` shard files of a new run directory."""
-    from evalledger.readers import CheckpointManager
     from evalledger.fsio import write_json_atomic
+    from evalledger.readers import CheckpointManager
 
     rng = random.Random(seed)
     run_dir.mkdir(parents=True)

@@ -12,7 +12,6 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 import pytest  # noqa: E402
-
 from fakeserver import FakeServer  # noqa: E402
 
 from evalledger.cli.options import show_warnings  # noqa: E402

@@ -15,7 +15,6 @@ import socket
 import time
 from pathlib import Path
 
-
 from helpers import all_records, cli_env, marker, popen_cli, read_lines, run_cli, run_many, write_qa_dataset
 
 MODEL = "openai/test-model"

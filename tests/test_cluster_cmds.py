@@ -16,15 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import all_records, cli_env, marker, read_lines, run_cli, write_qa_dataset
 
-from evalledger.ops import merge_run
-from evalledger.ops import run_status
 from evalledger.datasets import parse_shard, shard_of
 from evalledger.errors import UsageError
-from evalledger.readers import CheckpointManager
-from evalledger.ops import SlurmOptions, render_script
+from evalledger.ops import SlurmOptions, merge_run, render_script, run_status
 from evalledger.ops.slurm import array_spec
-from helpers import all_records, cli_env, marker, read_lines, run_cli, write_qa_dataset
+from evalledger.readers import CheckpointManager
 
 MODEL = "openai/test-model"
 

@@ -22,16 +22,14 @@ import time
 from pathlib import Path
 
 import pytest
-
-from evalledger.readers import CheckpointManager
-from evalledger.errors import ConfigDriftError
-from evalledger.config import RunConfig
-from evalledger.run import run_experiment
-from evalledger.errors import LedgerCorruptError
-from evalledger.ledger.state import STATE_VERSION, _state_checksum
-from evalledger.ledger import move_garbage_lines_aside
-from evalledger.run import prepare_run
 from helpers import all_records, cli_env, marker, read_lines, run_cli, write_qa_dataset
+
+from evalledger.config import RunConfig
+from evalledger.errors import ConfigDriftError, LedgerCorruptError
+from evalledger.ledger import move_garbage_lines_aside
+from evalledger.ledger.state import STATE_VERSION, _state_checksum
+from evalledger.readers import CheckpointManager
+from evalledger.run import prepare_run, run_experiment
 
 MODEL = "openai/test-model"
 N, FIRST = 6, 3  # the dataset has N samples; the first run does FIRST of them

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import all_records, cli_env, marker, popen_cli, run_cli, run_config, write_qa_dataset
 
 from evalledger.config import RunConfig
 from evalledger.errors import UsageError
-from evalledger.run import estimate_experiment, run_experiment
 from evalledger.readers import get_stats
-from helpers import all_records, cli_env, marker, popen_cli, run_cli, run_config, write_qa_dataset
+from evalledger.run import estimate_experiment, run_experiment
 
 TESTS = Path(__file__).resolve().parent
 

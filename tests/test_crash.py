@@ -24,8 +24,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from evalledger.readers import CheckpointManager
 from helpers import (
     all_records,
     cli_env,
@@ -37,6 +35,8 @@ from helpers import (
     wait_for,
     write_qa_dataset,
 )
+
+from evalledger.readers import CheckpointManager
 
 MODEL = "openai/test-model"
 CRASH_SEED = int(os.environ.get("EVALLEDGER_CRASH_SEED", "20261123"))

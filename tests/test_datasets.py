@@ -13,12 +13,18 @@ from typing import Any
 
 import pytest
 
-from evalledger.datasets import BUILTIN_DATASETS, ResolvedDataset, resolve_dataset
+from evalledger.datasets import (
+    BUILTIN_DATASETS,
+    Dataset,
+    ResolvedDataset,
+    load_dataset,
+    parse_shard,
+    resolve_dataset,
+    shard_of,
+)
 from evalledger.datasets.files import data_dir, dataset_stem
-from evalledger.datasets import Dataset, load_dataset
 from evalledger.datasets.ids import content_hash_id
 from evalledger.datasets.sharding import filter_shard
-from evalledger.datasets import parse_shard, shard_of
 from evalledger.errors import DatasetError, UsageError
 from evalledger.samples import Sample
 

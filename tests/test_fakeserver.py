@@ -16,8 +16,8 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-
 from fakeserver import ANTHROPIC_PATH, OPENAI_PATH, FakeServer, answer_from_marker
+
 
 def openai_client(server: FakeServer, timeout: float = 10.0) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.openai_base_url, api_key="x", max_retries=0, timeout=timeout)

@@ -25,14 +25,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from evalledger.errors import DatasetError, UsageError
-from evalledger.config import RunConfig
-from evalledger.run import run_experiment
-from evalledger.datasets import load_dataset
-from evalledger.run import prepare_run
-from evalledger.run.prepare import run_dir_inside
 from helpers import cli_env, run_many, write_qa_dataset
+
+from evalledger.config import RunConfig
+from evalledger.datasets import load_dataset
+from evalledger.errors import DatasetError, UsageError
+from evalledger.run import prepare_run, run_experiment
+from evalledger.run.prepare import run_dir_inside
 
 MODEL = "openai/test-model"
 BIG = 50 * 1024 * 1024  # the "50 MB single field"

@@ -18,13 +18,12 @@ import pytest
 from helpers import all_records, cli_env, run_cli
 
 from evalledger.config import RunConfig
-from evalledger.run import run_experiment
 from evalledger.datasets import BUILTIN_DATASETS
 from evalledger.errors import UsageError
+from evalledger.run import run_experiment
 from evalledger.samples import Sample
 from evalledger.sandbox import SandboxLimits, run_python, run_python_async
-from evalledger.tasks import load_task
-from evalledger.tasks import HumanEvalTask
+from evalledger.tasks import HumanEvalTask, load_task
 from evalledger.tasks.humaneval import build_program, complete_function, extract_code
 
 # Wall clock generous (a loaded 2-core CI box can take seconds just to start python); CPU bounds loops.

@@ -12,11 +12,9 @@ import textwrap
 
 import pytest
 
-from evalledger.readers import CheckpointManager
 from evalledger.errors import LockHeldError
-from evalledger.ledger import GroupCommitter
-from evalledger.ledger import ReadReport, iter_file_records, latest_records
-from evalledger.ledger import repair_torn_tail
+from evalledger.ledger import GroupCommitter, ReadReport, iter_file_records, latest_records, repair_torn_tail
+from evalledger.readers import CheckpointManager
 
 
 def rec(sid: str, status: str = "ok", **kw):

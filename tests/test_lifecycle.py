@@ -12,13 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from evalledger.config import RunConfig
-from evalledger.readers import get_stats
-from evalledger.run import run_experiment
-from evalledger.cli.results import list_runs
-from evalledger.fsio import sha256_file
-from evalledger.ledger import PROCESS_GONE, run_lifecycle
 from helpers import (
     cli_env,
     line_count,
@@ -30,6 +23,13 @@ from helpers import (
     wait_for,
     write_qa_dataset,
 )
+
+from evalledger.cli.results import list_runs
+from evalledger.config import RunConfig
+from evalledger.fsio import sha256_file
+from evalledger.ledger import PROCESS_GONE, run_lifecycle
+from evalledger.readers import get_stats
+from evalledger.run import run_experiment
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import all_records, marker, write_qa_dataset
 
-from evalledger.readers import CheckpointManager
 from evalledger.config import RunConfig
 from evalledger.errors import UsageError
-from evalledger.run import run_experiment
 from evalledger.ledger import GroupCommitter
+from evalledger.readers import CheckpointManager
+from evalledger.run import run_experiment
 from evalledger.run.limits import Limits, TokenBucket
-from helpers import all_records, marker, write_qa_dataset
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:

@@ -8,8 +8,7 @@ import json
 import pytest
 
 from evalledger.config import RunConfig
-from evalledger.readers import get_stats
-from evalledger.readers import load_results
+from evalledger.readers import get_stats, load_results
 from evalledger.run import run_experiment
 
 pytestmark = pytest.mark.local_model

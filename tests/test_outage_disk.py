@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import all_records, cli_env, marker, run_cli, run_config, tiny_fs, write_qa_dataset
 
 from evalledger.config import RunConfig
+from evalledger.errors import DiskSpaceError
 from evalledger.readers import get_stats
 from evalledger.run import run_experiment
-from evalledger.errors import DiskSpaceError
 from evalledger.run.scheduler import WORKERS_PER_SLOT
-from helpers import all_records, cli_env, marker, run_cli, run_config, tiny_fs, write_qa_dataset
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:

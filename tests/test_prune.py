@@ -10,12 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from evalledger.config import RunConfig
-from evalledger.run import run_experiment
-from evalledger.fsio import dir_size
-from evalledger.ops import execute_prune, plan_prune
 from helpers import cli_env, run_cli, run_config, write_qa_dataset
 from test_verify import tree_digest
+
+from evalledger.config import RunConfig
+from evalledger.fsio import dir_size
+from evalledger.ops import execute_prune, plan_prune
+from evalledger.run import run_experiment
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:

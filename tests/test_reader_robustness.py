@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_cli
 
-from evalledger.readers import CheckpointManager
-from evalledger.readers import get_stats
-from evalledger.readers import load_results
 from evalledger.fsio import write_json_atomic
 from evalledger.ledger import ReadReport, iter_file_records, parse_record_line
+from evalledger.readers import CheckpointManager, get_stats, load_results
 from evalledger.readers.scan import scan_run
-from helpers import run_cli
 
 FINISHED = "2026-11-01T12:00:00.000Z"
 

@@ -18,13 +18,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from evalledger.readers import get_stats
-from evalledger.readers import load_results
-from evalledger.run import run_experiment
 from helpers import cli_env, marker, run_cli, write_qa_dataset
+from PIL import Image
 from test_results import cfg, rec, write_manifest, write_records
+
+from evalledger.readers import get_stats, load_results
+from evalledger.run import run_experiment
 
 VOLATILE = {"running", "writers", "eta_s", "size_bytes"}  # may differ between two reads a moment apart
 

@@ -18,16 +18,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
-
-from evalledger.readers import CheckpointManager
-from evalledger.config import RunConfig
-from evalledger.readers import get_stats
-from evalledger.readers import load_results, load_runs
-from evalledger.run import run_experiment
-from evalledger.fsio import write_json_atomic
-from evalledger.run.progress import Progress
-from evalledger.readers import wilson_interval
 from helpers import cli_env, marker, run_cli, write_qa_dataset
+
+from evalledger.config import RunConfig
+from evalledger.fsio import write_json_atomic
+from evalledger.readers import CheckpointManager, get_stats, load_results, load_runs, wilson_interval
+from evalledger.run import run_experiment
+from evalledger.run.progress import Progress
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -13,14 +13,13 @@ from helpers import marker, write_qa_dataset
 from test_resume_scan import assert_agrees, record, write
 
 from evalledger.config import RunConfig
-from evalledger.run import run_experiment
-from evalledger.datasets import index as dataset_index
-from evalledger.ledger import index as ledger_index
 from evalledger.datasets import LazySamples
+from evalledger.datasets import index as dataset_index
 from evalledger.datasets.index import index_path
 from evalledger.errors import DatasetError
-from evalledger.run import prepare_run
+from evalledger.ledger import index as ledger_index
 from evalledger.ledger import scan_ledger
+from evalledger.run import prepare_run, run_experiment
 from evalledger.run.sample import input_hash
 
 MODEL = "openai/test-model"

@@ -7,12 +7,11 @@ import json
 
 from helpers import write_qa_dataset
 
-from evalledger.readers import CheckpointManager
 from evalledger.config import RunConfig
-from evalledger.run import run_experiment
+from evalledger.ledger import billed, scan_ledger
 from evalledger.ledger.lines import LEAD_KEYS, iter_blocks
-from evalledger.ledger import billed
-from evalledger.ledger import scan_ledger
+from evalledger.readers import CheckpointManager
+from evalledger.run import run_experiment
 
 MODEL = "openai/test-model"
 

@@ -7,15 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from evalledger.readers import CheckpointManager
-from evalledger.errors import ConfigDriftError, RunExistsError
-from evalledger.config import RunConfig
-from evalledger.readers import get_stats
-from evalledger.readers import load_results
-from evalledger.run import run_experiment
-from evalledger.datasets import shard_of
 from helpers import all_records, marker, only_run_dir, write_qa_dataset
+
+from evalledger.config import RunConfig
+from evalledger.datasets import shard_of
+from evalledger.errors import ConfigDriftError, RunExistsError
+from evalledger.readers import CheckpointManager, get_stats, load_results
+from evalledger.run import run_experiment
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:

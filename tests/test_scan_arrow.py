@@ -22,11 +22,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from evalledger.readers import get_stats
-from evalledger.readers import load_results
-from evalledger.readers import scan
 from evalledger.fsio import write_json_atomic
 from evalledger.ledger import encode_lines
+from evalledger.readers import get_stats, load_results, scan
 from evalledger.readers.scan import scan_run
 from evalledger.readers.scan_arrow import parse_block
 from evalledger.readers.scan_batch import SCHEMA, parse_batch

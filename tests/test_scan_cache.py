@@ -18,15 +18,11 @@ import os
 from pathlib import Path
 
 import pytest
-
-from evalledger.readers import CheckpointManager
-from evalledger.readers import get_stats
-from evalledger.readers import load_results
-from evalledger.readers import scan_cache
-from evalledger.ledger import results_files
-from evalledger.ledger import lock_status
-from evalledger.readers.scan import scan_run
 from test_reader_robustness import GARBAGE, GOOD, ODD, append_lines, make_run, rec
+
+from evalledger.ledger import lock_status, results_files
+from evalledger.readers import CheckpointManager, get_stats, load_results, scan_cache
+from evalledger.readers.scan import scan_run
 
 
 @pytest.fixture(autouse=True)

@@ -17,18 +17,14 @@ from fakeserver import message_texts
 from helpers import all_records, cli_env, run_cli, write_qa_dataset
 
 from evalledger.config import RunConfig
-from evalledger.run import run_experiment
 from evalledger.datasets import BUILTIN_DATASETS
 from evalledger.errors import UsageError
-from evalledger.run import prepare_run
+from evalledger.run import prepare_run, run_experiment
 from evalledger.samples import Sample
-from evalledger.tasks import MCQTask
-from evalledger.tasks import QATask
-from evalledger.tasks import load_task
+from evalledger.tasks import MCQTask, QATask, SelfCorrectTask, load_task
 from evalledger.tasks import self_correct as sc
 from evalledger.tasks.qa import SYSTEM_PROMPT
 from evalledger.tasks.self_correct import REVIEW_PROMPT, transition
-from evalledger.tasks import SelfCorrectTask
 
 # Sample i's plan, by i % 4: is the answer right on turn 1, and on turn 2?
 PLAN = {0: (True, True), 1: (True, False), 2: (False, True), 3: (False, False)}
@@ -294,8 +290,8 @@ def test_run_directly_with_fixed_answers() -> None:
 def test_stats_bill_a_self_correction_run_as_the_budget_does_also_after_replayed_turns(fake_server, tmp_path) -> None:
     """get_stats' cost and tokens are the run's bill: every paid call once (the calls file), not
     the sum of the records' sample totals, which count a turn again when a retried sample replays it."""
-    from evalledger.readers import get_stats
     from evalledger.ledger import scan_ledger
+    from evalledger.readers import get_stats
     from evalledger.study import spent_usd
 
     def bill(run_dir: Path) -> tuple[float, int, int]:

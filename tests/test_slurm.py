@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from evalledger.ops import run_status
-from evalledger.datasets import shard_of
 from fakeserver import FakeServer
 from helpers import cli_env, marker, read_lines, run_cli, write_qa_dataset
 from slurm_cluster import SlurmCluster, unavailable_reason
+
+from evalledger.datasets import shard_of
+from evalledger.ops import run_status
 
 _REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"needs a local Slurm: {_REASON}")

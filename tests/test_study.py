@@ -7,9 +7,9 @@ import json
 import sys
 
 import pytest
+from helpers import REPO, cli_env, run_cli, write_qa_dataset
 
 from evalledger.study import StudyConfig, run_study
-from helpers import REPO, cli_env, run_cli, write_qa_dataset
 
 
 @pytest.fixture

@@ -15,12 +15,19 @@ import pytest
 
 from evalledger.errors import UsageError
 from evalledger.samples import Sample, sample_rng
-from evalledger.tasks import BUILTIN_TASKS, load_task
-from evalledger.tasks import MCQTask
-from evalledger.tasks import QATask, extract_number_answer, normalize_number
-from evalledger.tasks import Score, Task, TaskOutput
-from evalledger.tasks.qa import numbers_equal
+from evalledger.tasks import (
+    BUILTIN_TASKS,
+    MCQTask,
+    QATask,
+    Score,
+    Task,
+    TaskOutput,
+    extract_number_answer,
+    load_task,
+    normalize_number,
+)
 from evalledger.tasks.mcq import answer_letter, extract_choice_letter, sample_choices
+from evalledger.tasks.qa import numbers_equal
 
 # --- real rows ------------------------------------------------------------------------------
 
@@ -434,8 +441,7 @@ def test_mcq_score_refuses_an_unvalidated_row() -> None:
 
 
 def test_builtin_tasks_registry() -> None:
-    from evalledger.tasks import HumanEvalTask
-    from evalledger.tasks import SelfCorrectTask
+    from evalledger.tasks import HumanEvalTask, SelfCorrectTask
 
     assert BUILTIN_TASKS == {"qa": QATask, "mcq": MCQTask, "humaneval": HumanEvalTask, "self-correct": SelfCorrectTask}
     assert isinstance(load_task("humaneval"), HumanEvalTask)

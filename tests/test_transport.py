@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from evalledger.run import run_experiment
-from evalledger.providers import make_provider
 from helpers import all_records, run_config, write_qa_dataset
+
+from evalledger.providers import make_provider
+from evalledger.run import run_experiment
 
 
 @pytest.mark.parametrize("model", ["openai/x", "anthropic/x"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from evalledger.datasets import shard_of
 from helpers import all_records, cli_env, marker, popen_cli, read_lines, write_qa_dataset
+
+from evalledger.datasets import shard_of
 
 
 def test_two_shards_write_concurrently_without_interference(fake_server, tmp_path):

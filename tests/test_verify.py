@@ -10,10 +10,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from evalledger.config import RunConfig
-from evalledger.run import run_experiment
-from evalledger.ops import verify_run
 from helpers import cli_env, run_cli, run_config, write_qa_dataset
+
+from evalledger.config import RunConfig
+from evalledger.ops import verify_run
+from evalledger.run import run_experiment
 
 
 def cfg(server, data: Path, out: Path, **kw) -> RunConfig:

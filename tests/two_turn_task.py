@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from evalledger.tasks import Task, TaskOutput
-from evalledger.tasks import QATask
+from evalledger.tasks import QATask, Task, TaskOutput
 
 REVIEW = "REVIEW-TURN: check your answer and give the final one as '#### N'."
 

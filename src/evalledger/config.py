@@ -17,12 +17,10 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from evalledger.pricing import Price
+from typing import Any
 
 from evalledger.errors import UsageError
+from evalledger.pricing import Price, price_for
 
 DEFAULT_MODEL = "local/smollm2"
 DEFAULT_MAX_TOKENS = 512
@@ -165,8 +163,6 @@ class RunConfig:
 
     def price(self) -> "Price | None":
         """The price for this run's model: --price-input/--price-output, else the (--prices) table; None if unknown."""
-        from evalledger.pricing import price_for
-
         return price_for(self.model, prices_file=self.prices_file, price_input=self.price_input,
                          price_output=self.price_output)
 

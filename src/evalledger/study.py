@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from evalledger.run import Estimate
 from evalledger.config import RunConfig
 from evalledger.errors import EvalLedgerError, UsageError
-from evalledger.ledger import RunLedger
-from evalledger.ledger import billed, calls_cost
-from evalledger.run import RunSummary, estimate_experiment, run_experiment
+from evalledger.ledger import RunLedger, billed, calls_cost
+from evalledger.run import Estimate, RunSummary, estimate_experiment, prepare_run, run_experiment
 
 TRANSITIONS = ("correct→correct", "correct→incorrect", "incorrect→correct", "incorrect→incorrect")
 
@@ -94,7 +92,6 @@ def plan_study(study: StudyConfig) -> list[PairResult]:
         try:
             config = study.run_config(model, dataset)
             pair.estimate = estimate_experiment(config)
-            from evalledger.run import prepare_run
 
             pair.run_id = prepare_run(config).run_id
         except EvalLedgerError as e:

@@ -25,20 +25,27 @@ from evalledger.cli.options import config_from_options, experiment_options, fail
 from evalledger.config import RunConfig
 from evalledger.datasets import BUILTIN_DATASETS
 from evalledger.errors import EvalLedgerError, UsageError
-from evalledger.ops import MergeReport, merge_run
-from evalledger.ops import DEFAULT_STALLED_AFTER, RunStatus, ShardStatus, expected_sample_ids, run_status
 from evalledger.ledger import lock_state
 from evalledger.ops import (
     DEFAULT_GRACE_SECONDS,
+    DEFAULT_STALLED_AFTER,
+    MergeReport,
+    RunStatus,
+    ShardStatus,
     SlurmOptions,
+    expected_sample_ids,
     log_path_pattern,
+    merge_run,
     python_command,
     record_submission,
     render_script,
+    run_status,
     slurm_dir,
     submit_script,
     write_script,
 )
+from evalledger.readers import resolve_run_dir
+from evalledger.run import check_or_create_manifest, prepare_run
 
 __all__ = [
     "MergeReport",
@@ -155,8 +162,6 @@ def slurm(ctx: click.Context, **params: Any) -> None:
                            extra_sbatch=tuple(params.pop("sbatch_args")))
     script_path: Path | None = params.pop("script_path")
     do_submit: bool = params.pop("submit")
-    from evalledger.run import check_or_create_manifest
-    from evalledger.run import prepare_run
 
     try:
         options.validate()
@@ -215,8 +220,6 @@ def slurm(ctx: click.Context, **params: Any) -> None:
 
 
 def _resolve(run_ref: str, output_dir: Path) -> Path:
-    from evalledger.readers import resolve_run_dir
-
     return resolve_run_dir(run_ref, output_dir)
 
 

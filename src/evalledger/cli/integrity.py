@@ -14,9 +14,8 @@ import click
 
 from evalledger.cli.options import fail
 from evalledger.errors import EvalLedgerError
-from evalledger.ops import PrunePlan, execute_prune, plan_prune
 from evalledger.fsio import human_bytes
-from evalledger.ops import verify_run
+from evalledger.ops import PrunePlan, execute_prune, plan_prune, verify_run
 
 
 @click.command()

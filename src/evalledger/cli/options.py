@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +11,7 @@ from typing import Any, Callable
 import click
 
 from evalledger.config import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, RunConfig
+from evalledger.datasets import parse_shard
 from evalledger.errors import EvalLedgerError
 
 # Applied bottom-up by click, so listed here in the order --help shows them.
@@ -67,8 +68,6 @@ def experiment_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def config_from_options(opts: dict[str, Any]) -> RunConfig:
     """Build the RunConfig from parsed flags (each flag's name is its RunConfig field)."""
-    from evalledger.datasets import parse_shard
-
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     values = {k: v for k, v in opts.items() if k in fields}
     if values.get("shard") is not None:

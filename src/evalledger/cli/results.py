@@ -15,6 +15,8 @@ import click
 
 from evalledger.cli.options import fail
 from evalledger.errors import EvalLedgerError, UsageError
+from evalledger.fsio import human_bytes
+from evalledger.readers import get_stats, jsonable, load_results, resolve_run_dir, run_dirs, run_stats, write_report
 
 _OUTPUT_DIR = click.option("--output-dir", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path),
                            default=Path("outputs"), show_default=True, help="Where run directories live.")
@@ -55,8 +57,6 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print get_stats() as JSON.")
 def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
     """Show a run's progress and results (RUN is a run ID under --output-dir or a run directory)."""
-    from evalledger.readers import get_stats
-
     try:
         s = get_stats(run_ref, output_dir)
     except EvalLedgerError as e:
@@ -115,9 +115,6 @@ def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
 
 def list_runs(output_dir: str | Path) -> list[dict[str, Any]]:
     """One summary dict per run under ``output_dir`` (what ``evalledger list`` shows)."""
-    from evalledger.readers import run_dirs
-    from evalledger.readers import run_stats
-
     out = []
     for d in run_dirs(output_dir):
         s = run_stats(d)
@@ -144,7 +141,6 @@ def list_cmd(output_dir: Path, as_json: bool) -> None:
     if not runs:
         click.echo(f"no runs in {output_dir}", err=True)
         return
-    from evalledger.fsio import human_bytes
 
     rows = [[r["run_id"], r["model"], r["dataset"], r["task"],
              f"{r['completed_samples']}/{'?' if r['total_samples'] is None else r['total_samples']}",
@@ -164,8 +160,6 @@ def export_results(run: str | Path, path: str | Path, fmt: str, output_dir: str 
     Lists and dicts (a multi-turn response, a dict score) become JSON text in CSV and Parquet,
     which need one type per column. Parquet needs pyarrow: the ``[parquet]`` extra.
     """
-    from evalledger.readers import jsonable, load_results
-
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -198,8 +192,6 @@ def export_results(run: str | Path, path: str | Path, fmt: str, output_dir: str 
               help="File to write. Default: <run_id>.<format> in the current directory.")
 def export(run_ref: str, output_dir: Path, fmt: str, out_path: Path | None) -> None:
     """Export one row per sample (the load_results() DataFrame) to CSV, Parquet or JSONL."""
-    from evalledger.readers import resolve_run_dir
-
     try:
         run_dir = resolve_run_dir(run_ref, output_dir)
         path = out_path or Path(f"{run_dir.name}.{fmt}")
@@ -213,7 +205,6 @@ def error_groups(run: str | Path, output_dir: str | Path = "outputs") -> list[di
     """Samples whose latest record is an error, grouped by error type (largest group first)."""
     import pandas as pd
 
-    from evalledger.readers import load_results
 
     df = load_results(run, output_dir, text=False)
     df = df[df["in_dataset"].fillna(True).astype(bool)]  # as in the stats: the run's samples only
@@ -260,8 +251,6 @@ def errors(run_ref: str, output_dir: Path, as_json: bool) -> None:
               help="Rows per group (all / incorrect / errors) in the sample browser.")
 def report(target: str, output_dir: Path, out_path: Path, n_samples: int) -> None:
     """Write one self-contained HTML report (plots inline) for a run, or for every run in a directory."""
-    from evalledger.readers import write_report
-
     try:
         n_runs = write_report(target, out_path, output_dir=output_dir, n_samples=n_samples)
     except EvalLedgerError as e:

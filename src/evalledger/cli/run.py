@@ -11,7 +11,9 @@ import click
 
 from evalledger.cli.options import config_from_options, experiment_options, fail
 from evalledger.config import DEFAULT_MODEL, RunConfig
+from evalledger.datasets import parse_shard
 from evalledger.errors import EvalLedgerError
+from evalledger.run import estimate_experiment, prepare_run, run_experiment
 
 
 class _EarlyStop(Exception):
@@ -36,7 +38,6 @@ def _stop_on_early_signals() -> None:
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
-    from evalledger.datasets import parse_shard
 
     return parse_shard(value)
 
@@ -46,8 +47,6 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 def run(**opts: Any) -> None:
     """Run (or resume) an experiment: every sample of DATASET through MODEL, scored, into the ledger."""
-    from evalledger.run import run_experiment
-
     as_json = opts.pop("as_json")
     _stop_on_early_signals()
     try:
@@ -87,8 +86,6 @@ def run(**opts: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON on stdout.")
 def estimate(**opts: Any) -> None:
     """Project tokens and cost for the samples `run` would send now, with the same flags as `run`."""
-    from evalledger.run import estimate_experiment
-
     as_json = opts.pop("as_json")
     try:
         est = estimate_experiment(config_from_options(opts))
@@ -107,8 +104,6 @@ def estimate(**opts: Any) -> None:
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Only used to show the run ID.")
 def validate(dataset: str, task: str | None, id_column: str | None, model: str) -> None:
     """Check a dataset for a task without sending anything; print the sample count and run ID."""
-    from evalledger.run import prepare_run
-
     try:
         # validate writes nothing and runs nothing: where outputs would go, and whether the task may
         # execute code, are not its business.

@@ -8,8 +8,10 @@ from typing import Any
 
 import click
 
-from evalledger.cli.options import show_warnings, fail
+from evalledger.cli.options import fail, show_warnings
+from evalledger.datasets import parse_shard
 from evalledger.errors import EvalLedgerError
+from evalledger.study import StudyConfig, run_study
 
 
 def _split(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -44,8 +46,6 @@ def study(models: tuple[str, ...], datasets: tuple[str, ...], task: str | None, 
     Rerunning the same command resumes the grid and sends nothing for finished pairs.
     """
     show_warnings()  # also when run on its own, as run_full_scale_study.py does
-    from evalledger.datasets import parse_shard
-    from evalledger.study import StudyConfig, run_study
 
     def confirm(plan: list[Any]) -> bool:
         return yes or click.confirm("start the study?", default=True, err=True)

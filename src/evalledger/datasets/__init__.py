@@ -3,6 +3,7 @@ the index a run keeps of them, shard membership, and the built-in datasets shipp
 
 from __future__ import annotations
 
+from evalledger.datasets import index
 from evalledger.datasets.files import (
     BUILTIN_DATASETS,
     ResolvedDataset,
@@ -25,7 +26,6 @@ from evalledger.datasets.index import (
 from evalledger.datasets.loader import Dataset, load_dataset, load_dataset_bytes
 from evalledger.datasets.sharding import parse_shard, shard_of
 from evalledger.datasets.values import max_field_chars
-from evalledger.datasets import index
 
 __all__ = [
     "BUILTIN_DATASETS",

@@ -20,6 +20,7 @@ from evalledger.datasets.values import (
 )
 from evalledger.errors import DatasetError
 
+
 def content_hash_id(fields: Mapping[str, Any]) -> str:
     """The content-hash id of a row: the first 16 hex chars of the sha256 of its canonical JSON.
 

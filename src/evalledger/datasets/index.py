@@ -32,8 +32,13 @@ from operator import itemgetter, not_
 from pathlib import Path
 from typing import Any, overload
 
-from evalledger.fsio import cachefile
+from evalledger.datasets.files import read_dataset_file
+from evalledger.datasets.ids import _id_from_value, content_hash_id
+from evalledger.datasets.parse import _parse, _parse_jsonl
+from evalledger.datasets.sharding import filter_shard, shard_of
+from evalledger.datasets.values import _all_present
 from evalledger.errors import DatasetError
+from evalledger.fsio import cachefile
 from evalledger.samples import Sample
 
 CACHE_DIR = ".cache"
@@ -97,8 +102,6 @@ class RowSource:
         return DatasetError(f"dataset {self.path} changed since it was validated ({detail}); run again")
 
     def _read_lines(self, positions: Sequence[int]) -> list[dict[str, Any]]:
-        from evalledger.datasets.parse import _parse_jsonl
-
         starts = self.refs.starts
         assert starts is not None
         out = []
@@ -121,8 +124,6 @@ class RowSource:
         if self._fields is None:
             import hashlib
 
-            from evalledger.datasets.files import read_dataset_file
-            from evalledger.datasets.parse import _parse
 
             raw, _ = read_dataset_file(self.path)
             if hashlib.sha256(raw).hexdigest() != self.sha256:
@@ -134,9 +135,6 @@ class RowSource:
         return [self._fields[p] for p in positions]
 
     def _check(self, sample: Sample) -> None:
-        from evalledger.datasets.ids import _id_from_value, content_hash_id
-        from evalledger.datasets.values import _all_present
-
         where = f"{self.path} {self.row_label} {sample.row}"
         try:
             sid = (content_hash_id(sample.fields) if self.id_column is None
@@ -223,8 +221,6 @@ def with_ids(samples: Sequence[Sample], wanted: Container[str]) -> Sequence[Samp
 
 def in_shard(samples: Sequence[Sample], shard: tuple[int, int] | None) -> Sequence[Sample]:
     """``samples`` of ``shard`` (``(k, n)``), in order; all of them if None (see :func:`~.sharding.filter_shard`)."""
-    from evalledger.datasets.sharding import filter_shard, shard_of
-
     if shard is None or not isinstance(samples, LazySamples):
         return filter_shard(samples, shard) if shard is not None else samples
     filter_shard([], shard)  # the same check of (k, n)

@@ -40,14 +40,14 @@ from evalledger.datasets.files import (
     read_dataset_file,
     resolve_dataset,
 )
-from evalledger.datasets.index import RowRefs
 from evalledger.datasets.ids import _check_required, _choose_id_column, _sample_ids, content_hash_id
+from evalledger.datasets.index import RowRefs
 from evalledger.datasets.parse import _check_field_sizes, _columns, _parse
+from evalledger.datasets.sharding import filter_shard, parse_shard, shard_of
 from evalledger.datasets.values import DEFAULT_MAX_FIELD_CHARS, MAX_FIELD_CHARS_ENV, max_field_chars
 from evalledger.errors import DatasetError, UsageError
 from evalledger.fsio import paused_gc
 from evalledger.samples import Sample
-from evalledger.datasets.sharding import filter_shard, parse_shard, shard_of
 
 __all__ = [
     "BUILTIN_DATASETS",

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from evalledger.errors import UsageError
 from evalledger.samples import Sample
 
+
 def parse_shard(
     text: str | None, *, environ: Mapping[str, str] | None = None
 ) -> tuple[int, int] | None:

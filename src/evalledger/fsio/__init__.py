@@ -3,6 +3,7 @@ pause for bulk loads. Knows nothing about runs."""
 
 from __future__ import annotations
 
+from evalledger.fsio import cachefile
 from evalledger.fsio.atomic import (
     canonical_json,
     create_json_exclusive,
@@ -17,13 +18,12 @@ from evalledger.fsio.atomic import (
 from evalledger.fsio.diskspace import (
     check_free_space,
     describe_free,
-    disk_failure_message,
-    is_disk_error,
     dir_size,
+    disk_failure_message,
     human_bytes,
+    is_disk_error,
 )
 from evalledger.fsio.gcpause import paused_gc
-from evalledger.fsio import cachefile
 
 __all__ = [
     "cachefile",

@@ -7,6 +7,17 @@ The durability protocol is described in ``docs/architecture.md``.
 
 from __future__ import annotations
 
+from evalledger.ledger.commit import GroupCommitter
+from evalledger.ledger.files import (
+    ReadReport,
+    billed,
+    calls_cost,
+    is_record,
+    iter_file_records,
+    iter_run_records,
+    latest_records,
+    parse_record_line,
+)
 from evalledger.ledger.layout import (
     CACHE_DIR,
     MANIFEST,
@@ -23,18 +34,7 @@ from evalledger.ledger.layout import (
     shard_suffix,
     writer_locks,
 )
-from evalledger.ledger.files import (
-    ReadReport,
-    billed,
-    calls_cost,
-    is_record,
-    iter_file_records,
-    iter_run_records,
-    latest_records,
-    parse_record_line,
-)
-from evalledger.ledger.run_ledger import RunLedger, encode_lines
-from evalledger.ledger.commit import GroupCommitter
+from evalledger.ledger.locks import WriterLocks, describe_owner
 from evalledger.ledger.probe import (
     flock_held,
     held_lock_inodes,
@@ -43,9 +43,9 @@ from evalledger.ledger.probe import (
     lock_status,
     locks_held,
 )
-from evalledger.ledger.locks import WriterLocks, describe_owner
 from evalledger.ledger.repair import move_garbage_lines_aside, move_run_aside, repair_torn_tail
 from evalledger.ledger.resume import FileCounts, LedgerScan, note_committed, save_own_index, scan_ledger
+from evalledger.ledger.run_ledger import RunLedger, encode_lines
 from evalledger.ledger.status import (
     COMPLETE,
     INCOMPLETE,

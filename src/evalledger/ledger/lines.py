@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from evalledger.ledger.files import parse_record_line
+
 # The order encode_lines writes first; the rest of a record follows in its own order.
 LEAD_KEYS = ("sample_id", "status", "attempts", "correct", "usage", "cost_usd", "paid")
 
@@ -116,7 +118,6 @@ def read_block(data: bytes, first_line: int) -> Block:
         if len(prefixes) == n:
             block.prefixes = prefixes
             return block
-    from evalledger.ledger.files import parse_record_line  # import here: ledger imports this module
 
     number = first_line
     # split on b"\n" only, as ``for line in file`` does (splitlines would also cut at b"\r")

@@ -13,8 +13,8 @@ from typing import Any
 import filelock
 
 from evalledger.errors import LockHeldError
-from evalledger.ledger.lines import iter_blocks
 from evalledger.fsio import file_timestamp, fsync_dir
+from evalledger.ledger.lines import iter_blocks
 
 
 def repair_torn_tail(path: Path) -> Path | None:

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Container
-from itertools import chain, filterfalse
 from dataclasses import dataclass, field
+from itertools import chain, filterfalse
 from pathlib import Path
 from typing import Any
 
-from evalledger.ledger import index as ledger_index
-from evalledger.ledger.lines import Prefix, iter_blocks
 from evalledger.fsio import paused_gc
+from evalledger.ledger import index as ledger_index
 from evalledger.ledger.files import billed, calls_cost
-from evalledger.ledger.layout import results_files
 from evalledger.ledger.index import FilePart, multi_counts
+from evalledger.ledger.layout import results_files
+from evalledger.ledger.lines import Prefix, iter_blocks
 
 
 @dataclass

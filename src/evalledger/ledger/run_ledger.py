@@ -28,19 +28,16 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-
 from evalledger.errors import LedgerCorruptError
-from evalledger.ledger.lines import iter_blocks, lead_first
 from evalledger.fsio import file_timestamp, fsync_dir, hostname, utc_now, write_json_atomic
 
 # Re-exported: the ledger's public names live in these two modules since they were split out.
 from evalledger.ledger.files import ReadReport, iter_file_records, iter_run_records, latest_records
-from evalledger.ledger.layout import MANIFEST, shard_suffix
-from evalledger.ledger.layout import calls_files, results_files
-from evalledger.ledger.state import build_resume_state, resume_state_problem, restore_random_state
+from evalledger.ledger.layout import MANIFEST, calls_files, results_files, shard_suffix
+from evalledger.ledger.lines import iter_blocks, lead_first
 from evalledger.ledger.locks import WriterLocks, describe_owner  # noqa: F401  (describe_owner: re-exported)
 from evalledger.ledger.repair import move_garbage_lines_aside, move_run_aside, repair_torn_tail  # noqa: F401
-
+from evalledger.ledger.state import build_resume_state, restore_random_state, resume_state_problem
 
 
 class RunLedger:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalledger.errors import DiskSpaceError, EvalLedgerError
 from evalledger.fsio import fsync_dir, hostname, sha256_file, utc_now, write_bytes_atomic
 from evalledger.ledger.layout import shard_files, shard_in_name, shard_suffix
 from evalledger.ledger.probe import lock_status
@@ -163,8 +164,6 @@ class StatusWriter:
 
     def finish_failed(self, exc: BaseException) -> None:
         """The final marker when the run raised instead of returning a summary."""
-        from evalledger.errors import DiskSpaceError, EvalLedgerError
-
         if isinstance(exc, DiskSpaceError):
             reason, code = "disk", 4
         elif isinstance(exc, KeyboardInterrupt):

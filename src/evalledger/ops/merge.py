@@ -14,11 +14,8 @@ from typing import Any
 from evalledger.datasets import shard_of
 from evalledger.errors import UsageError
 from evalledger.fsio import write_bytes_atomic
-from evalledger.ledger import iter_file_records
-from evalledger.ledger import shard_of_file
-from evalledger.ledger import results_files
+from evalledger.ledger import iter_file_records, lock_state, results_files, shard_of_file
 from evalledger.ops.status import expected_sample_ids
-from evalledger.ledger import lock_state
 
 __all__ = ["MergeReport", "merge_run"]
 

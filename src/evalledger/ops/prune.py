@@ -27,12 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalledger.fsio import file_timestamp, fsync_dir
-from evalledger.ledger import MANIFEST
-from evalledger.ledger import parse_record_line
-from evalledger.ledger import results_files
-from evalledger.ledger import locks_held
-from evalledger.fsio import dir_size
+from evalledger.errors import UsageError
+from evalledger.fsio import dir_size, file_timestamp, fsync_dir
+from evalledger.ledger import MANIFEST, iter_file_records, locks_held, parse_record_line, results_files
 
 _OLD_RE = re.compile(r"^(?P<run_id>.+)\.old-(?P<stamp>\d{8}T\d{6}\.\d{6}Z)$")
 _PRUNING_RE = re.compile(r"^\.(?P<name>.+)\.pruning-\d{8}T\d{6}\.\d{6}Z$")
@@ -98,8 +95,6 @@ def _ok_ids(run_dir: Path) -> set[str]:
     (see fastlines.py), and a line damaged after its prefix must not count as the copy that lets
     another one be deleted.
     """
-    from evalledger.ledger import iter_file_records
-
     return {r["sample_id"] for p in results_files(run_dir) for r in iter_file_records(p) if r.get("status") == "ok"}
 
 
@@ -136,8 +131,6 @@ def plan_prune(output_dir: str | Path, *, keep: int = 1, older_than_days: float 
     things at least this old (by mtime). ``run_id``: only that run's leftovers (what
     ``run --overwrite --keep-old`` uses). ``corrupt``: include ``.corrupt-*`` leftovers.
     """
-    from evalledger.errors import UsageError
-
     root = Path(output_dir)
     if keep < 0:
         raise UsageError(f"--keep {keep}: must be 0 or more")
@@ -269,5 +262,5 @@ def prune_runs(output_dir: str | Path = "outputs", *, keep: int = 1, older_than_
     return plan, None if dry_run else execute_prune(plan)
 
 
-__all__ = ["KeptItem", "PruneItem", "PrunePlan", "PruneResult", "dir_size", "execute_prune", "human_bytes",
+__all__ = ["KeptItem", "PruneItem", "PrunePlan", "PruneResult", "execute_prune",
            "plan_prune", "prune_runs"]

@@ -17,13 +17,19 @@ from typing import Any
 
 from evalledger.datasets import shard_of
 from evalledger.errors import EvalLedgerError, UsageError
-from evalledger.ledger import RunLedger
-from evalledger.ledger import ReadReport, iter_file_records
-from evalledger.ledger import shard_of_file
-from evalledger.ledger import results_files
-from evalledger.ledger import marker_state, run_lifecycle, status_path
+from evalledger.ledger import (
+    ReadReport,
+    RunLedger,
+    iter_file_records,
+    lock_state,
+    marker_state,
+    results_files,
+    run_lifecycle,
+    shard_of_file,
+    status_path,
+)
 from evalledger.ops.slurm import read_submissions
-from evalledger.ledger import lock_state
+from evalledger.ops.verify import run_dataset_ids
 
 #: A running shard with no new record or checkpoint for this long is reported as stalled.
 DEFAULT_STALLED_AFTER = 600.0
@@ -39,8 +45,6 @@ def expected_sample_ids(run_dir: Path) -> list[str]:
     Raises :class:`DatasetError` if the dataset file is gone or no longer has the sha256 the run
     was made with: the IDs could not be trusted then.
     """
-    from evalledger.ops.verify import run_dataset_ids
-
     manifest = RunLedger(run_dir).read_manifest()
     if manifest is None:
         raise UsageError(f"{run_dir}: no manifest.json, so the run's dataset is unknown")

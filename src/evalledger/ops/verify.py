@@ -24,17 +24,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalledger.datasets import BUILTIN_DATASETS, resolve_dataset
-from evalledger.datasets import load_dataset
-from evalledger.datasets import shard_of
+from evalledger.datasets import BUILTIN_DATASETS, load_dataset, resolve_dataset, shard_of
 from evalledger.errors import DatasetError, EvalLedgerError, LedgerCorruptError, LockHeldError
-from evalledger.ledger import RunLedger
-from evalledger.ledger import calls_files, results_files
-from evalledger.ledger import parse_record_line
-from evalledger.ledger import shard_files, shard_in_name, shard_of_file, shard_suffix
-from evalledger.ledger import move_garbage_lines_aside, repair_torn_tail
-from evalledger.ledger import COMPLETE, file_fingerprint, read_status, status_files, shard_of_status
-from evalledger.ledger import lock_status
+from evalledger.ledger import (
+    COMPLETE,
+    RunLedger,
+    calls_files,
+    file_fingerprint,
+    lock_status,
+    move_garbage_lines_aside,
+    parse_record_line,
+    read_status,
+    repair_torn_tail,
+    results_files,
+    shard_files,
+    shard_in_name,
+    shard_of_file,
+    shard_of_status,
+    shard_suffix,
+    status_files,
+)
+from evalledger.readers import resolve_run_dir
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNREADABLE = 0, 1, 2
 _SHOW = 5  # examples per finding
@@ -157,8 +167,6 @@ def _live_files(run_dir: Path) -> set[str]:
 def verify_run(run: str | Path, output_dir: str | Path = "outputs", *, repair: bool = False) -> VerifyReport:
     """Check a run's integrity (see the module doc); with ``repair``, move torn tails and garbage
     lines aside first (as ``run`` does) and report what is left."""
-    from evalledger.readers import resolve_run_dir
-
     try:
         run_dir = resolve_run_dir(run, output_dir)
     except EvalLedgerError as e:

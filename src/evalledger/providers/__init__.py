@@ -8,7 +8,10 @@ OpenAI-compatible servers ``vllm/<model>`` / ``ollama/<model>`` (default local b
 from __future__ import annotations
 
 from evalledger.errors import UsageError
+from evalledger.providers.anthropic import AnthropicProvider
 from evalledger.providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
+from evalledger.providers.local import LocalProvider
+from evalledger.providers.openai import OpenAIProvider
 
 # Default base URLs of common self-hosted OpenAI-compatible servers.
 COMPATIBLE_DEFAULT_URLS = {
@@ -42,22 +45,14 @@ def make_provider(
     """
     prefix, name = split_model(model)
     if prefix == "openai":
-        from evalledger.providers.openai import OpenAIProvider
-
         return OpenAIProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout,
                               concurrency=concurrency)
     if prefix == "anthropic":
-        from evalledger.providers.anthropic import AnthropicProvider
-
         return AnthropicProvider(model, name, base_url=base_url, api_key=api_key, timeout=timeout,
                                  concurrency=concurrency)
     if prefix == "local":
-        from evalledger.providers.local import LocalProvider
-
         return LocalProvider(model, name, parallel=concurrency, timeout=timeout)
     if prefix in COMPATIBLE_DEFAULT_URLS or base_url:
-        from evalledger.providers.openai import OpenAIProvider
-
         url = base_url or COMPATIBLE_DEFAULT_URLS[prefix]
         return OpenAIProvider(model, name, base_url=url, api_key=api_key, timeout=timeout, concurrency=concurrency)
     raise UsageError(

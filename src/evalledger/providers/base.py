@@ -114,8 +114,8 @@ def parse_retry_after(headers: Any) -> float | None:
         return max(float(ra), 0.0)
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime
     from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(ra)

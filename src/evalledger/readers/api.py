@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evalledger.readers.frames import load_results, load_runs
-from evalledger.readers.stats import run_stats
 from evalledger.ledger import RunLedger
+from evalledger.readers.frames import load_results, load_runs
 from evalledger.readers.locate import resolve_run_dir
+from evalledger.readers.stats import run_stats
 
 
 class CheckpointManager(RunLedger):

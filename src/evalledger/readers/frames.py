@@ -17,9 +17,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from evalledger.records import BASE_COLUMNS, SELF_CORRECTION_KEYS, TEXT_COLUMNS
-from evalledger.readers.scan import RunScan, read_manifest_facts, scan_run
 from evalledger.readers.locate import resolve_run_dir, run_dirs
+from evalledger.readers.scan import RunScan, read_manifest_facts, scan_run
+from evalledger.records import BASE_COLUMNS, SELF_CORRECTION_KEYS, TEXT_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd

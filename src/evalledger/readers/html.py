@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 from evalledger._version import __version__
 from evalledger.errors import UsageError
 from evalledger.fsio import utc_now
+from evalledger.readers.frames import frame_from_scan
+from evalledger.readers.locate import resolve_run_dir, run_dirs
 from evalledger.readers.scan import RunScan, fetch_records, scan_run
+from evalledger.readers.stats import add_lifecycle, stats_from_scan
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,9 +62,6 @@ def unique_labels(runs: list[RunView]) -> None:
 
 
 def _load(run_dir: Path) -> RunView:
-    from evalledger.readers.frames import frame_from_scan
-    from evalledger.readers.stats import add_lifecycle, stats_from_scan
-
     scan = scan_run(run_dir, text=True)
     df = frame_from_scan(scan, keep_row=True)
     stats = stats_from_scan(scan, df)
@@ -71,9 +71,6 @@ def _load(run_dir: Path) -> RunView:
 
 def resolve_targets(target: str | Path, output_dir: str | Path = "outputs") -> list[Path]:
     """Run directories a report covers: one run (ID or directory), or every run in a directory."""
-    from evalledger.readers.locate import run_dirs
-    from evalledger.readers.locate import resolve_run_dir
-
     try:
         return [resolve_run_dir(target, output_dir)]
     except UsageError:

@@ -33,9 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from evalledger.errors import LedgerCorruptError, UsageError
-from evalledger.ledger import RunLedger
-from evalledger.ledger import parse_record_line
-from evalledger.ledger import results_files
+from evalledger.ledger import RunLedger, parse_record_line, results_files
 
 if TYPE_CHECKING:
     import pyarrow as pa

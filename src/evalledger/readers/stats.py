@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalledger.ledger import calls_files
-from evalledger.ledger import iter_file_records
+from evalledger.fsio import dir_size
+from evalledger.ledger import calls_files, iter_file_records, lock_status, run_lifecycle
+from evalledger.readers.frames import frame_from_scan
 from evalledger.readers.scan import RunScan, scan_run
-from evalledger.ledger import lock_status
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -217,8 +217,6 @@ def _self_correction(ok: "pd.DataFrame") -> dict[str, Any]:
 
 def run_stats(run_dir: str | Path) -> dict[str, Any]:
     """Stats of the run in ``run_dir`` (one pass over its ledger, all shards)."""
-    from evalledger.readers.frames import frame_from_scan
-
     scan = scan_run(run_dir, text=False)
     stats = stats_from_scan(scan, frame_from_scan(scan, columns=STATS_COLUMNS))
     add_lifecycle(stats, run_dir)
@@ -228,9 +226,6 @@ def run_stats(run_dir: str | Path) -> dict[str, Any]:
 def add_lifecycle(stats: dict[str, Any], run_dir: str | Path) -> None:
     """Add the run's status marker view: ``state`` (running, complete, incomplete, interrupted,
     unknown) and ``state_label`` (e.g. "interrupted (process gone)"), plus ``size_bytes``."""
-    from evalledger.ledger import run_lifecycle
-    from evalledger.fsio import dir_size
-
     life = run_lifecycle(run_dir, held=stats.get("writers"))  # the locks stats_from_scan just read
     stats["state"] = life.state
     stats["state_label"] = life.label

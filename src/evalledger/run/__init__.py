@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from evalledger.run.budget import Estimate
 from evalledger.run.manifest import check_or_create_manifest
-from evalledger.run.prepare import PreparedRun, prepare_run
 from evalledger.run.outcome import RunSummary
+from evalledger.run.prepare import PreparedRun, prepare_run
 from evalledger.run.runner import estimate_experiment, run_experiment, run_experiment_async
 
 __all__ = [

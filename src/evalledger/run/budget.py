@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from evalledger.run.limits import estimate_prompt_tokens
+
 from evalledger.pricing import Price
+from evalledger.run.limits import estimate_prompt_tokens
 from evalledger.samples import Sample
 from evalledger.tasks import Task
 

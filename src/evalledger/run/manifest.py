@@ -15,11 +15,8 @@ from typing import TYPE_CHECKING, Any
 from evalledger.config import diff_identity
 from evalledger.errors import ConfigDriftError
 from evalledger.fsio import create_json_exclusive, utc_now, write_json_atomic
-from evalledger.ledger import MANIFEST
-from evalledger.ledger import RunLedger
-from evalledger.ledger import parse_record_line
-from evalledger.ledger import results_files
-from evalledger.ledger import LedgerScan
+from evalledger.ledger import MANIFEST, LedgerScan, RunLedger, parse_record_line, results_files
+from evalledger.run.sample import input_hash as _input_hash
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +40,6 @@ def _scan_results(prepared: PreparedRun, *, check_records: bool) -> _ResultsSeen
     ``check_records`` also compares each record with this command (model, task, input hash);
     only needed when the manifest is missing, and the input hash costs a JSON dump per record.
     """
-    from evalledger.run.sample import input_hash as _input_hash  # the same formula as the records'
-
     seen = _ResultsSeen()
     all_ids = prepared.dataset.all_ids
     # Only when the manifest is missing: then every record's input is compared with its row.

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from evalledger.fsio import disk_failure_message
 
 if TYPE_CHECKING:
-    from evalledger.run.budget import Budget
     from evalledger.config import RunConfig
     from evalledger.ledger import RunLedger
     from evalledger.providers import ErrorInfo, Provider
+    from evalledger.run.budget import Budget
     from evalledger.run.sample import RunState
 
 EXIT_OK = 0

@@ -5,9 +5,9 @@ Everything here happens before any request is sent, so bad input costs nothing.
 
 from __future__ import annotations
 
-import logging
 import dataclasses
 import hashlib
+import logging
 import os
 import platform
 from collections.abc import Sequence
@@ -16,27 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from evalledger._version import __version__
-from evalledger.datasets import index as dataset_index
 from evalledger.config import RunConfig, identity_hash, make_run_id
-from evalledger.datasets import ResolvedDataset, locate_dataset, read_dataset_file
-from evalledger.datasets.files import _format_of, _resolve_path
 from evalledger.datasets import (
+    Dataset,
     LazySamples,
+    ResolvedDataset,
     RowSource,
     ValidatedIndex,
     in_shard,
     index_key,
+    load_dataset_bytes,
     load_index,
+    locate_dataset,
+    max_field_chars,
+    read_dataset_file,
     save_index,
 )
-from evalledger.datasets import max_field_chars
-from evalledger.datasets import Dataset, load_dataset_bytes
+from evalledger.datasets import index as dataset_index
+from evalledger.datasets.files import _format_of, _resolve_path
 from evalledger.errors import DatasetError, UsageError
-from evalledger.fsio import utc_now
-from evalledger.fsio import paused_gc
+from evalledger.fsio import paused_gc, utc_now
 from evalledger.samples import Sample
-from evalledger.tasks import load_task
-from evalledger.tasks import Task
+from evalledger.tasks import Task, load_task
 
 log = logging.getLogger(__name__)
 

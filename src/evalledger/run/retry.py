@@ -16,8 +16,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from evalledger.run.limits import RATE_LIMIT_STATUSES
 from evalledger.providers import ErrorInfo, ErrorKind
+from evalledger.run.limits import RATE_LIMIT_STATUSES
 
 T = TypeVar("T")
 

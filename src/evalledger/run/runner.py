@@ -5,34 +5,40 @@
 
 from __future__ import annotations
 
-import logging
 import asyncio
 import json
+import logging
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from evalledger.run.budget import Budget, Estimate, estimate_pending
-from evalledger.ledger import GroupCommitter
 from evalledger.config import RunConfig
 from evalledger.datasets import sample_ids, with_ids, without_ids
-from evalledger.fsio import check_free_space, describe_free, is_disk_error
 from evalledger.errors import DiskSpaceError, EvalLedgerError, FatalProviderError, RunExistsError, UsageError
-from evalledger.ledger import RunLedger
-from evalledger.ledger import move_run_aside
-from evalledger.ledger import results_files
-from evalledger.ledger import StatusWriter
-from evalledger.run.limits import Limits
-from evalledger.run.outcome import RunSummary, EXIT_OK, set_outcome
-from evalledger.run.prepare import PreparedRun, prepare_run
-from evalledger.run.manifest import check_or_create_manifest
+from evalledger.fsio import check_free_space, describe_free, human_bytes, is_disk_error
+from evalledger.ledger import (
+    FileCounts,
+    GroupCommitter,
+    LedgerScan,
+    RunLedger,
+    StatusWriter,
+    move_run_aside,
+    note_committed,
+    results_files,
+    save_own_index,
+    scan_ledger,
+)
+from evalledger.ops import execute_prune, plan_prune
 from evalledger.pricing import Price
+from evalledger.providers import Provider, make_provider
+from evalledger.run.budget import Budget, Estimate, estimate_pending
+from evalledger.run.limits import Limits
+from evalledger.run.manifest import check_or_create_manifest
+from evalledger.run.outcome import EXIT_OK, RunSummary, set_outcome
+from evalledger.run.prepare import PreparedRun, prepare_run
 from evalledger.run.progress import Progress
-from evalledger.providers import make_provider
-from evalledger.providers import Provider
-from evalledger.ledger import FileCounts, LedgerScan, note_committed, save_own_index, scan_ledger
 from evalledger.run.retry import RetryPolicy
 from evalledger.run.sample import RunState, SampleContext
 from evalledger.run.scheduler import schedule
@@ -128,9 +134,6 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
 
 def _prune_old_copies(config: RunConfig, run_id: str) -> None:
     """``--keep-old N``: remove this run's moved-aside copies beyond the newest N, as ``prune`` does."""
-    from evalledger.ops import execute_prune, plan_prune
-    from evalledger.fsio import human_bytes
-
     plan = plan_prune(config.output_dir, keep=config.keep_old or 0, run_id=run_id, corrupt=False)
     result = execute_prune(plan)
     for item in result.removed:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from evalledger.fsio import canonical_json, utc_now
-from evalledger.run.limits import RATE_LIMIT_STATUSES, Limits, estimate_request_tokens
 from evalledger.pricing import Price
 from evalledger.providers import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
+from evalledger.run.limits import RATE_LIMIT_STATUSES, Limits, estimate_request_tokens
 from evalledger.run.retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
 from evalledger.samples import Sample, sample_rng
 from evalledger.tasks import Task

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from evalledger.run.budget import Budget
 from evalledger.ledger import GroupCommitter
+from evalledger.run.budget import Budget
 from evalledger.run.sample import NotStarted, RunState, SampleContext, StopRun, run_sample
 from evalledger.samples import Sample
 

@@ -5,8 +5,8 @@ SIGUSR1 is Slurm's pre-emption warning (``--signal=B:USR1@60``); it is handled l
 
 from __future__ import annotations
 
-import logging
 import asyncio
+import logging
 import signal
 import threading
 from typing import Callable

@@ -21,6 +21,7 @@ from typing import Any
 
 from evalledger.samples import Sample
 from evalledger.tasks.base import Generate, Message, Score, Task, TaskOutput
+from evalledger.tasks.qa import QATask
 
 __all__ = [
     "REVIEW_PROMPT",
@@ -83,7 +84,6 @@ class SelfCorrectTask(Task):
     def __init__(self, base: Task | None = None, review_prompt: str | None = None) -> None:
         if base is None:
             # Constructible without arguments like every built-in task; qa is the default task.
-            from evalledger.tasks.qa import QATask
 
             base = QATask()
         if isinstance(base, SelfCorrectTask):
