@@ -40,6 +40,7 @@ class _Page(HTMLParser):
         self.run_rows: list[str] = []
         self._run: str | None = None
         self._in_stats = False
+        self._cell: dict[str, str] | None = None
         self.stats_json = ""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -56,16 +57,21 @@ class _Page(HTMLParser):
             self.sample_kinds.append(a["data-kinds"])
         if tag == "td" and "data-key" in a:
             self.cells.append({"run": self._run or "", "key": a["data-key"], "value": a["data-value"]})
+            self._cell = self.cells[-1]
         if tag == "script" and a.get("id") == "stats":
             self._in_stats = True
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "script":
             self._in_stats = False
+        if tag == "td":
+            self._cell = None
 
     def handle_data(self, data: str) -> None:
         if self._in_stats:
             self.stats_json += data
+        if self._cell is not None:
+            self._cell["text"] = self._cell.get("text", "") + data
 
 
 def parse(path: Path) -> _Page:
@@ -111,6 +117,32 @@ def test_report_of_a_run_is_self_contained_and_matches_get_stats(fake_server, tm
     assert len(page.sample_kinds) == 30
     assert sum("error" in k.split() for k in page.sample_kinds) == stats["error_count"] == 2
     assert "Question 3: what is 3 + 0?" in text and "The answer is 7." in text  # prompt and response
+
+
+def test_report_status_column_shows_each_runs_state_as_stats_does(fake_server, tmp_path):
+    """An interrupted run (a fatal 401 before any answer), a complete one and one with error records:
+    the report's status column says what ``stats`` and ``list`` say, never a made-up 'idle'."""
+    out = tmp_path / "out"
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 5)
+    fake_server.fail_when(marker(2), 400)
+    with_errors = run_experiment(cfg(fake_server, data, out, run_id="errs"))
+    fake_server.clear_faults()
+    complete = run_experiment(cfg(fake_server, data, out, run_id="done"))
+    fake_server.fail_always(status=401)
+    fatal = run_experiment(cfg(fake_server, data, out, run_id="fatal"))
+    assert (with_errors.exit_code, complete.exit_code, fatal.exit_code) == (1, 0, 2)
+
+    r = run_cli(["report", str(out), "-o", str(tmp_path / "r.html")], cli_env(fake_server), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    page = parse(tmp_path / "r.html")
+    shown = {c["run"]: (c["value"], c["text"]) for c in page.cells if c["key"] == "state"}
+    for run_id in ("errs", "done", "fatal"):
+        st = get_stats(run_id, output_dir=out)
+        assert shown[run_id] == (st["state"], st["state_label"]), run_id
+    assert shown["fatal"] == ("interrupted", "interrupted (fatal provider error, exit 2)")
+    assert shown["done"] == ("complete", "complete")
+    assert shown["errs"][0] == "incomplete"
+    assert "idle" not in (tmp_path / "r.html").read_text()
 
 
 def test_report_of_a_study_directory_with_self_correction(tmp_path):
@@ -198,6 +230,12 @@ def test_report_renders_in_headless_chromium(tmp_path):
         args.insert(2, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
     subprocess.run(args, capture_output=True, timeout=120, check=False)
     assert png.exists(), "chromium wrote no screenshot"
+    # The DOM as the browser built it: the status column shows the run's state as get_stats has it.
+    dom_args = [a for a in args if not a.startswith(("--screenshot", "--window-size"))]
+    dom_args.insert(-1, "--dump-dom")
+    dom = subprocess.run(dom_args, capture_output=True, text=True, timeout=120, check=False).stdout
+    label = get_stats(out / "r")["state_label"]
+    assert f'data-key="state" data-value="unknown">{label}</td>' in dom, dom[-2000:]
     img = Image.open(png).convert("RGB")
     assert img.size == (1280, 1600)
     # A rendered page has text, plot colours and table shading; a blank or error page has a few colours.

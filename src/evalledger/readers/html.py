@@ -256,7 +256,7 @@ def run_table(runs: list[RunView]) -> str:
             + _num("cost_usd", s["cost_usd"], "unknown" if s["cost_usd"] is None else f"{s['cost_usd']:.4f}")
             + _num("cost_per_correct_usd", s["cost_per_correct_usd"],
                    "–" if s["cost_per_correct_usd"] is None else f"{s['cost_per_correct_usd']:.5f}")
-            + f"<td>{'running' if s['running'] else 'idle'}</td></tr>")
+            + f'<td data-key="state" data-value="{_e(s["state"])}">{_e(s["state_label"])}</td></tr>')
     return f"<table class='runs'>{head}{''.join(rows)}</table>"
 
 
