@@ -9,7 +9,7 @@ from __future__ import annotations
 from evalledger.readers.api import CheckpointManager, get_stats
 from evalledger.readers.frames import jsonable, load_results, load_runs
 from evalledger.readers.html import write_report
-from evalledger.readers.locate import resolve_run_dir, run_dirs
+from evalledger.readers.locate import RunRef, note_run_dir, resolve_run_dir, run_dirs
 from evalledger.readers.stats import run_stats, wilson_interval
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "jsonable",
     "load_results",
     "load_runs",
+    "RunRef",
+    "note_run_dir",
     "resolve_run_dir",
     "run_dirs",
     "run_stats",

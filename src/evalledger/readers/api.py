@@ -13,7 +13,7 @@ from typing import Any
 
 from evalledger.ledger import RunLedger
 from evalledger.readers.frames import load_results, load_runs
-from evalledger.readers.locate import resolve_run_dir
+from evalledger.readers.locate import RunRef, resolve_run_dir
 from evalledger.readers.stats import run_stats
 
 
@@ -29,8 +29,9 @@ class CheckpointManager(RunLedger):
         return run_stats(self.run_dir)
 
 
-def get_stats(run: str | Path, output_dir: str | Path = "outputs") -> dict[str, Any]:
-    """Stats of a run (by run ID or directory), all shards, in one pass over its ledger.
+def get_stats(run: RunRef, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Stats of a run, all shards, in one pass over its ledger. ``run`` is a ``RunSummary``, a run
+    directory, or a run ID under ``output_dir`` (default ``outputs``; see :func:`resolve_run_dir`).
 
     Keys: counts (``total_samples, completed_samples, error_count, pending_samples,
     correct_count``), ``accuracy`` and its Wilson ``accuracy_ci95``, ``errors_by_type``,
