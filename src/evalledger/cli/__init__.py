@@ -19,15 +19,20 @@ from evalledger.cli.run import estimate, run, validate
 from evalledger.cli.study import study
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True)
 @click.version_option(__version__, prog_name="evalledger")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Resumable runner for LLM evaluation experiments over paid APIs.
 
     Every result is appended to a locked, fsynced JSONL ledger under a stable run ID; running the
     same command again resumes and sends nothing for completed samples.
     """
     show_warnings()
+    if ctx.invoked_subcommand is None:  # a bare `evalledger` is a request for help, not a mistake
+        click.echo(ctx.get_help())
+        ctx.exit(0)
 
 
 for _command in (run, estimate, validate, results.stats, results.list_cmd, results.export, results.errors,

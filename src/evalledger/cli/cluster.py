@@ -21,7 +21,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from evalledger.cli.options import config_from_options, experiment_options, fail
+from evalledger.cli.options import config_from_options, experiment_options, fail, output_dir_option, output_file_option
 from evalledger.config import RunConfig
 from evalledger.datasets import BUILTIN_DATASETS
 from evalledger.errors import EvalLedgerError, UsageError
@@ -235,8 +235,7 @@ def _ago(seconds: float | None) -> str:
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"),
-              show_default=True, help="Where run directories live (when RUN is a run ID).")
+@output_dir_option(help="Where run directories live (when RUN is a run ID).")
 @click.option("--shards", type=int, default=None,
               help="Shard count to report. Default: the last `evalledger slurm --submit`, else the shard files.")
 @click.option("--stalled-after", type=float, default=DEFAULT_STALLED_AFTER, show_default=True,
@@ -291,21 +290,19 @@ def status(run_ref: str, output_dir: Path, shards: int | None, stalled_after: fl
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The merged JSONL file to write.")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"),
-              show_default=True, help="Where run directories live (when RUN is a run ID).")
+@output_file_option(None, "The merged JSONL file to write.", required=True)
+@output_dir_option(help="Where run directories live (when RUN is a run ID).")
 @click.option("--allow-incomplete", is_flag=True,
               help="Write the samples that are done even if the shards do not cover the dataset exactly.")
 @click.option("--json", "as_json", is_flag=True, help="Print the merge report as JSON on stdout.")
-def merge(run_ref: str, output: Path, output_dir: Path, allow_incomplete: bool, as_json: bool) -> None:
+def merge(run_ref: str, out_path: Path, output_dir: Path, allow_incomplete: bool, as_json: bool) -> None:
     """Write one deduplicated ledger of RUN (latest ok record per sample, dataset order) to -o FILE.
 
     Checks that the shards cover the dataset exactly (every sample once, nothing else); if not,
     writes nothing and exits 1 unless --allow-incomplete.
     """
     try:
-        rep = merge_run(_resolve(run_ref, output_dir), output, allow_incomplete=allow_incomplete)
+        rep = merge_run(_resolve(run_ref, output_dir), out_path, allow_incomplete=allow_incomplete)
     except EvalLedgerError as e:
         fail(e)
     if as_json:

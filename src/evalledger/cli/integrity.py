@@ -12,16 +12,15 @@ from pathlib import Path
 
 import click
 
-from evalledger.cli.options import fail
-from evalledger.errors import EvalLedgerError
+from evalledger.cli.options import DEFAULT_OUTPUT_DIR, fail, output_dir_option
+from evalledger.errors import EvalLedgerError, UsageError
 from evalledger.fsio import human_bytes
 from evalledger.ops import PrunePlan, execute_prune, plan_prune, verify_run
 
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"),
-              show_default=True, help="Where run directories live (when RUN is a run ID).")
+@output_dir_option(help="Where run directories live (when RUN is a run ID).")
 @click.option("--repair", is_flag=True,
               help="First move torn tails and garbage lines aside, exactly as `run` does (needs the run's lock); "
                    "nothing else is changed.")
@@ -69,7 +68,9 @@ def _print_plan(plan: PrunePlan) -> None:
 
 
 @click.command()
-@click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), required=False)
+@click.argument("output_dir_arg", metavar="[OUTPUT_DIR]", type=click.Path(file_okay=False, path_type=Path), default=None,
+                required=False)
+@output_dir_option(help="The directory to prune (or give it as the argument).")
 @click.option("--keep", type=int, default=1, show_default=True,
               help="Moved-aside copies (<run_id>.old-<timestamp>) to keep per run ID, newest first.")
 @click.option("--older-than", "older_than", type=float, default=None, metavar="DAYS",
@@ -77,13 +78,18 @@ def _print_plan(plan: PrunePlan) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--yes", "-y", is_flag=True, help="Remove without asking.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (and what was removed) as JSON.")
-def prune(output_dir: Path, keep: int, older_than: float | None, dry_run: bool, yes: bool, as_json: bool) -> None:
+def prune(output_dir_arg: Path | None, output_dir: Path, keep: int, older_than: float | None, dry_run: bool, yes: bool,
+          as_json: bool) -> None:
     """Free disk: remove moved-aside runs beyond the newest --keep per run ID and .corrupt-* leftovers.
 
     Never removes a live run directory, anything of a run whose lock a process holds, or the only
     copy of any ok record (an old copy goes only when every sample it has ok is ok in a copy that
     stays). Lists what it will remove with sizes and asks first, unless --yes.
     """
+    if output_dir_arg is not None:
+        if output_dir_arg != output_dir and output_dir != DEFAULT_OUTPUT_DIR:
+            fail(UsageError(f"two output directories: {output_dir_arg} and --output-dir {output_dir}; give one"))
+        output_dir = output_dir_arg
     try:
         plan = plan_prune(output_dir, keep=keep, older_than_days=older_than)
     except EvalLedgerError as e:

@@ -14,6 +14,47 @@ from evalledger.config import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, RunConfig
 from evalledger.datasets import parse_shard
 from evalledger.errors import EvalLedgerError
 
+DEFAULT_OUTPUT_DIR = Path("outputs")
+_LEGACY_DIR = "legacy -o DIR"
+
+
+def _legacy_output_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.meta[_LEGACY_DIR] = value
+
+
+def _output_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
+    legacy = ctx.meta.get(_LEGACY_DIR)
+    if value is not None and legacy is not None and value != legacy:
+        raise click.BadParameter(f"given twice: --output-dir {value} and -o {legacy}; use --output-dir")
+    return value or legacy or DEFAULT_OUTPUT_DIR
+
+
+def output_dir_option(*, legacy_o: bool = False, help: str = "Where run directories live.") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--output-dir DIR``, the one spelling of the directory that holds run directories in every
+    command; ``-o`` always names an output *file* (``export``, ``report``, ``merge``).
+
+    ``legacy_o``: the command writes no file, so the old spelling ``-o DIR`` is unambiguous there
+    and keeps working (hidden from ``--help``)."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--output-dir", "output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         callback=_output_dir, help=f"{help}  [default: {DEFAULT_OUTPUT_DIR}]")(f)
+        if legacy_o:
+            # Declared after --output-dir so that, given on the command line, it is processed first.
+            f = click.option("-o", "legacy_output_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                             hidden=True, expose_value=False, callback=_legacy_output_dir)(f)
+        return f
+
+    return decorate
+
+
+def output_file_option(default: Path | None, help: str, *, required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-o/--out/--output FILE``: the file a command writes."""
+    return click.option("-o", "--out", "--output", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+                        default=default, required=required, show_default=default is not None, help=help)
+
+
 # Applied bottom-up by click, so listed here in the order --help shows them.
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--dataset", "-d", required=True, help="Built-in name (gsm8k, mmlu-elementary-math, humaneval) or a .jsonl/.json/.csv/.parquet file."),
@@ -23,7 +64,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--limit", type=int, default=None, help="Only the first N samples in file order (not part of the run ID: raise it later to extend the run)."),
     click.option("--id-column", default=None, help="Column holding sample IDs. Default: 'id' if present, else a hash of the row's content."),
     click.option("--review-prompt", default=None, metavar="FILE", help="Text file replacing the self-correct review prompt (its sha256 is part of the run ID)."),
-    click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True, help="Where run directories live."),
+    lambda f: output_dir_option(legacy_o=True)(f),
     click.option("--run-id", default=None, help="Name the run explicitly instead of <dataset>_<model>_<task>_<hash8>."),
     click.option("--shard", default=None, metavar="K/N", help="Run only shard K of N (1-based; stable hash of the sample ID)."),
     click.option("--concurrency", "-c", type=int, default=8, show_default=True, help="Requests in flight at once."),

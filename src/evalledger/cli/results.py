@@ -13,18 +13,15 @@ from typing import Any
 
 import click
 
-from evalledger.cli.options import fail
+from evalledger.cli.options import fail, output_dir_option, output_file_option
 from evalledger.errors import EvalLedgerError, UsageError
 from evalledger.fsio import human_bytes
 from evalledger.readers import get_stats, jsonable, load_results, resolve_run_dir, run_dirs, run_stats, write_report
 
-_OUTPUT_DIR = click.option("--output-dir", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path),
-                           default=Path("outputs"), show_default=True, help="Where run directories live.")
-
-
-# export and report write a file, and the issue's `report RUN -o report.html` gives -o to it there.
-_OUTPUT_DIR_LONG = click.option("--output-dir", "output_dir", type=click.Path(file_okay=False, path_type=Path),
-                                default=Path("outputs"), show_default=True, help="Where run directories live.")
+# -o names the output file where a command writes one (export, report); elsewhere it is the old
+# spelling of --output-dir.
+_OUTPUT_DIR = output_dir_option(legacy_o=True)
+_OUTPUT_DIR_LONG = output_dir_option()
 
 
 def _pct(x: float | None) -> str:
@@ -188,8 +185,7 @@ def export_results(run: str | Path, path: str | Path, fmt: str, output_dir: str 
 @click.argument("run_ref", metavar="RUN")
 @_OUTPUT_DIR_LONG
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
-@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="File to write. Default: <run_id>.<format> in the current directory.")
+@output_file_option(None, "File to write. Default: <run_id>.<format> in the current directory.")
 def export(run_ref: str, output_dir: Path, fmt: str, out_path: Path | None) -> None:
     """Export one row per sample (the load_results() DataFrame) to CSV, Parquet or JSONL."""
     try:
@@ -245,8 +241,7 @@ def errors(run_ref: str, output_dir: Path, as_json: bool) -> None:
 @click.command()
 @click.argument("target", metavar="RUN_OR_DIR")
 @_OUTPUT_DIR_LONG
-@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
-              show_default=True, help="The HTML file to write.")
+@output_file_option(Path("report.html"), "The HTML file to write.")
 @click.option("--samples", "n_samples", type=int, default=100, show_default=True,
               help="Rows per group (all / incorrect / errors) in the sample browser.")
 def report(target: str, output_dir: Path, out_path: Path, n_samples: int) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from evalledger.cli.options import fail, show_warnings
+from evalledger.cli.options import fail, output_dir_option, show_warnings
 from evalledger.datasets import parse_shard
 from evalledger.errors import EvalLedgerError
 from evalledger.study import StudyConfig, run_study
@@ -26,7 +25,7 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
               help="Comma-separated datasets (or repeat the flag).")
 @click.option("--task", "-t", default=None, help="e.g. self-correct. Default: each dataset's own task.")
 @click.option("--limit", type=int, default=None, help="First N samples of every dataset.")
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("outputs"), show_default=True)
+@output_dir_option(legacy_o=True)
 @click.option("--shard", default=None, metavar="K/N", help="Run shard K of N of every pair.")
 @click.option("--concurrency", "-c", type=int, default=8, show_default=True)
 @click.option("--max-tokens", type=int, default=512, show_default=True)
