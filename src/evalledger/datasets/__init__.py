@@ -7,6 +7,8 @@ from evalledger.datasets import index
 from evalledger.datasets.files import (
     BUILTIN_DATASETS,
     ResolvedDataset,
+    check_dataset_path,
+    dataset_format,
     locate_dataset,
     read_dataset_file,
     resolve_dataset,
@@ -34,6 +36,8 @@ __all__ = [
     "ResolvedDataset",
     "RowSource",
     "ValidatedIndex",
+    "check_dataset_path",
+    "dataset_format",
     "in_shard",
     "index",
     "index_key",

@@ -119,8 +119,8 @@ def dataset_stem(path: str | os.PathLike[str]) -> str:
             return stem or name
 
 
-def _format_of(path: Path) -> str | None:
-    """The supported extension ``path`` ends with (longest match), or None."""
+def dataset_format(path: Path) -> str | None:
+    """The supported extension ``path`` ends with (longest match, lower case), or None."""
     lowered = path.name.lower()
     for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
         if lowered.endswith(ext) and len(lowered) > len(ext):
@@ -140,8 +140,11 @@ def _builtin_names() -> str:
     return ", ".join(sorted(BUILTIN_DATASETS))
 
 
-def _resolve_path(path: Path, *, spec: str | None = None) -> Path:
-    """Check that ``path`` is an existing file in a supported format; return it absolute."""
+def check_dataset_path(path: Path, *, spec: str | None = None) -> Path:
+    """Check that ``path`` is an existing regular file in a supported format; return it absolute.
+
+    Raises :class:`DatasetError` otherwise. ``spec`` is what the user typed, shown in the message.
+    """
     shown = spec if spec is not None else str(path)
     try:
         absolute = path.expanduser().resolve()
@@ -164,7 +167,7 @@ def _resolve_path(path: Path, *, spec: str | None = None) -> Path:
     if not absolute.is_file():
         # A FIFO or a device would block or never end when read.
         raise DatasetError(f"dataset path is not a regular file: {absolute}")
-    if _format_of(absolute) is None:
+    if dataset_format(absolute) is None:
         raise DatasetError(
             f"unsupported dataset format: {absolute.name} ({absolute}); "
             f"supported extensions are {', '.join(SUPPORTED_EXTENSIONS)}"
@@ -220,5 +223,5 @@ def locate_dataset(spec: str | os.PathLike[str]) -> ResolvedDataset:
     text = os.fspath(spec)
     if not text.strip():
         raise DatasetError(f"empty dataset spec; give a file path or one of: {_builtin_names()}")
-    path = _resolve_path(Path(text), spec=text if isinstance(spec, str) else None)
+    path = check_dataset_path(Path(text), spec=text if isinstance(spec, str) else None)
     return ResolvedDataset(name=dataset_stem(path), path=path, sha256="")

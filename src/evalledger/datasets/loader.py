@@ -33,9 +33,9 @@ from evalledger.datasets.files import (
     SUPPORTED_EXTENSIONS,
     BuiltinDataset,
     ResolvedDataset,
-    _format_of,
-    _resolve_path,
+    check_dataset_path,
     data_dir,
+    dataset_format,
     dataset_stem,
     read_dataset_file,
     resolve_dataset,
@@ -143,7 +143,7 @@ def load_dataset(
         resolved = resolve_dataset(source)
     else:
         resolved = resolve_dataset(Path(source))
-    path = _resolve_path(resolved.path)
+    path = check_dataset_path(resolved.path)
 
     # Hash the same bytes we parse, so the sha256 recorded for the run describes exactly the
     # content the samples came from, even if the file is replaced in between.
@@ -188,7 +188,7 @@ def load_dataset_bytes(
     samples = [Sample(id=sid, row=row.number, fields=row.fields) for sid, row in zip(ids, rows)]
     if limit is not None:
         samples = samples[:limit]
-    jsonl = (_format_of(path) == ".jsonl" and label == "line")
+    jsonl = (dataset_format(path) == ".jsonl" and label == "line")
     return Dataset(
         name=resolved.name,
         path=path,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalledger.datasets.files import SUPPORTED_EXTENSIONS, _format_of
+from evalledger.datasets.files import SUPPORTED_EXTENSIONS, dataset_format
 from evalledger.datasets.values import (
     _MAX_LISTED,
     _describe_json_type,
@@ -61,7 +61,7 @@ class _Parsed:
 
 
 def _parse(path: Path, raw: bytes) -> _Parsed:
-    fmt = _format_of(path)
+    fmt = dataset_format(path)
     if fmt == ".parquet":
         return _parse_parquet(path, raw)
     if fmt is not None and fmt.endswith(".gz"):
@@ -76,7 +76,7 @@ def _parse(path: Path, raw: bytes) -> _Parsed:
         return _parse_json(path, raw)
     if fmt == ".csv":
         return _parse_csv(path, raw)
-    raise DatasetError(  # _resolve_path already refused these
+    raise DatasetError(  # check_dataset_path already refused these
         f"unsupported dataset format: {path}; supported extensions are "
         f"{', '.join(SUPPORTED_EXTENSIONS)}"
     )

@@ -23,6 +23,8 @@ from evalledger.datasets import (
     ResolvedDataset,
     RowSource,
     ValidatedIndex,
+    check_dataset_path,
+    dataset_format,
     in_shard,
     index_key,
     load_dataset_bytes,
@@ -33,7 +35,6 @@ from evalledger.datasets import (
     save_index,
 )
 from evalledger.datasets import index as dataset_index
-from evalledger.datasets.files import _format_of, _resolve_path
 from evalledger.errors import DatasetError, UsageError
 from evalledger.fsio import paused_gc, utc_now
 from evalledger.samples import Sample
@@ -126,13 +127,13 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
     if check_code_execution:
         check_code_execution_allowed(task, task_spec, config)
     # The file is read and hashed once: the hash names the run, and these bytes are what is parsed.
-    raw, st = read_dataset_file(_resolve_path(located.path))
+    raw, st = read_dataset_file(check_dataset_path(located.path))
     resolved = dataclasses.replace(located, sha256=hashlib.sha256(raw).hexdigest())
     task_name = task.name or task_spec
     identity = config.identity(dataset_sha256=resolved.sha256, task_name=task_name, prompt_version=task.prompt_version)
     run_id = config.run_id or make_run_id(resolved.name, config.model, task_name, identity)
     run_dir = run_dir_inside(config.output_dir, run_id)
-    key = index_key(sha256=resolved.sha256, format=_format_of(resolved.path), id_column=config.id_column,
+    key = index_key(sha256=resolved.sha256, format=dataset_format(resolved.path), id_column=config.id_column,
                     default_id_column=resolved.default_id_column, required=list(task.required_fields),
                     task=f"{type(task).__module__}.{type(task).__qualname__}", task_spec=task_spec,
                     task_name=task_name, prompt_version=task.prompt_version, limit=config.limit,
