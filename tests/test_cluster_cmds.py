@@ -142,7 +142,10 @@ def test_slurm_command_writes_the_script_with_the_run_options(fake_server, tmp_p
     assert len(scripts) == 1, r.stdout
     run_dir = scripts[0].parents[1]
     assert f"wrote {scripts[0]}" in r.stdout and "sbatch " in r.stdout
-    assert (run_dir / "manifest.json").exists()  # drift is checked at submit time, not in every task
+    # Writing a script changes no run file: drift is checked read-only, the tasks create the manifest.
+    assert not (run_dir / "manifest.json").exists()
+    listed = run_cli(["list", "--output-dir", str(out), "--json"], cli_env(fake_server))
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []  # no phantom run
     assert (run_dir / "slurm" / "logs").is_dir()  # sbatch does not create the log directory
     argv = _script_run_command(scripts[0])
     assert argv[:4] == [sys.executable, "-m", "evalledger", "run"]

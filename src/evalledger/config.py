@@ -67,6 +67,8 @@ class RunConfig:
     request_timeout: float = 600.0
     grace_seconds: float = 30.0
     base_url: str | None = None
+    # the run's endpoint may differ from the one recorded (the same model behind a proxy, say)
+    allow_endpoint_change: bool = False
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None  # read the key from this variable instead of the SDK's default
     rpm: float | None = None  # requests per minute, shared by all workers (None: no limit)

@@ -25,6 +25,7 @@ from evalledger.cli.options import config_from_options, experiment_options, fail
 from evalledger.config import RunConfig
 from evalledger.datasets import BUILTIN_DATASETS
 from evalledger.errors import EvalLedgerError, UsageError
+from evalledger.fsio import node_local_reason
 from evalledger.ledger import lock_state
 from evalledger.ops import (
     DEFAULT_GRACE_SECONDS,
@@ -45,7 +46,7 @@ from evalledger.ops import (
     write_script,
 )
 from evalledger.readers import resolve_run_dir
-from evalledger.run import check_or_create_manifest, prepare_run
+from evalledger.run import check_manifest, prepare_run
 
 __all__ = [
     "MergeReport",
@@ -175,9 +176,9 @@ def slurm(ctx: click.Context, **params: Any) -> None:
             raise UsageError("--no-resume with slurm: a requeued task must resume its own shard; drop --no-resume")
         config = _config_from_params(params)
         prepared = prepare_run(config)  # the whole dataset is checked here, before anything is queued
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-        prepared.run_dir.mkdir(parents=True, exist_ok=True)
-        check_or_create_manifest(prepared)  # refuses config drift now, not in N tasks later
+        # Config drift is refused now, not in N tasks later; the run's own files are left as they are
+        # (the tasks create the manifest when they start), so writing a script makes no phantom run.
+        check_manifest(prepared)
         run_command = slurm_run_command(ctx, config)
         path = (script_path.expanduser().resolve() if script_path is not None
                 else slurm_dir(prepared.run_dir) / f"run-{options.shards}-shards.sbatch")
@@ -190,6 +191,7 @@ def slurm(ctx: click.Context, **params: Any) -> None:
         fail(e)
     n, m = options.shards, len(prepared.samples)
     click.echo(f"wrote {path}: {n} array tasks for run {prepared.run_id} ({m} samples)")
+    _warn_node_local(config.output_dir, path)
     if n > m:
         click.echo(f"note: {n} shards for {m} samples; {n - m} or more shards have nothing to do and exit 0 at once",
                    err=True)
@@ -217,6 +219,18 @@ def slurm(ctx: click.Context, **params: Any) -> None:
     click.echo(f"            {status_cmd}")
     click.echo(f"            tail -f {shlex.quote(log_one)}")
     click.echo(f"when done:  {merge_cmd}")
+
+
+def _warn_node_local(output_dir: Path, script: Path) -> None:
+    """Every task of the array must see the run directory, the interpreter and the working
+    directory the script names; say so when one of them looks private to this node."""
+    python = Path(python_command()[0])
+    for what, where in (("the output directory", output_dir), ("the script", script),
+                        ("the Python the script runs", python), ("the working directory", Path.cwd())):
+        reason = node_local_reason(where)
+        if reason:
+            click.echo(f"warning: {what}: {reason}; every node that runs a task must see it (use a shared "
+                       "filesystem)", err=True)
 
 
 def _resolve(run_ref: str, output_dir: Path) -> Path:

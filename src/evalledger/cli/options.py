@@ -79,6 +79,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True),
     click.option("--top-p", type=float, default=None),
     click.option("--base-url", default=None, help="API base URL (e.g. http://127.0.0.1:8000/v1 for vLLM). Default: the SDK's, or OPENAI_BASE_URL / ANTHROPIC_BASE_URL."),
+    click.option("--allow-endpoint-change", is_flag=True, help="Resume although the run was made against another endpoint (e.g. the same model behind a proxy); the new one is recorded."),
     click.option("--api-key-env", default=None, metavar="VAR", help="Read the API key from this environment variable instead of OPENAI_API_KEY / ANTHROPIC_API_KEY."),
     click.option("--max-attempts", type=int, default=6, show_default=True, help="Attempts per request for transient errors (5xx, timeouts, resets); 429/529 rate limits do not use them up (retried for up to 15 minutes)."),
     click.option("--max-retry-wait", type=float, default=120.0, show_default=True, help="Cap in seconds on one backoff sleep between retries."),
@@ -100,20 +101,45 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 ]
 
 
-def experiment_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a click command with every experiment flag."""
-    for option in reversed(_OPTIONS):
-        f = option(f)
-    return f
+def _param_name(option: Callable[[Callable[..., Any]], Callable[..., Any]]) -> str:
+    """The name of the parameter a click option decorator adds (its RunConfig field)."""
+
+    def probe() -> None:
+        """Carries the parameter so that its name can be read."""
+
+    option(probe)
+    return probe.__click_params__[-1].name  # type: ignore[attr-defined]
 
 
-def config_from_options(opts: dict[str, Any]) -> RunConfig:
-    """Build the RunConfig from parsed flags (each flag's name is its RunConfig field)."""
+#: Every experiment flag by its RunConfig field name, in --help order.
+EXPERIMENT_OPTIONS = {_param_name(option): option for option in _OPTIONS}
+
+
+def experiment_options(f: Callable[..., Any] | None = None, *, exclude: frozenset[str] = frozenset()) -> Any:
+    """Decorate a click command with every experiment flag (but those named in ``exclude``):
+    ``@experiment_options`` or ``@experiment_options(exclude=frozenset({"dataset"}))``."""
+
+    def decorate(g: Callable[..., Any]) -> Callable[..., Any]:
+        for name, option in reversed(EXPERIMENT_OPTIONS.items()):
+            if name not in exclude:
+                g = option(g)
+        return g
+
+    return decorate if f is None else decorate(f)
+
+
+def run_config_fields(opts: dict[str, Any]) -> dict[str, Any]:
+    """The parsed flags that are RunConfig fields, ``--shard`` parsed."""
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     values = {k: v for k, v in opts.items() if k in fields}
     if values.get("shard") is not None:
         values["shard"] = parse_shard(values["shard"])
-    return RunConfig(**values)
+    return values
+
+
+def config_from_options(opts: dict[str, Any]) -> RunConfig:
+    """Build the RunConfig from parsed flags (each flag's name is its RunConfig field)."""
+    return RunConfig(**run_config_fields(opts))
 
 
 def fail(exc: EvalLedgerError) -> None:

@@ -22,6 +22,7 @@ from evalledger.fsio.diskspace import (
     disk_failure_message,
     human_bytes,
     is_disk_error,
+    node_local_reason,
 )
 from evalledger.fsio.gcpause import paused_gc
 
@@ -37,6 +38,7 @@ __all__ = [
     "fsync_dir",
     "hostname",
     "human_bytes",
+    "node_local_reason",
     "is_disk_error",
     "paused_gc",
     "sha256_file",

@@ -104,3 +104,40 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+# Where a path is private to this machine: a job on another node of a cluster cannot see it.
+_NODE_LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/scratch/local", "/local")
+_NODE_LOCAL_FS = {"tmpfs", "ramfs", "devtmpfs", "overlay"}
+
+
+def _mount_of(path: Path) -> tuple[str, str] | None:
+    """(mount point, filesystem type) of the mount that holds ``path``, from /proc/mounts."""
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best: tuple[str, str] | None = None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, parts[2])
+    return best
+
+
+def node_local_reason(path: str | Path) -> str | None:
+    """Why ``path`` is likely visible on this machine only (None when nothing says so): it lies
+    under a temporary directory, or on a memory-backed filesystem."""
+    p = Path(path).expanduser().resolve()
+    for d in _NODE_LOCAL_DIRS:
+        if p == Path(d) or Path(d) in p.parents:
+            return f"{p} is under {d}, which is usually local to each node"
+    mount = _mount_of(p)
+    if mount is not None and mount[1] in _NODE_LOCAL_FS and mount[0] != "/":
+        return f"{p} is on a {mount[1]} filesystem ({mount[0]}), which exists on this node only"
+    return None
+

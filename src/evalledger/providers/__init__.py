@@ -7,6 +7,8 @@ OpenAI-compatible servers ``vllm/<model>`` / ``ollama/<model>`` (default local b
 
 from __future__ import annotations
 
+import os
+
 from evalledger.errors import UsageError
 from evalledger.providers.anthropic import AnthropicProvider
 from evalledger.providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
@@ -28,6 +30,28 @@ def split_model(model: str) -> tuple[str, str]:
             raise UsageError(f"--model {model!r}: missing the model name after '{prefix}/'")
         return prefix, rest
     return "", model
+
+
+# Where the SDKs send requests when neither --base-url nor their variable says otherwise.
+SDK_DEFAULT_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+_URL_VARIABLES = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+
+
+def endpoint_for(model: str, base_url: str | None = None) -> str:
+    """The endpoint a ``--model`` reaches, as the provider will resolve it: ``--base-url``, else the
+    SDK's variable (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``), else its default URL; the
+    embedded model is ``local:<name>``. Trailing slashes are dropped so equal URLs compare equal."""
+    prefix, name = split_model(model)
+    if prefix == "local":
+        return f"local:{name}"
+    if base_url:
+        url = base_url
+    elif prefix in COMPATIBLE_DEFAULT_URLS:
+        url = COMPATIBLE_DEFAULT_URLS[prefix]
+    else:
+        api = prefix or "openai"
+        url = os.environ.get(_URL_VARIABLES[api], "").strip() or SDK_DEFAULT_URLS[api]
+    return url.rstrip("/")
 
 
 def make_provider(
@@ -61,4 +85,5 @@ def make_provider(
     )
 
 
-__all__ = ["ChatRequest", "ChatResponse", "ErrorInfo", "ErrorKind", "Provider", "make_provider", "split_model"]
+__all__ = ["ChatRequest", "ChatResponse", "ErrorInfo", "ErrorKind", "Provider", "endpoint_for", "make_provider",
+           "split_model"]

@@ -5,18 +5,20 @@ signals, and how the run ended (:class:`RunSummary`)."""
 from __future__ import annotations
 
 from evalledger.run.budget import Estimate
-from evalledger.run.manifest import check_or_create_manifest
+from evalledger.run.manifest import check_manifest, check_or_create_manifest
 from evalledger.run.outcome import RunSummary
-from evalledger.run.prepare import PreparedRun, prepare_run
+from evalledger.run.prepare import PreparedRun, prepare_run, provider_for
 from evalledger.run.runner import estimate_experiment, run_experiment, run_experiment_async
 
 __all__ = [
     "Estimate",
     "PreparedRun",
     "RunSummary",
+    "check_manifest",
     "check_or_create_manifest",
     "estimate_experiment",
     "prepare_run",
+    "provider_for",
     "run_experiment",
     "run_experiment_async",
 ]

@@ -106,6 +106,69 @@ def check_or_create_manifest(prepared: PreparedRun, scan: LedgerScan | None = No
             return fresh
         # Another shard created it between our read and our create: check against theirs.
         existing = RunLedger(prepared.run_dir).read_manifest() or {}
+    _refuse_drift(prepared, existing)
+    changed = _accept_endpoint(prepared, existing)
+    if extends(existing, len(prepared.samples)):
+        # The run's total is the largest extent ever asked for: a smaller --limit on a resume runs
+        # fewer samples now, but what is done stays part of the run and "done" never exceeds it.
+        existing["sample_count"] = len(prepared.samples)
+        existing["limit"] = prepared.config.limit
+        changed = True
+    if changed:
+        existing["updated_at"] = utc_now()
+        write_json_atomic(path, existing)
+    _note_foreign_ids(prepared, existing, seen)
+    return existing
+
+
+def extends(manifest: dict[str, Any], sample_count: int) -> bool:
+    """Whether a selection of ``sample_count`` samples is larger than the run's recorded total."""
+    recorded = manifest.get("sample_count")
+    return not isinstance(recorded, int) or isinstance(recorded, bool) or sample_count > recorded
+
+
+def check_manifest(prepared: PreparedRun) -> dict[str, Any] | None:
+    """Refuse (:class:`ConfigDriftError`) when the run exists with other settings; change nothing.
+
+    For commands that only look or plan (``slurm`` writing a script, ``estimate``): the run's files
+    stay byte for byte as they were. Returns the manifest, or None when the run has none yet.
+    """
+    existing = RunLedger(prepared.run_dir).read_manifest()
+    if existing is not None:
+        _refuse_drift(prepared, existing)
+        _refuse_endpoint_change(prepared, existing)
+    return existing
+
+
+def _refuse_endpoint_change(prepared: PreparedRun, existing: dict[str, Any]) -> None:
+    recorded = existing.get("endpoint")
+    if not isinstance(recorded, str) or recorded == prepared.endpoint or prepared.config.allow_endpoint_change:
+        return
+    raise ConfigDriftError(
+        f"run {prepared.run_id} in {prepared.run_dir} was made against another endpoint; resuming would mix two "
+        f"servers' answers in one ledger:\n  endpoint: run has {recorded!r}, this command has {prepared.endpoint!r}"
+        "\nIf it is the same model behind another address (a proxy, a new port), pass --allow-endpoint-change; "
+        "otherwise point --base-url (or OPENAI_BASE_URL / ANTHROPIC_BASE_URL) back at it, or use another --run-id."
+    )
+
+
+def _accept_endpoint(prepared: PreparedRun, existing: dict[str, Any]) -> bool:
+    """Refuse an endpoint change unless allowed; record the endpoint (and every earlier one, under
+    ``endpoints``) when it is new. Returns whether the manifest changed."""
+    _refuse_endpoint_change(prepared, existing)
+    recorded = existing.get("endpoint")
+    if recorded == prepared.endpoint:
+        return False
+    if isinstance(recorded, str):
+        earlier = existing.get("endpoints") if isinstance(existing.get("endpoints"), list) else [recorded]
+        existing["endpoints"] = [*earlier, prepared.endpoint]
+        log.warning(f"run {prepared.run_id}: the endpoint changed from {recorded} to {prepared.endpoint} "
+                    "(--allow-endpoint-change); both are recorded in the manifest")
+    existing["endpoint"] = prepared.endpoint  # a manifest made before endpoints were recorded gets it now
+    return True
+
+
+def _refuse_drift(prepared: PreparedRun, existing: dict[str, Any]) -> None:
     old_identity = existing.get("identity") or {}
     if not isinstance(old_identity, dict):
         old_identity = {}
@@ -118,13 +181,6 @@ def check_or_create_manifest(prepared: PreparedRun, scan: LedgerScan | None = No
             + "\nUse the original settings to resume, --overwrite to start this run afresh "
             "(the old one is moved aside), or a different --run-id."
         )
-    if existing.get("sample_count") != len(prepared.samples) or existing.get("limit") != prepared.config.limit:
-        existing["sample_count"] = len(prepared.samples)
-        existing["limit"] = prepared.config.limit
-        existing["updated_at"] = utc_now()
-        write_json_atomic(path, existing)
-    _note_foreign_ids(prepared, existing, seen)
-    return existing
 
 
 def _recreate_manifest_or_refuse(prepared: PreparedRun, seen: _ResultsSeen) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from evalledger.datasets import (
 from evalledger.datasets import index as dataset_index
 from evalledger.errors import DatasetError, UsageError
 from evalledger.fsio import paused_gc, utc_now
+from evalledger.providers import Provider, endpoint_for, make_provider
 from evalledger.samples import Sample
 from evalledger.tasks import Task, load_task
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TASK = "qa"
 
-__all__ = ["PreparedRun", "prepare_run", "check_code_execution_allowed",
+__all__ = ["PreparedRun", "prepare_run", "provider_for", "check_code_execution_allowed",
            "run_dir_inside", "check_output_dir_usable", "DEFAULT_TASK"]
 
 
@@ -63,6 +64,11 @@ class PreparedRun:
     selection: Sequence[Sample]  # this shard's samples
     index_key: dict[str, Any] = field(default_factory=dict)  # what the dataset's validation depended on
     new_index: ValidatedIndex | None = None  # the index this run's validation made, to save (save_dataset_index)
+
+    @property
+    def endpoint(self) -> str:
+        """Where this run's requests go (see :func:`evalledger.providers.endpoint_for`)."""
+        return endpoint_for(self.config.model, self.config.base_url)
 
     @property
     def config_hash(self) -> str:
@@ -94,6 +100,7 @@ class PreparedRun:
                 "total_rows": self.dataset.total_rows,
                 "id_source": self.dataset.id_source,
             },
+            "endpoint": self.endpoint,
             "sample_count": len(self.samples),
             "limit": self.config.limit,
             "versions": _versions(),
@@ -214,6 +221,13 @@ def _lazy_if_large(dataset: Dataset, st: os.stat_result, task: Task) -> tuple[Da
                        id_column=_id_column_of(dataset.id_source), required=task.required_fields,
                        validate=task.validate_sample)
     return dataclasses.replace(dataset, samples=LazySamples(source, range(len(dataset.samples)))), index
+
+
+def provider_for(config: RunConfig) -> Provider:
+    """The run's provider, built without any network I/O, so that an unknown ``--model`` or a
+    missing API key is refused before anything is estimated, written or sent."""
+    return make_provider(config.model, base_url=config.base_url, api_key=config.resolved_api_key(),
+                         timeout=config.request_timeout, concurrency=config.concurrency)
 
 
 def check_code_execution_allowed(task: Task, task_spec: str, config: RunConfig) -> None:
