@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 import pytest
-from helpers import run_cli
+from helpers import cli_env, run_cli, write_qa_dataset
 from test_results import rec, write_manifest, write_records
 
 from evalledger.cli import cli
@@ -89,3 +89,18 @@ def test_bare_evalledger_prints_help_and_exits_0():
     r = run_cli([], None)
     assert r.returncode == 0, r.stderr
     assert "Usage:" in r.stdout and "Commands:" in r.stdout and "run" in r.stdout
+
+
+def test_validate_prints_the_run_id_that_run_uses_with_the_same_flags(fake_server, tmp_path):
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 5)
+    flags = ["-d", str(data), "-m", "openai/test-model", "--temperature", "0.7", "--max-tokens", "64",
+             "--seed", "3", "--top-p", "0.9", "--output-dir", str(tmp_path / "out"), "-c", "2"]
+    r = run_cli(["run", *flags, "--limit", "1", "-q", "--json"], cli_env(fake_server))
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    v = run_cli(["validate", *flags], cli_env(fake_server))
+    assert v.returncode == 0, v.stderr
+    assert f"run ID with these flags: {run_id}" in v.stdout
+    assert fake_server.request_count == 1  # validate sent nothing
+    plain = run_cli(["validate", "-d", str(data), "-m", "openai/test-model"], cli_env(fake_server))
+    assert run_id not in plain.stdout  # other generation flags: another experiment, another ID

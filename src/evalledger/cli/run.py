@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from evalledger.cli.options import config_from_options, experiment_options, fail
-from evalledger.config import DEFAULT_MODEL, RunConfig
 from evalledger.datasets import parse_shard
 from evalledger.errors import EvalLedgerError
 from evalledger.run import estimate_experiment, prepare_run, run_experiment
@@ -98,18 +97,20 @@ def estimate(**opts: Any) -> None:
 
 
 @click.command()
-@click.option("--dataset", "-d", required=True, help="Built-in name or a dataset file.")
-@click.option("--task", "-t", default=None, help="Task whose required fields to check.")
-@click.option("--id-column", default=None)
-@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Only used to show the run ID.")
-def validate(dataset: str, task: str | None, id_column: str | None, model: str) -> None:
-    """Check a dataset for a task without sending anything; print the sample count and run ID."""
+@experiment_options
+def validate(**opts: Any) -> None:
+    """Check a dataset for a task without sending anything; print the sample count and the run ID
+    that `evalledger run` with the same flags would use.
+
+    Takes every flag of `run`; those that do not change the run ID (concurrency, limits, budget,
+    ...) are accepted and ignored, so a `run` command line can be checked as it is.
+    """
     try:
+        config = config_from_options(opts)
         # validate writes nothing and runs nothing: where outputs would go, and whether the task may
         # execute code, are not its business.
-        p = prepare_run(RunConfig(dataset=dataset, task=task, id_column=id_column, model=model),
-                        check_output_dir=False, check_code_execution=False, use_index=False)
+        p = prepare_run(config, check_output_dir=False, check_code_execution=False, use_index=False)
     except EvalLedgerError as e:
         fail(e)
     click.echo(f"{p.dataset.path}: {len(p.samples)} samples OK for task '{p.task_spec}' "
-               f"(ids: {p.dataset.id_source}); run ID with --model {model}: {p.run_id}")
+               f"(ids: {p.dataset.id_source}); run ID with these flags: {p.run_id}")
