@@ -135,7 +135,7 @@ def test_report_status_column_shows_each_runs_state_as_stats_does(fake_server, t
     r = run_cli(["report", str(out), "-o", str(tmp_path / "r.html")], cli_env(fake_server), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     page = parse(tmp_path / "r.html")
-    shown = {c["run"]: (c["value"], c["text"]) for c in page.cells if c["key"] == "state"}
+    shown = {c["run"]: (json.loads(c["value"]), c["text"]) for c in page.cells if c["key"] == "state"}
     for run_id in ("errs", "done", "fatal"):
         st = get_stats(run_id, output_dir=out)
         assert shown[run_id] == (st["state"], st["state_label"]), run_id
@@ -204,6 +204,25 @@ def test_self_correct_run_gets_transition_columns_stats_and_heat_map(tmp_path):
     assert_real_pngs(page, at_least=4)  # accuracy, self-correction, tokens, latency (no errors: no error plot)
 
 
+def test_cost_plot_of_free_models_shows_tokens_not_an_empty_axis(tmp_path):
+    """Runs that cost $0 (the embedded model) make zero-length cost bars: the report plots their
+    tokens instead and says why; one paid run among them brings the cost plot back, the free one
+    marked as such."""
+    out = tmp_path / "out"
+    for name in ("free-a", "free-b"):
+        write_manifest(out / name, model="local/smollm2", sample_count=3)
+        write_records(out / name, [rec(f"s{i}", cost=0.0, tokens=(100 + i, 20)) for i in range(3)])
+    assert run_cli(["report", str(out), "-o", str(tmp_path / "free.html")], dict(os.environ)).returncode == 0
+    text = (tmp_path / "free.html").read_text()
+    assert 'alt="tokens per run (cost $0: free models)"' in text
+    assert 'alt="cost per run and per correct answer"' not in text
+
+    write_manifest(out / "paid", sample_count=3)
+    write_records(out / "paid", [rec(f"s{i}", cost=0.002) for i in range(3)])
+    assert run_cli(["report", str(out), "-o", str(tmp_path / "mixed.html")], dict(os.environ)).returncode == 0
+    assert 'alt="cost per run and per correct answer"' in (tmp_path / "mixed.html").read_text()
+
+
 def test_report_of_nothing_fails_clearly(tmp_path):
     r = run_cli(["report", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.html")], dict(os.environ), cwd=tmp_path)
     assert r.returncode == 2 and "nowhere" in r.stderr and "neither a run" in r.stderr
@@ -235,7 +254,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom_args.insert(-1, "--dump-dom")
     dom = subprocess.run(dom_args, capture_output=True, text=True, timeout=120, check=False).stdout
     label = get_stats(out / "r")["state_label"]
-    assert f'data-key="state" data-value="unknown">{label}</td>' in dom, dom[-2000:]
+    assert f'data-key="state" data-value="&quot;unknown&quot;">{label}</td>' in dom, dom[-2000:]
     img = Image.open(png).convert("RGB")
     assert img.size == (1280, 1600)
     # A rendered page has text, plot colours and table shading; a blank or error page has a few colours.

@@ -127,27 +127,42 @@ def plot_accuracy(runs: list[RunView]) -> str:
 
 
 def plot_cost(runs: list[RunView]) -> str:
-    """Cost per run and per correct answer (or tokens, while prices are unknown)."""
+    """Cost per run and per correct answer; tokens instead where no run has a non-zero cost (every
+    price unknown, or only free models such as the embedded one), since zero-length bars say nothing."""
     known = [r for r in runs if r.stats["cost_usd"] is not None]
+    if not any(r.stats["cost_usd"] > 0 for r in known):
+        why = "cost $0: free models" if known and len(known) == len(runs) else (
+            "cost unknown: no prices recorded" if not known else "no run has a non-zero cost")
+        return _plot_tokens(runs, why)
+    fig = _figure(8, 1.5 + 0.4 * len(known))
+    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    labels = [r.label for r in known]
+    costs = [r.stats["cost_usd"] for r in known]
+    ax1.barh(labels, costs, color="#f58518")
+    ax1.set_xlabel("cost per run (USD)")
+    ax2.barh(labels, [r.stats["cost_per_correct_usd"] or 0 for r in known], color="#e45756")
+    ax2.set_xlabel("cost per correct answer (USD)")
+    for y, cost in enumerate(costs):
+        if cost == 0:
+            ax1.text(0, y, " free", va="center", fontsize=8)
+    ax1.invert_yaxis()
+    missing = len(runs) - len(known)
+    if missing:
+        fig.suptitle(f"{missing} run(s) of unknown price not shown", fontsize=8)
+    return _png(fig, "cost per run and per correct answer")
+
+
+def _plot_tokens(runs: list[RunView], why: str) -> str:
     fig = _figure(8, 1.5 + 0.4 * len(runs))
-    if known:
-        ax1, ax2 = fig.subplots(1, 2, sharey=True)
-        labels = [r.label for r in known]
-        ax1.barh(labels, [r.stats["cost_usd"] for r in known], color="#f58518")
-        ax1.set_xlabel("cost per run (USD)")
-        ax2.barh(labels, [r.stats["cost_per_correct_usd"] or 0 for r in known], color="#e45756")
-        ax2.set_xlabel("cost per correct answer (USD)")
-        ax1.invert_yaxis()
-        return _png(fig, "cost per run and per correct answer")
     ax = fig.add_subplot()
     labels = [r.label for r in runs]
     ax.barh(labels, [r.stats["input_tokens"] for r in runs], color="#72b7b2", label="input tokens")
     ax.barh(labels, [r.stats["output_tokens"] for r in runs], left=[r.stats["input_tokens"] for r in runs],
             color="#54a24b", label="output tokens")
     ax.invert_yaxis()
-    ax.set_xlabel("tokens (cost unknown: no prices recorded)")
+    ax.set_xlabel(f"tokens ({why})")
     ax.legend(fontsize=8)
-    return _png(fig, "tokens per run")
+    return _png(fig, f"tokens per run ({why})")
 
 
 def plot_latency(runs: list[RunView]) -> str:
@@ -256,7 +271,7 @@ def run_table(runs: list[RunView]) -> str:
             + _num("cost_usd", s["cost_usd"], "unknown" if s["cost_usd"] is None else f"{s['cost_usd']:.4f}")
             + _num("cost_per_correct_usd", s["cost_per_correct_usd"],
                    "–" if s["cost_per_correct_usd"] is None else f"{s['cost_per_correct_usd']:.5f}")
-            + f'<td data-key="state" data-value="{_e(s["state"])}">{_e(s["state_label"])}</td></tr>')
+            + f'<td data-key="state" data-value="{_e(json.dumps(s["state"]))}">{_e(s["state_label"])}</td></tr>')
     return f"<table class='runs'>{head}{''.join(rows)}</table>"
 
 
