@@ -92,7 +92,7 @@ def _ok_ids(run_dir: Path) -> set[str]:
     """Sample IDs with an ok record in any results file of ``run_dir`` (streaming, all shards).
 
     Every line fully parsed, on purpose: ``RunLedger.completed_ids`` trusts a line's prefix
-    (see fastlines.py), and a line damaged after its prefix must not count as the copy that lets
+    (see :mod:`evalledger.ledger.lines`), and a line damaged after its prefix must not count as the copy that lets
     another one be deleted.
     """
     return {r["sample_id"] for p in results_files(run_dir) for r in iter_file_records(p) if r.get("status") == "ok"}
@@ -138,26 +138,56 @@ def plan_prune(output_dir: str | Path, *, keep: int = 1, older_than_days: float 
         raise UsageError(f"--older-than {older_than_days}: must not be negative")
     if not root.is_dir():
         raise UsageError(f"{root}: not a directory (give the output dir that holds the runs)")
-    now = time.time() if now is None else now
-    plan = PrunePlan(root)
-    young = (lambda p: older_than_days is not None and _age_days(p, now) < older_than_days)
-
-    live: dict[str, Path] = {}
-    old: dict[str, list[Path]] = {}
-    for d in sorted(root.iterdir()):
-        if d.is_symlink() or not d.is_dir():
-            continue
-        m = _OLD_RE.match(d.name)
-        if m:
-            if run_id is None or m.group("run_id") == run_id:
-                old.setdefault(m.group("run_id"), []).append(d)
-        elif (pm := _PRUNING_RE.match(d.name)) and (run_id is None or pm.group("name").startswith(run_id + ".old-")):
-            # A directory a killed prune had already started to delete: finish the job.
-            plan.remove.append(PruneItem(d, "interrupted prune", pm.group("name"), dir_size(d), _age_days(d, now)))
-        elif _is_run_dir(d) and (run_id is None or d.name == run_id):
-            live[d.name] = d
-
+    planner = _Planner(PrunePlan(root), keep, older_than_days, run_id, time.time() if now is None else now)
+    live, old = planner.find_runs()
     for rid, copies in sorted(old.items()):
+        planner.plan_old_copies(rid, copies, live.get(rid))
+    if corrupt:
+        going = {i.path for i in planner.plan.remove}
+        for d in [*live.values(), *(c for copies in old.values() for c in copies if c not in going)]:
+            planner.plan_corrupt_leftovers(d)
+    return planner.plan
+
+
+@dataclass
+class _Planner:
+    """The state of one :func:`plan_prune`: the plan it fills and the flags it was given."""
+
+    plan: PrunePlan
+    keep: int
+    older_than_days: float | None
+    run_id: str | None
+    now: float
+
+    def young(self, path: Path) -> bool:
+        """Younger than ``--older-than``: kept whatever else holds."""
+        return self.older_than_days is not None and _age_days(path, self.now) < self.older_than_days
+
+    def find_runs(self) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+        """The live run directories and the moved-aside copies per run ID (of ``run_id`` only, if
+        given); directories a killed prune had started to delete go straight into the plan."""
+        live: dict[str, Path] = {}
+        old: dict[str, list[Path]] = {}
+        run_id = self.run_id
+        for d in sorted(self.plan.output_dir.iterdir()):
+            if d.is_symlink() or not d.is_dir():
+                continue
+            m = _OLD_RE.match(d.name)
+            if m:
+                if run_id is None or m.group("run_id") == run_id:
+                    old.setdefault(m.group("run_id"), []).append(d)
+            elif (pm := _PRUNING_RE.match(d.name)) and (run_id is None or pm.group("name").startswith(run_id + ".old-")):
+                # A directory a killed prune had already started to delete: finish the job.
+                self.plan.remove.append(PruneItem(d, "interrupted prune", pm.group("name"), dir_size(d),
+                                                  _age_days(d, self.now)))
+            elif _is_run_dir(d) and (run_id is None or d.name == run_id):
+                live[d.name] = d
+        return live, old
+
+    def plan_old_copies(self, rid: str, copies: list[Path], live_dir: Path | None) -> None:
+        """Keep the newest ``keep`` copies, locked and young ones; remove the others, oldest first,
+        as long as every ok record each holds survives in a copy that stays or in the live run."""
+        plan, keep = self.plan, self.keep
         copies.sort(key=lambda p: _OLD_RE.match(p.name).group("stamp"), reverse=True)  # newest first
         stays = copies[:keep]
         for c in stays:
@@ -169,14 +199,14 @@ def plan_prune(output_dir: str | Path, *, keep: int = 1, older_than_days: float 
             if held:
                 plan.kept.append(KeptItem(c, "old run", f"a process holds its lock ({', '.join(held)})"))
                 stays.append(c)
-            elif young(c):
-                plan.kept.append(KeptItem(c, "old run", f"younger than {older_than_days:g} days"))
+            elif self.young(c):
+                plan.kept.append(KeptItem(c, "old run", f"younger than {self.older_than_days:g} days"))
                 stays.append(c)
             else:
                 candidates.append(c)
         # Oldest first: an older copy goes when what it holds survives elsewhere, newer ones last.
         ok_of = {c: _ok_ids(c) for c in [*stays, *candidates]}
-        live_ok = _ok_ids(live[rid]) if rid in live else set()
+        live_ok = _ok_ids(live_dir) if live_dir is not None else set()
         removed: set[Path] = set()
         for c in reversed(candidates):
             others = set(live_ok)
@@ -189,35 +219,34 @@ def plan_prune(output_dir: str | Path, *, keep: int = 1, older_than_days: float 
                                                         f"(e.g. {sorted(only_here)[0]})"))
                 continue
             removed.add(c)
-            plan.remove.append(PruneItem(c, "old run", rid, dir_size(c), _age_days(c, now)))
+            plan.remove.append(PruneItem(c, "old run", rid, dir_size(c), _age_days(c, self.now)))
 
-    if corrupt:
-        going = {i.path for i in plan.remove}
-        dirs = [*live.values(), *(c for copies in old.values() for c in copies if c not in going)]
-        for d in dirs:
-            leftovers = sorted(p for p in d.iterdir() if _CORRUPT_RE.search(p.name) and not p.is_symlink())
-            if not leftovers:
+    def plan_corrupt_leftovers(self, d: Path) -> None:
+        """The ``.corrupt-*`` files of run directory ``d``: removed unless its run is being written,
+        they are young, or one holds an ok record the run's results lack."""
+        plan = self.plan
+        leftovers = sorted(p for p in d.iterdir() if _CORRUPT_RE.search(p.name) and not p.is_symlink())
+        if not leftovers:
+            return
+        held = locks_held(d)
+        ok_here: set[str] | None = None
+        for p in leftovers:
+            if held:
+                plan.kept.append(KeptItem(p, "corrupt leftover", f"its run is being written ({', '.join(held)})"))
                 continue
-            held = locks_held(d)
-            ok_here: set[str] | None = None
-            for p in leftovers:
-                if held:
-                    plan.kept.append(KeptItem(p, "corrupt leftover", f"its run is being written ({', '.join(held)})"))
-                    continue
-                if young(p):
-                    plan.kept.append(KeptItem(p, "corrupt leftover", f"younger than {older_than_days:g} days"))
-                    continue
-                lost = _ok_ids_in_leftover(p) if p.name.startswith(("results", "calls")) else set()
-                if lost:
-                    ok_here = _ok_ids(d) if ok_here is None else ok_here
-                    lost -= ok_here
-                if lost:
-                    plan.kept.append(KeptItem(p, "corrupt leftover", f"holds an ok record found nowhere else "
-                                                                     f"({len(lost)} sample(s), e.g. {sorted(lost)[0]})"))
-                    continue
-                rid = _OLD_RE.match(d.name).group("run_id") if _OLD_RE.match(d.name) else d.name
-                plan.remove.append(PruneItem(p, "corrupt leftover", rid, dir_size(p), _age_days(p, now)))
-    return plan
+            if self.young(p):
+                plan.kept.append(KeptItem(p, "corrupt leftover", f"younger than {self.older_than_days:g} days"))
+                continue
+            lost = _ok_ids_in_leftover(p) if p.name.startswith(("results", "calls")) else set()
+            if lost:
+                ok_here = _ok_ids(d) if ok_here is None else ok_here
+                lost -= ok_here
+            if lost:
+                plan.kept.append(KeptItem(p, "corrupt leftover", f"holds an ok record found nowhere else "
+                                                                 f"({len(lost)} sample(s), e.g. {sorted(lost)[0]})"))
+                continue
+            rid = _OLD_RE.match(d.name).group("run_id") if _OLD_RE.match(d.name) else d.name
+            plan.remove.append(PruneItem(p, "corrupt leftover", rid, dir_size(p), _age_days(p, self.now)))
 
 
 def execute_prune(plan: PrunePlan) -> PruneResult:

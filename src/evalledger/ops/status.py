@@ -1,6 +1,6 @@
 """Where a (sharded) run stands: per-shard progress, locks seen from outside, missing and stalled shards.
 
-The library side of ``evalledger status`` (the click command is in commands_cluster.py). Reads
+The library side of ``evalledger status`` (the click command is in :mod:`evalledger.cli.cluster`). Reads
 only and never takes a lock, so it is safe while tasks are writing.
 """
 
@@ -49,10 +49,6 @@ def expected_sample_ids(run_dir: Path) -> list[str]:
     if manifest is None:
         raise UsageError(f"{run_dir}: no manifest.json, so the run's dataset is unknown")
     return run_dataset_ids(run_dir, manifest)[1]
-
-
-# ============================================================================================
-# Locks, seen from outside
 
 
 # ============================================================================================
@@ -204,52 +200,18 @@ def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float
     total = len(expected) if expected is not None else manifest.get("sample_count")
     universe = set(expected) if expected is not None else None
 
-    shard_rows: list[ShardStatus] = []
-    other_files: list[str] = []
-    for p in results_files(run_dir):
-        sh = shard_of_file(p)
-        if sh is None or sh[1] != n:
-            other_files.append(p.name)
+    other_files = [p.name for p in results_files(run_dir) if (sh := shard_of_file(p)) is None or sh[1] != n]
     subs = read_submissions(run_dir)
     # Array task K runs shard K only for the layout of the last submission.
     slurm_states = (_slurm_task_states(subs[-1].job_id) if query_slurm and subs and subs[-1].shards == n
                     else None) or {}
+    shard_rows: list[ShardStatus] = []
     if n is not None:
         members: dict[int, set[str]] = {k: set() for k in range(1, n + 1)}
         for sid in (expected if expected is not None else ok_ids | err_ids):
             members[shard_of(sid, n)].add(sid)
-        for k in range(1, n + 1):
-            cm = RunLedger(run_dir, (k, n))
-            lock, owner = lock_state(cm.lock_path, cm.owner_path)
-            report = ReadReport()
-            for _ in iter_file_records(cm.results_path, report):
-                pass
-            mine = members[k]
-            done = len(mine & ok_ids)
-            errors = len(mine & err_ids)
-            shard_total = len(mine) if expected is not None else None
-            last = _mtime(cm.results_path, cm.state_path)
-            idle = None if last is None else max(0.0, now - last)
-            started = cm.results_path.exists() or cm.state_path.exists()
-            if shard_total is not None and done >= shard_total:
-                state = "done"
-            elif lock in ("held", "held elsewhere"):
-                # Quiet since the later of its last write and the moment the writer took the lock.
-                since = _parse_iso(owner.get("since")) if owner else None
-                marks = [t for t in (last, since) if t is not None]
-                quiet_for = now - max(marks) if marks else None
-                state = "stalled" if quiet_for is not None and quiet_for >= stalled_after else "running"
-            elif slurm_states.get(k) in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"):
-                state = "queued"
-            elif started:
-                state = "stopped"
-            else:
-                state = "missing"
-            marker = marker_state(run_dir, status_path(run_dir, (k, n)))
-            shard_rows.append(ShardStatus(shard=k, shards=n, total=shard_total, done=done, errors=errors,
-                                          records=report.lines, last_activity=_iso(last), idle_seconds=idle,
-                                          lock=lock, owner=owner, state=state, slurm_state=slurm_states.get(k),
-                                          marker=None if marker is None else marker.label))
+        shard_rows = [_shard_status(run_dir, (k, n), members[k], expected is not None, ok_ids, err_ids,
+                                    slurm_states.get(k), stalled_after, now) for k in range(1, n + 1)]
     done_all = len(ok_ids & universe) if universe is not None else len(ok_ids)
     errors_all = len(err_ids & universe) if universe is not None else len(err_ids)
     all_files = [*results_files(run_dir), *run_dir.glob("resume_state*.json")]
@@ -274,3 +236,36 @@ def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float
         state=life.state,
         state_label=life.label,
     )
+
+
+def _shard_status(run_dir: Path, shard: tuple[int, int], mine: set[str], known: bool, ok_ids: set[str],
+                  err_ids: set[str], slurm_state: str | None, stalled_after: float, now: float) -> ShardStatus:
+    """One shard's row. ``mine``: its sample IDs (``known``: from the dataset, so its total is known)."""
+    k, n = shard
+    cm = RunLedger(run_dir, shard)
+    lock, owner = lock_state(cm.lock_path, cm.owner_path)
+    report = ReadReport()
+    for _ in iter_file_records(cm.results_path, report):
+        pass
+    done = len(mine & ok_ids)
+    shard_total = len(mine) if known else None
+    last = _mtime(cm.results_path, cm.state_path)
+    if shard_total is not None and done >= shard_total:
+        state = "done"
+    elif lock in ("held", "held elsewhere"):
+        # Quiet since the later of its last write and the moment the writer took the lock.
+        since = _parse_iso(owner.get("since")) if owner else None
+        marks = [t for t in (last, since) if t is not None]
+        quiet_for = now - max(marks) if marks else None
+        state = "stalled" if quiet_for is not None and quiet_for >= stalled_after else "running"
+    elif slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"):
+        state = "queued"
+    elif cm.results_path.exists() or cm.state_path.exists():
+        state = "stopped"  # it started once, and nobody writes it now
+    else:
+        state = "missing"
+    marker = marker_state(run_dir, status_path(run_dir, shard))
+    return ShardStatus(shard=k, shards=n, total=shard_total, done=done, errors=len(mine & err_ids),
+                       records=report.lines, last_activity=_iso(last),
+                       idle_seconds=None if last is None else max(0.0, now - last), lock=lock, owner=owner,
+                       state=state, slurm_state=slurm_state, marker=None if marker is None else marker.label)

@@ -153,6 +153,12 @@ class Progress:
             self._bar = None
 
 
+def announce(quiet: bool, msg: str) -> None:
+    """One line of information on stderr (what the run is about to do), unless ``quiet``."""
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     h, rem = divmod(s, 3600)

@@ -25,7 +25,7 @@ from evalledger.providers import ChatRequest, ChatResponse, ErrorInfo, ErrorKind
 from evalledger.run.limits import RATE_LIMIT_STATUSES, Limits, estimate_request_tokens
 from evalledger.run.retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
 from evalledger.samples import Sample, sample_rng
-from evalledger.tasks import Task
+from evalledger.tasks import Task, TaskOutput
 
 
 class StopRun(Exception):
@@ -123,52 +123,79 @@ def input_hash(sample: Sample) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
-    """Run one sample through the task; return its record (ok or error). Raises StopRun on fatal."""
-    run = ctx.run
-    responses: list[ChatResponse] = []
-    replayed: list[bool] = []
-    attempts = 0
-    started_at = utc_now()
-    t0 = time.monotonic()
-    run.attempted += 1
-    shard = None if ctx.shard is None else f"{ctx.shard[0]}/{ctx.shard[1]}"
-    cache = ctx.cached_calls.get(sample.id, {})
+class _SampleCalls:
+    """The model calls of one sample: the task's ``generate``, the answers it got (paid or replayed
+    from the turn cache) and the HTTP requests they took."""
 
-    async def generate(messages: list[dict[str, str]]) -> str:
-        nonlocal attempts
+    def __init__(self, ctx: SampleContext, sample: Sample, shard: str | None) -> None:
+        self.ctx = ctx
+        self.sample = sample
+        self.shard = shard
+        self.cache = ctx.cached_calls.get(sample.id, {})
+        self.responses: list[ChatResponse] = []
+        self.replayed: list[bool] = []
+        self.attempts = 0
+
+    async def generate(self, messages: list[dict[str, str]]) -> str:
+        """One model call for the task: replayed from the turn cache if paid for already, else sent."""
+        ctx = self.ctx
         request = ChatRequest(messages=messages, model=ctx.model, temperature=ctx.temperature,
                               max_tokens=ctx.max_tokens, seed=ctx.seed, top_p=ctx.top_p)
         key = call_key(request) if ctx.multi_turn else ""
-        hit = cache.get(key) if key else None
+        hit = self.cache.get(key) if key else None
         if hit is not None:  # paid for by an earlier, interrupted attempt: replay, do not pay again
-            usage = hit.get("usage") or {}
-            responses.append(ChatResponse(text=hit["response"], input_tokens=int(usage.get("input_tokens") or 0),
-                                          output_tokens=int(usage.get("output_tokens") or 0),
-                                          request_id=hit.get("request_id")))
-            replayed.append(True)
-            return hit["response"]
-        droppable = not responses  # no answer yet (earlier turns would be paid for: finish those)
+            return self._replay(hit)
+        droppable = not self.responses  # no answer yet (earlier turns would be paid for: finish those)
         try:
             resp, n = await call_with_retries(lambda: _attempt(ctx, request, droppable), ctx.provider.classify,
                                               ctx.policy, rate_limit_sleep=None if ctx.limits is None
                                               else ctx.limits.sleep_rate_limited)
         except (NonRetryable, RetriesExhausted) as e:
-            attempts += e.attempts
+            self.attempts += e.attempts
             raise
-        attempts += n
-        run.successes += 1
-        responses.append(resp)
-        replayed.append(False)
+        self.attempts += n
+        ctx.run.successes += 1
+        self.responses.append(resp)
+        self.replayed.append(False)
         if key and ctx.persist_call is not None:
-            await ctx.persist_call({
-                "sample_id": sample.id, "call_key": key, "turn": len(responses) - 1, "shard": shard,
-                "model": ctx.model, "response": resp.text, "request_id": resp.request_id,
-                "usage": {"input_tokens": resp.input_tokens, "output_tokens": resp.output_tokens},
-                "cost_usd": ctx.cost(resp.input_tokens, resp.output_tokens), "finished_at": utc_now(),
-            })
+            await ctx.persist_call(self._call_record(key, resp))
         return resp.text
 
+    def _replay(self, hit: dict[str, Any]) -> str:
+        usage = hit.get("usage") or {}
+        self.responses.append(ChatResponse(text=hit["response"], input_tokens=int(usage.get("input_tokens") or 0),
+                                           output_tokens=int(usage.get("output_tokens") or 0),
+                                           request_id=hit.get("request_id")))
+        self.replayed.append(True)
+        return hit["response"]
+
+    def _call_record(self, key: str, resp: ChatResponse) -> dict[str, Any]:
+        """The turn cache's line for one paid call."""
+        ctx = self.ctx
+        return {
+            "sample_id": self.sample.id, "call_key": key, "turn": len(self.responses) - 1, "shard": self.shard,
+            "model": ctx.model, "response": resp.text, "request_id": resp.request_id,
+            "usage": {"input_tokens": resp.input_tokens, "output_tokens": resp.output_tokens},
+            "cost_usd": ctx.cost(resp.input_tokens, resp.output_tokens), "finished_at": utc_now(),
+        }
+
+    def paid_tokens(self) -> tuple[int, int]:
+        """Input and output tokens this sample adds to the bill in its results record: none for a
+        multi-turn task (every paid call is in the calls file already), else the calls not replayed."""
+        if self.ctx.multi_turn:
+            return 0, 0
+        paid = [r for r, rep in zip(self.responses, self.replayed) if not rep]
+        return sum(r.input_tokens for r in paid), sum(r.output_tokens for r in paid)
+
+
+async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
+    """Run one sample through the task; return its record (ok or error). Raises StopRun on fatal."""
+    run = ctx.run
+    started_at = utc_now()
+    t0 = time.monotonic()
+    run.attempted += 1
+    shard = None if ctx.shard is None else f"{ctx.shard[0]}/{ctx.shard[1]}"
+    calls = _SampleCalls(ctx, sample, shard)
     record: dict[str, Any] = {
         "sample_id": sample.id,
         "status": "ok",
@@ -179,37 +206,48 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
         "input_hash": input_hash(sample),
     }
     error: dict[str, Any] | None = None
-    output = None
+    output: TaskOutput | None = None
     try:
-        output = await ctx.task.run(sample, generate, sample_rng(ctx.seed, sample.id))
+        output = await ctx.task.run(sample, calls.generate, sample_rng(ctx.seed, sample.id))
     except NotStarted:
         run.attempted -= 1  # dropped before it got anything: not attempted by this invocation
         raise
     except (NonRetryable, RetriesExhausted) as e:
-        info = e.info
-        if info.kind is ErrorKind.FATAL or (
-            isinstance(e, RetriesExhausted) and run.successes == 0 and "Connection" in info.type
-        ):
-            # Fatal: stop the whole run at once; no error record (no flood of identical errors).
-            if run.fatal is None:
-                run.fatal = info
-            run.stop.set()
-            raise StopRun() from None
-        error = {"type": info.type, "message": info.message, "retryable": info.retryable,
-                 "status_code": info.status_code}
+        error = _provider_error(run, e)
     except asyncio.CancelledError:
         raise
     except Exception as e:  # a task or scorer bug for this sample: record it, keep going
         error = {"type": type(e).__name__, "message": str(e) or type(e).__name__, "retryable": False,
                  "status_code": None}
+    _fill_record(record, ctx, calls, output, error)
+    record.update(latency_s=round(time.monotonic() - t0, 4), request_ids=[r.request_id for r in calls.responses],
+                  error=error, started_at=started_at, finished_at=utc_now())
+    return record
 
+
+def _provider_error(run: RunState, e: NonRetryable | RetriesExhausted) -> dict[str, Any]:
+    """The record's ``error`` for a call that failed for good; StopRun if the whole run must stop."""
+    info = e.info
+    if info.kind is ErrorKind.FATAL or (
+        isinstance(e, RetriesExhausted) and run.successes == 0 and "Connection" in info.type
+    ):
+        # Fatal: stop the whole run at once; no error record (no flood of identical errors).
+        if run.fatal is None:
+            run.fatal = info
+        run.stop.set()
+        raise StopRun() from None
+    return {"type": info.type, "message": info.message, "retryable": info.retryable,
+            "status_code": info.status_code}
+
+
+def _fill_record(record: dict[str, Any], ctx: SampleContext, calls: _SampleCalls, output: TaskOutput | None,
+                 error: dict[str, Any] | None) -> None:
+    """The task's output (or its absence), the turns, the status, usage and bill of ``record``, in
+    the order its keys are written."""
+    responses, replayed = calls.responses, calls.replayed
     in_tok = sum(r.input_tokens for r in responses)
     out_tok = sum(r.output_tokens for r in responses)
-    if ctx.multi_turn:
-        paid_in = paid_out = 0  # every paid call is in the calls file already
-    else:
-        paid_in = sum(r.input_tokens for r, rep in zip(responses, replayed) if not rep)
-        paid_out = sum(r.output_tokens for r, rep in zip(responses, replayed) if not rep)
+    paid_in, paid_out = calls.paid_tokens()
     if output is not None:
         record.update(
             prompt=output.messages,
@@ -229,14 +267,8 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
                                 for r, rep in zip(responses, replayed)]
     record.update(
         status="ok" if error is None else "error",
-        attempts=attempts,
+        attempts=calls.attempts,
         usage={"input_tokens": in_tok, "output_tokens": out_tok},
         cost_usd=ctx.cost(in_tok, out_tok),  # None: the model has no known price (unknown, not zero)
         paid={"input_tokens": paid_in, "output_tokens": paid_out, "cost_usd": ctx.cost(paid_in, paid_out)},
-        latency_s=round(time.monotonic() - t0, 4),
-        request_ids=[r.request_id for r in responses],
-        error=error,
-        started_at=started_at,
-        finished_at=utc_now(),
     )
-    return record

@@ -31,88 +31,116 @@ async def schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitt
     # stopped is dropped before its next request (NotStarted), so after a stop only the requests
     # already on the wire and later turns of samples with a paid answer are sent.
     n_workers = min(concurrency * WORKERS_PER_SLOT, len(pending))
-    queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=n_workers * 2)
-    failure: list[BaseException] = []
-
-    async def producer() -> None:
-        try:
-            await feed()
-        except Exception as e:  # noqa: BLE001 - re-raised below, once the workers are done
-            failure.append(e)
-            run.stop.set()
-        for _ in range(n_workers):
-            await queue.put(None)
-
-    async def feed() -> None:
-        for sample in pending:
-            if run.stop.is_set():
-                break
-            # Admit a sample only if the budget covers it and everything queued or in flight. The
-            # projection shrinks as samples finish (max_tokens is an upper bound), so while others
-            # are still running, wait for them and ask again before giving up.
-            while budget is not None and not budget.admits(run.in_flight + queue.qsize()):
-                if run.in_flight + queue.qsize() == 0 or run.stop.is_set():
-                    run.budget_hit = not run.stop.is_set()
-                    break
-                budget.changed.clear()
-                await budget.changed.wait()
-            if run.budget_hit or run.stop.is_set():
-                break  # queued samples still run: they were admitted
-            await queue.put(sample)
-
-    def settled(fut: "asyncio.Future[None]") -> None:
-        # The record is on disk (or its write failed): only now is it out of flight, its cost in
-        # the budget's spend (on_commit ran just before), and a failed write stops dispatching.
-        run.in_flight -= 1
-        if fut.cancelled() or fut.exception() is not None:
-            run.stop.set()
-        if budget is not None:
-            budget.changed.set()
-
-    async def worker() -> None:
-        while not run.stop.is_set():
-            sample = await queue.get()
-            if sample is None or run.stop.is_set():
-                return
-            # In flight until its record is committed: until then its cost is not in the budget's
-            # spend, so the producer must keep counting it.
-            run.in_flight += 1
-            handed = False
-            try:
-                try:
-                    record = await run_sample(ctx, sample)
-                except StopRun:
-                    return
-                except NotStarted:  # stopped before it got any answer: it stays pending
-                    return
-                on_record(record)
-                try:
-                    handed_in = committer.submit(record)
-                except Exception:
-                    run.stop.set()  # the ledger cannot take more: stop dispatching
-                    return
-                handed_in.synced.add_done_callback(settled)
-                handed = True
-                # On to the next sample once the record is written (a kill can no longer lose it),
-                # without waiting for its fsync: the committer acknowledges it after that. Unless
-                # too many records wait for their fsync (a slow disk).
-                try:
-                    await asyncio.shield(handed_in.written)
-                except Exception:
-                    return  # the write failed: settled() stops the run
-                await committer.room()
-            finally:
-                if not handed:
-                    run.in_flight -= 1
-                    if budget is not None:
-                        budget.changed.set()
-
-    prod = asyncio.create_task(producer(), name="evalledger-producer")
-    run.workers = [asyncio.create_task(worker(), name=f"evalledger-worker-{i}") for i in range(n_workers)]
+    feeder = _Feeder(ctx, committer, run, pending, budget, on_record, n_workers)
+    prod = asyncio.create_task(feeder.produce(), name="evalledger-producer")
+    run.workers = [asyncio.create_task(feeder.work(), name=f"evalledger-worker-{i}") for i in range(n_workers)]
     try:
         await asyncio.gather(*run.workers, return_exceptions=True)
     finally:
         prod.cancel()
         await asyncio.gather(prod, return_exceptions=True)
-    if failure:
-        raise failure[0]
+    if feeder.failure:
+        raise feeder.failure[0]
+
+
+class _Feeder:
+    """One :func:`schedule` call: its bounded queue, the producer that fills it and the workers."""
+
+    def __init__(self, ctx: SampleContext, committer: GroupCommitter, run: RunState, pending: Sequence[Sample],
+                 budget: Budget | None, on_record: Callable[[dict[str, Any]], None], n_workers: int) -> None:
+        self.ctx = ctx
+        self.committer = committer
+        self.run = run
+        self.pending = pending
+        self.budget = budget
+        self.on_record = on_record
+        self.n_workers = n_workers
+        self.queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=n_workers * 2)
+        self.failure: list[BaseException] = []  # what stopped the producer, raised once the workers are done
+
+    async def produce(self) -> None:
+        """Feed the queue, then tell every worker there is nothing more."""
+        try:
+            await self._feed()
+        except Exception as e:  # noqa: BLE001 - re-raised by schedule(), once the workers are done
+            self.failure.append(e)
+            self.run.stop.set()
+        for _ in range(self.n_workers):
+            await self.queue.put(None)
+
+    async def _feed(self) -> None:
+        run = self.run
+        for sample in self.pending:
+            if run.stop.is_set():
+                break
+            await self._wait_for_budget()
+            if run.budget_hit or run.stop.is_set():
+                break  # queued samples still run: they were admitted
+            await self.queue.put(sample)
+
+    async def _wait_for_budget(self) -> None:
+        """Admit a sample only if the budget covers it and everything queued or in flight. The
+        projection shrinks as samples finish (max_tokens is an upper bound), so while others are
+        still running, wait for them and ask again before giving up (``run.budget_hit``)."""
+        run, budget, queue = self.run, self.budget, self.queue
+        while budget is not None and not budget.admits(run.in_flight + queue.qsize()):
+            if run.in_flight + queue.qsize() == 0 or run.stop.is_set():
+                run.budget_hit = not run.stop.is_set()
+                break
+            budget.changed.clear()
+            await budget.changed.wait()
+
+    def _settled(self, fut: "asyncio.Future[None]") -> None:
+        # The record is on disk (or its write failed): only now is it out of flight, its cost in
+        # the budget's spend (on_commit ran just before), and a failed write stops dispatching.
+        self.run.in_flight -= 1
+        if fut.cancelled() or fut.exception() is not None:
+            self.run.stop.set()
+        if self.budget is not None:
+            self.budget.changed.set()
+
+    async def work(self) -> None:
+        """One worker: take samples from the queue until it ends or the run stops."""
+        while not self.run.stop.is_set():
+            sample = await self.queue.get()
+            if sample is None or self.run.stop.is_set():
+                return
+            if not await self._run_one(sample):
+                return
+
+    async def _run_one(self, sample: Sample) -> bool:
+        """Run one sample and hand its record to the committer; False: this worker stops."""
+        run, committer = self.run, self.committer
+        # In flight until its record is committed: until then its cost is not in the budget's
+        # spend, so the producer must keep counting it.
+        run.in_flight += 1
+        handed = False
+        try:
+            try:
+                record = await run_sample(self.ctx, sample)
+            except StopRun:
+                return False
+            except NotStarted:  # stopped before it got any answer: it stays pending
+                return False
+            self.on_record(record)
+            try:
+                handed_in = committer.submit(record)
+            except Exception:
+                run.stop.set()  # the ledger cannot take more: stop dispatching
+                return False
+            handed_in.synced.add_done_callback(self._settled)
+            handed = True
+            # On to the next sample once the record is written (a kill can no longer lose it),
+            # without waiting for its fsync: the committer acknowledges it after that. Unless
+            # too many records wait for their fsync (a slow disk).
+            try:
+                await asyncio.shield(handed_in.written)
+            except Exception:
+                return False  # the write failed: _settled() stops the run
+            await committer.room()
+            return True
+        finally:
+            if not handed:
+                run.in_flight -= 1
+                if self.budget is not None:
+                    self.budget.changed.set()

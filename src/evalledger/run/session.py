@@ -1,0 +1,400 @@
+"""One run session: what a single invocation does between taking a run's lock and releasing it.
+
+The steps run in this order, and the order is what keeps the ledger's promises:
+
+1. Open the ledger: take the run's (or shard's) lock, then repair what a crash left.
+2. Check the manifest (one scan of the ledger serves it and the pending set), before any request.
+3. Restore the resume state (counters, RNG) if written for this config, else rebuild it from the
+   results file, the source of truth.
+4. Write the ``running`` status marker once the pending set is known. From then on a final marker
+   is owed, written before the lock is released whether the run returns a summary or raises.
+5. Dispatch: only records the group committer acknowledged (fsynced) count (:meth:`RunSession.on_commit`).
+   Afterwards, whatever happened: signals restored, progress closed, resume state written (another
+   file: it may still fit after a failed append), provider closed.
+6. Summarise how the run ended from what the session already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+from evalledger.config import RunConfig
+from evalledger.datasets import sample_ids, with_ids
+from evalledger.errors import UsageError
+from evalledger.fsio import check_free_space
+from evalledger.ledger import (
+    FileCounts,
+    GroupCommitter,
+    LedgerScan,
+    RunLedger,
+    StatusWriter,
+    note_committed,
+    save_own_index,
+    scan_ledger,
+)
+from evalledger.providers import Provider, make_provider
+from evalledger.run.budget import Budget, Estimate, estimate_pending
+from evalledger.run.limits import Limits
+from evalledger.run.manifest import check_or_create_manifest
+from evalledger.run.outcome import EXIT_OK, RunSummary, disk_space_error, light_stats, set_outcome
+from evalledger.run.prepare import PreparedRun
+from evalledger.run.progress import Progress, announce
+from evalledger.run.retry import RetryPolicy
+from evalledger.run.sample import RunState, SampleContext
+from evalledger.run.scheduler import schedule
+from evalledger.run.signals import install_signal_handlers
+from evalledger.samples import Sample
+
+log = logging.getLogger(__name__)
+
+#: Counters kept in the resume state (rebuilt from the results file when the state is not trusted).
+_COUNTERS = ("ok_records", "error_records", "requests")
+#: Seconds between saves of the writer's ledger index during a run (see :meth:`RunSession.save_index_periodically`).
+INDEX_EVERY_S = 120.0
+
+
+class RunSession:
+    """One invocation of a prepared run: open the ledger, run what is pending, say how it ended.
+
+    Built before anything is written (the provider is made here, so a bad ``--model`` or a missing
+    key is refused first); :meth:`run` does the rest. The attributes set by each step are what the
+    later steps and the committer's callbacks share.
+    """
+
+    # Set by check_manifest (step 2).
+    seen: LedgerScan
+    # Set by restore_resume_state / plan_pending (step 3).
+    counters: dict[str, int]
+    completed: set[str]
+    selection_set: set[str]
+    whole: bool  # the selection is every row of the dataset
+    not_done: set[str]
+    skipped: int
+    pending: Sequence[Sample]  # possibly a LazySamples: rows are read back as they are sent
+    # Set by begin (step 4).
+    progress: Progress
+    budget: Budget | None
+    # Set by build_dispatch (step 5).
+    run: RunState
+    limits: Limits
+    ctx: SampleContext
+    committer: GroupCommitter
+
+    def __init__(self, prepared: PreparedRun, t0: float) -> None:
+        self.prepared = prepared
+        self.config: RunConfig = prepared.config
+        self.t0 = t0
+        self.run_dir: Path = prepared.run_dir
+        self.provider = self.build_provider()
+        self.price = self.config.price()
+        if self.config.max_cost is not None and self.price is None:
+            raise UsageError(
+                f"--max-cost needs a price for {self.config.model}, and the price table has none: pass "
+                "--price-input/--price-output (USD per 1M tokens) or --prices FILE"
+            )
+        self.ledger = RunLedger(self.run_dir, self.config.shard)
+        self.status = StatusWriter(self.run_dir, self.config.shard, prepared.run_id)
+        # Acknowledged by this invocation (spent also counts turn-cache calls as they are appended).
+        self.new_ok = 0
+        self.new_errors = 0
+        self.spent = 0.0
+        self.requests_before = 0
+        self.since_checkpoint = 0
+        self.state_warned = False
+        self.consecutive_errors = 0
+        self.last_index_save = 0.0
+        self.started = False  # the provider was started (and must be closed)
+
+    def build_provider(self) -> Provider:
+        """The provider for ``--model`` (no network yet)."""
+        c = self.config
+        return make_provider(c.model, base_url=c.base_url, api_key=c.resolved_api_key(),
+                             timeout=c.request_timeout, concurrency=c.concurrency)
+
+    # ----------------------------------------------------------------- the whole session
+    async def run(self) -> RunSummary:
+        """Take the lock, run what is pending, write the final status marker, release the lock.
+
+        A full disk while setting up (nothing was sent yet) is raised as a :class:`DiskSpaceError`.
+        """
+        try:
+            self.open_ledger()
+            self.check_manifest()
+            try:
+                summary = await self.execute()
+            except BaseException as e:
+                if self.status.begun:
+                    self.status.finish_failed(disk_space_error(e, self.run_dir))
+                raise
+            self.finish_status(summary)
+        except OSError as e:
+            err = disk_space_error(e, self.run_dir)
+            if err is e:
+                raise
+            raise err from e
+        finally:
+            self.ledger.close()
+        return summary
+
+    def open_ledger(self) -> None:
+        """Take the lock (LockHeldError, exit 2, if another process writes this run/shard) and
+        repair what a crash left, saying what was repaired."""
+        self.config.output_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger.open_writer()
+        self.prepared.save_dataset_index()  # the dataset was validated in full: the next resume can skip that
+        if self.ledger.repaired_tail is not None:
+            log.warning(f"repaired a torn last line in {self.ledger.results_path.name}; the partial bytes are "
+                        f"kept in {self.ledger.repaired_tail}")
+        for message in self.ledger.repair_warnings:  # garbage lines and an untrusted state moved aside
+            log.warning(message)
+
+    def check_manifest(self) -> None:
+        """One pass over the ledger, for the manifest check and (later) the pending set."""
+        seen = scan_ledger(self.run_dir, self.prepared.dataset.all_ids, own=self.ledger.results_path)
+        if seen.own_end != self.ledger.results_size:
+            seen.own = None  # a torn tail the repair could not move aside: do not index this file
+        check_or_create_manifest(self.prepared, seen)
+        self.seen = seen
+
+    async def execute(self) -> RunSummary:
+        """Steps 3 to 6, under the lock: resume state, pending set, marker, dispatch, summary."""
+        self.restore_resume_state()
+        self.plan_pending()
+        self.begin()
+        self.build_dispatch()
+        await self.dispatch()
+        self.save_final_index()
+        return self.summarize()
+
+    def finish_status(self, summary: RunSummary) -> None:
+        """The final status marker, before the lock is released (complete: the files fingerprinted)."""
+        self.status.finish_from_summary(summary, [self.ledger.results_path, self.ledger.calls_path])
+
+    # ----------------------------------------------------------------- before dispatch
+    def restore_resume_state(self) -> None:
+        """Counters and the global RNG from the resume state if it was written for this config, else
+        rebuilt: the RNG from the run seed, the counters from this shard's results file."""
+        state_doc, problem = self.ledger.read_resume_state()
+        results = self.ledger.results_path
+        had_results = results.exists() and results.stat().st_size > 0
+        if state_doc is not None and state_doc.get("config_hash") == self.prepared.config_hash:
+            self.ledger.restore_random_state(state_doc)
+            self.counters = {k: int(state_doc.get("counters", {}).get(k, 0)) for k in _COUNTERS}
+        else:
+            if had_results and problem:
+                log.warning(f"{problem}; rebuilding the resume state from the results file")
+            random.seed(self.config.seed)
+            own = self.seen.files.get(results, FileCounts())
+            self.counters = {"ok_records": own.ok_records, "error_records": own.error_records,
+                             "requests": own.requests}
+        self.requests_before = self.counters["requests"]
+
+    def plan_pending(self) -> None:
+        """What of the selection is not done yet, and whether the disk can hold its results."""
+        prepared, seen = self.prepared, self.seen
+        self.completed = seen.completed
+        # By ids: the selection may be a LazySamples, whose rows are read back only when sent. Ids are
+        # unique, so a selection of every row is the dataset's own id set (no second copy of it).
+        all_ids = prepared.dataset.all_ids
+        self.whole = len(prepared.selection) == len(all_ids)
+        self.selection_set = all_ids if self.whole else set(sample_ids(prepared.selection))
+        # The one pass over the selection: what is not done yet (on a resume, a small set).
+        self.not_done = self.selection_set.difference(self.completed)
+        self.skipped = len(self.selection_set) - len(self.not_done)
+        retry = self.not_done if self.config.retry_errors else self.not_done.difference(seen.errored)
+        self.pending = with_ids(prepared.selection, retry)
+        if self.pending:
+            pending = self.pending
+            prompt_bytes = sum(len(json.dumps(s.fields, default=str)) for s in pending[:200]) // min(len(pending), 200)
+            check_free_space(self.run_dir, self.ledger.results_path, len(pending), prompt_bytes,
+                             self.config.max_tokens, self.config.min_free_mb)
+
+    def begin(self) -> None:
+        """Start progress, write the ``running`` marker, and project the cost (and the budget)."""
+        config, prepared, seen = self.config, self.prepared, self.seen
+        total = len(prepared.selection)
+        self.start_progress()
+        announce(config.quiet, f"run {prepared.run_id}: {total} samples, {self.skipped} already done, "
+                               f"{len(self.pending)} to run → {prepared.run_dir}")
+        previous = self.status.begin(total=total, pending=len(self.pending), command=config.resume_command())
+        if previous is not None and previous.get("reason") == "process gone":
+            log.warning(f"the previous writer of this {'run' if config.shard is None else 'shard'} (pid "
+                        f"{previous.get('pid')} on {previous.get('host')}, started {previous.get('started_at')}) "
+                        "stopped without a final status; its acknowledged records are kept and this run continues it")
+        estimate: Estimate = estimate_pending(prepared.task, self.pending, config.max_tokens, self.price, seen.observed)
+        if self.pending:
+            announce(config.quiet, estimate.line())
+        self.budget = None
+        if config.max_cost is not None:
+            self.budget = Budget(config.max_cost, seen.billed_cost, estimate.per_sample_cost or 0.0)
+
+    def start_progress(self) -> None:
+        """The progress display (a bar on a terminal, a status line every N seconds otherwise)."""
+        config, prepared = self.config, self.prepared
+        label = prepared.run_id if config.shard is None else f"{prepared.run_id} [shard {config.shard[0]}/{config.shard[1]}]"
+        total = len(prepared.selection)
+        self.progress = Progress(total, total - len(self.pending), quiet=config.quiet,
+                                 interval=config.progress_interval, label=label, concurrency=config.concurrency)
+
+    def build_dispatch(self) -> None:
+        """The workers' shared state, the limits, what every sample shares, and the committer."""
+        config, prepared, progress = self.config, self.prepared, self.progress
+        self.run = RunState(stop=asyncio.Event())
+        self.last_index_save = time.monotonic()
+        self.limits = Limits(max_concurrency=config.concurrency, adaptive=config.adaptive_concurrency,
+                             rpm=config.rpm, tpm=config.tpm,
+                             on_change=lambda limit, paused: (progress.set_concurrency(limit),
+                                                              progress.set_paused(paused)),
+                             on_wait=progress.note_rate_limit_wait)
+        multi_turn = prepared.task.multi_turn
+        self.ctx = SampleContext(
+            task=prepared.task, task_name=prepared.task.name or prepared.task_spec, model=config.model,
+            shard=config.shard, seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens,
+            top_p=config.top_p, policy=RetryPolicy(max_attempts=config.max_attempts, max_wait=config.max_retry_wait),
+            provider=self.provider, run=self.run, price=self.price,
+            cached_calls=self.ledger.cached_calls(set(sample_ids(self.pending))) if multi_turn and self.pending else {},
+            persist_call=self.persist_call if multi_turn else None, limits=self.limits,
+        )
+        self.committer = GroupCommitter(self.ledger, on_commit=self.on_commit, fsync=config.fsync,
+                                        max_unsynced=2 * max(config.concurrency, 1))
+
+    # ----------------------------------------------------------------- dispatch
+    async def dispatch(self) -> None:
+        """Send the pending samples; whatever happens, restore the signal handlers, close progress,
+        write the resume state and close the provider."""
+        restore_signals: Callable[[], None] = _no_signal_handlers
+        try:
+            if self.pending:
+                await self.provider.start()
+                self.started = True
+                self.committer.start()
+                restore_signals = install_signal_handlers(self.run, self.config)
+                await schedule(self.ctx, self.config.concurrency, self.committer, self.run, self.pending,
+                               self.budget, self.on_record)
+                await self.committer.close()
+        finally:
+            restore_signals()
+            self.progress.close()
+            self.write_state()  # even after a failed append: the state is another file and may still fit
+            if self.started:
+                await self.provider.aclose()
+
+    def on_record(self, r: dict[str, Any]) -> None:
+        """Every finished record, as its worker hands it to the committer (before its fsync)."""
+        if r["status"] == "ok":
+            self.consecutive_errors = 0
+            return
+        self.consecutive_errors += 1
+        limit = self.config.max_consecutive_errors
+        if limit and self.consecutive_errors >= limit and self.run.outage is None:
+            # Circuit breaker: the API looks down; stop paying for requests that fail. Decided
+            # here, not on commit: a worker does not wait for its fsync before its next request.
+            self.run.outage = r.get("error") or {}
+            self.run.stop.set()
+
+    def on_commit(self, records: list[dict[str, Any]]) -> None:
+        """Records the committer acknowledged (fsynced): index them, then count them."""
+        self.save_index_periodically(records)
+        self.count_committed(records)
+
+    def save_index_periodically(self, records: list[dict[str, Any]]) -> None:
+        """Add acknowledged records to the writer's ledger index, and save it now and then."""
+        seen = self.seen
+        if seen.own is None:
+            return
+        note_committed(seen.own, records)
+        # Also while running, not only when the writer stops: after a kill -9 the next resume
+        # then parses only what was appended since (a million records cost ~17 s to parse).
+        # At most every INDEX_EVERY_S and once the file grew by the index's rewrite fraction.
+        if time.monotonic() - self.last_index_save >= INDEX_EVERY_S and self.committer.failure is None:
+            self.last_index_save = time.monotonic()
+            end = self.committer.acknowledged_end
+            if save_own_index(self.ledger.results_path, seen.own, end, seen.own_indexed_end):
+                seen.own_indexed_end = end
+
+    def count_committed(self, records: list[dict[str, Any]]) -> None:
+        """Acknowledged records into the budget, the counters, the sets, progress and the resume state."""
+        seen = self.seen
+        for r in records:
+            if self.budget is not None:
+                self.budget.add(_paid_cost(r), True, r.get("cost_usd"))
+            if r["status"] == "ok":
+                self.new_ok += 1
+                self.counters["ok_records"] += 1
+                self.completed.add(r["sample_id"])
+                (seen.correct.add if r.get("correct") is True else seen.correct.discard)(r["sample_id"])
+                seen.errored.discard(r["sample_id"])
+            else:
+                self.new_errors += 1
+                self.counters["error_records"] += 1
+                if r["sample_id"] not in self.completed:
+                    seen.errored.add(r["sample_id"])
+            self.spent += _paid_cost(r)
+        self.progress.update(records)
+        self.since_checkpoint += len(records)
+        if self.since_checkpoint >= self.config.checkpoint_every:
+            self.since_checkpoint = 0
+            self.write_state()  # small file, atomic; cheap next to the appends it follows
+
+    async def persist_call(self, rec: dict[str, Any]) -> None:
+        """Durably append one paid model call to the turn cache (multi-turn tasks)."""
+        await asyncio.to_thread(self.ledger.append_calls, [rec])
+        self.spent += rec.get("cost_usd") or 0.0
+        if self.budget is not None:
+            self.budget.add(rec.get("cost_usd") or 0.0, False)
+
+    def write_state(self) -> None:
+        """Save the resume state (counters, RNG); warn once if it cannot be written."""
+        self.counters["requests"] = self.requests_before + self.run.requests
+        try:
+            self.ledger.write_resume_state({**self.counters, "completed_samples": len(self.completed)},
+                                           self.prepared.config_hash)
+        except OSError as e:
+            # The JSONL is the source of truth and the state is rebuilt from it; never stop for this.
+            if not self.state_warned:
+                self.state_warned = True
+                log.warning(f"could not write {self.ledger.state_path.name}: {e} (it will be rebuilt from the results)")
+
+    # ----------------------------------------------------------------- after dispatch
+    def save_final_index(self) -> None:
+        """What this run appended is summed up already: index its file so the next resume skips it."""
+        seen = self.seen
+        if self.started and self.committer.failure is None and seen.own is not None:
+            save_own_index(self.ledger.results_path, seen.own, self.ledger.results_size, seen.own_indexed_end)
+
+    def summarize(self) -> RunSummary:
+        """The run's :class:`RunSummary`: counts, how it ended, and a light summary of the run."""
+        config, prepared, run = self.config, self.prepared, self.run
+        remaining = len(self.not_done.difference(self.completed))  # completed only grows
+        summary = RunSummary(
+            run_id=prepared.run_id, run_dir=prepared.run_dir, exit_code=EXIT_OK, status="complete",
+            total_samples=len(prepared.selection), skipped_completed=self.skipped, attempted=run.attempted,
+            ok=self.new_ok, errors=self.new_errors, requests=run.requests, remaining=remaining,
+            duration_s=time.monotonic() - self.t0,
+        )
+        set_outcome(summary, run, config, self.provider, self.budget, self.committer.failure, self.ledger, remaining)
+        if summary.exit_code != EXIT_OK:
+            summary.resume_command = config.resume_command()
+        cost = (self.seen.billed_cost + self.spent) if self.price is not None else None
+        summary.stats = light_stats(summary, config.shard, self.selection_set, self.whole, self.seen, cost)
+        summary.limits = {**self.limits.stats.__dict__, "final_limit": self.limits.limit}
+        return summary
+
+
+def _paid_cost(record: dict[str, Any]) -> float:
+    """What a record this session wrote adds to the bill, in USD (0 when unpriced)."""
+    return (record.get("paid") or {}).get("cost_usd") or 0.0
+
+
+def _no_signal_handlers() -> None:
+    """Nothing to restore: the handlers are installed only once there is something to send."""
+
+
+__all__ = ["INDEX_EVERY_S", "RunSession"]
