@@ -8,6 +8,7 @@ decided here; everything done under the run's lock is a :class:`~evalledger.run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -16,8 +17,9 @@ from evalledger.config import RunConfig
 from evalledger.datasets import without_ids
 from evalledger.errors import EvalLedgerError, FatalProviderError, RunExistsError
 from evalledger.fsio import human_bytes
-from evalledger.ledger import move_run_aside, results_files, scan_ledger
+from evalledger.ledger import RunLedger, move_run_aside, results_files, scan_ledger
 from evalledger.ops import execute_prune, plan_prune
+from evalledger.readers import note_run_dir
 from evalledger.run.budget import Estimate, estimate_pending
 from evalledger.run.outcome import RunSummary
 from evalledger.run.prepare import PreparedRun, prepare_run
@@ -39,8 +41,9 @@ def run_experiment(config: RunConfig) -> RunSummary:
 def estimate_experiment(config: RunConfig) -> Estimate:
     """Projected tokens and cost of the samples ``run`` would send now (nothing is sent or written).
 
-    Uses the run's finished samples' average usage once there are any, else prompt lengths and
-    ``max_tokens``. ``cost_usd`` is None when the model has no known price.
+    Uses the run's finished samples' average usage once there are any (and only when they came
+    from the same endpoint), else prompt lengths and ``max_tokens``. ``cost_usd`` is None when the
+    model has no known price.
     """
     # Estimating sends nothing and runs nothing: the code-execution and output-dir gates do not apply.
     prepared = prepare_run(config, check_output_dir=False, check_code_execution=False)
@@ -48,6 +51,12 @@ def estimate_experiment(config: RunConfig) -> Estimate:
     seen = scan_ledger(prepared.run_dir)
     done = seen.completed if config.retry_errors else seen.completed | seen.errored
     pending = without_ids(prepared.selection, done)
+    recorded = (RunLedger(prepared.run_dir).read_manifest() or {}).get("endpoint")
+    if isinstance(recorded, str) and recorded != prepared.endpoint:
+        # Another server's answers say nothing about how long this one's will be.
+        est = estimate_pending(prepared.task, pending, config.max_tokens, price)
+        return dataclasses.replace(est, basis=f"{est.basis}; the finished samples came from {recorded}, "
+                                              "another endpoint, and are not used")
     return estimate_pending(prepared.task, pending, config.max_tokens, price, seen.observed)
 
 
@@ -55,6 +64,7 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     """The async form of :func:`run_experiment`, for callers that already run an event loop."""
     t0 = time.monotonic()
     prepared = prepare_run(config)
+    note_run_dir(prepared.run_dir)  # get_stats(run_id) in this process means this run
     # Built before anything is written: a bad --model, a missing key or --max-cost without a price
     # is refused while the run directory is still as it was.
     session = RunSession(prepared, t0)
