@@ -4,7 +4,7 @@ The run ID is ``<dataset-stem>_<model-slug>_<task>_<hash8>`` where the hash cove
 *identity* fields: what makes two runs the same experiment (dataset content, task and its prompt
 version, model, generation parameters, seed). Execution knobs (concurrency, shard, output dir,
 limit, retries) never change it, and neither does the date: the same command on another day or
-machine resumes the same run (DESIGN promise 4).
+machine resumes the same run.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def sample_rng(seed: int, sample_id: str) -> random.Random:
     """A ``random.Random`` seeded by (run seed, sample id).
 
     Any randomness a task uses must come from here, so results do not depend on concurrency,
-    shard count or resume points (DESIGN promise 5).
+    shard count or resume points.
     """
     digest = hashlib.sha256(f"{seed}\x00{sample_id}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))

@@ -1,7 +1,7 @@
 """What a run keeps of its dataset once every row is validated: ids, row numbers, where rows are.
 
-A resume of a run of a million rows used to parse, validate and hold every row (~750 MB, most of
-its time) to send nothing. A run only needs the fields of the rows it will send. So, once the
+Parsing, validating and holding every row of a million-row dataset costs ~750 MB and most of a
+resume's time, to send nothing. A run only needs the fields of the rows it will send. So, once the
 whole file has been validated:
 
 * :class:`RowRefs` keeps every row's id and number and, for JSON lines, the byte offset of its line;

@@ -11,12 +11,11 @@ Sample ids never depend on a row's position: they come from an id column, or els
 the row's content. Reordering a file therefore never changes which results belong to which sample,
 and shard membership (a hash of the id) stays stable too.
 
-The work is split by job: :mod:`.dataset_files` (built-in datasets, resolving and hashing),
-:mod:`.dataset_parse` (the file formats), :mod:`.dataset_values` (cell values, sizes),
-:mod:`.dataset_ids` (ids and required fields), :mod:`.sharding` (shards) and
-:mod:`.dataset_index` (what a resume needs: the validated ids, rows materialised on demand). This
-module loads a dataset and re-exports the public names, so ``from evalledger.datasets import ...``
-keeps working.
+The part is split by job: :mod:`.files` (built-in datasets, resolving and hashing),
+:mod:`.parse` (the file formats), :mod:`.values` (cell values, sizes), :mod:`.ids` (ids and
+required fields), :mod:`.sharding` (shards) and :mod:`.index` (what a resume needs: the validated
+ids, rows materialised on demand). This module loads a dataset; ``evalledger.datasets`` is the
+part's public face.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class _Row:
 
     ``small``: its source text is shorter than the field size limit, so no field can exceed it.
     ``start``: for JSON lines, the byte offset of its line in the parsed bytes (-1 otherwise); the
-    line ends at the next ``\n`` (see :mod:`.dataset_index`, which reads pending rows back by it).
+    line ends at the next ``\n`` (see :mod:`evalledger.datasets.index`, which reads pending rows back by it).
     """
 
     number: int

@@ -1,7 +1,7 @@
 """Dataset cell values: conversion to plain JSON-compatible Python, missing values, field sizes.
 
-Shared by the parsers (:mod:`.dataset_parse`) and the id and required-field checks
-(:mod:`.dataset_ids`); also the small helpers that word their error messages.
+Shared by the parsers (:mod:`evalledger.datasets.parse`) and the id and required-field checks
+(:mod:`evalledger.datasets.ids`); also the small helpers that word their error messages.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Small cache files under ``<run_dir>/.cache/``: a JSON header line, then byte blobs, checksummed.
 
-Used by the dataset's validated index (:mod:`.dataset_index`) and the ledger's per-file index
-(:mod:`.ledger_index`). A file is trusted only whole: the header names each blob's length and a
+Used by the dataset's validated index (:mod:`evalledger.datasets.index`) and the ledger's per-file index
+(:mod:`evalledger.ledger.index`). A file is trusted only whole: the header names each blob's length and a
 blake2b of all of them, so a copy torn or zeroed by a crash (they are written without fsync) is
 rejected and the data is recomputed. Writing goes to a unique temporary name renamed over the old
 file, so concurrent writers each write a whole file and the last rename wins. Nothing here is

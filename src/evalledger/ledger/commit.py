@@ -6,13 +6,13 @@ Two stages, so that neither the workers nor the disk wait on each other more tha
    loop's thread (a small append to the page cache), or, while a write or a rollback is running in
    a thread, with the records waiting behind it (one ``write`` for all of them). Its ``written`` future then resolves and
    the worker goes on to its next sample: a written line survives the process being killed
-   (kill -9, OOM), so at most one paid sample per worker is ever lost that way, as before.
+   (kill -9, OOM), so at most one paid sample per worker is ever lost that way.
 2. **sync**: meanwhile, one ``fsync`` covers every line written before it started. Only after it do
    the records count as done (``on_commit``: progress, counters, budget spend) and their ``synced``
-   future resolves (DESIGN promise 1: nothing is acknowledged before its fsync).
+   future resolves (nothing is acknowledged before its fsync).
 
-Why: when a worker waited for its own fsync, its cycle was the request plus up to two fsyncs (the
-batch being synced and its own), 3-10 % of the throughput at L = 0.2 s (issue 3). :meth:`room`
+Why: a worker that waited for its own fsync would make its cycle the request plus up to two fsyncs
+(the batch being synced and its own), 3-10 % of the throughput at L = 0.2 s. :meth:`room`
 bounds the records written but not yet synced, so a slow disk slows the workers down instead of
 letting acknowledgements fall far behind.
 

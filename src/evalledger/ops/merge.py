@@ -80,7 +80,7 @@ def merge_run(run_dir: Path, output: Path, *, allow_incomplete: bool = False) ->
             cur = best.get(sid)
             if cur is None or str(rec.get("finished_at") or "") >= str(cur.get("finished_at") or ""):
                 best[sid] = rec
-    # A later error does not undo an ok: the sample stays done (DESIGN promise 3).
+    # A later error does not undo an ok: an acknowledged result is never lost.
     missing = [sid for sid in expected if sid not in best]
     errors_only = [sid for sid in missing if sid in latest_any]
     extra = sorted(sid for sid in best if sid not in universe)

@@ -1,7 +1,7 @@
 """Reading results for people: the stats dict, the pandas DataFrames, and the public CheckpointManager.
 
 The work is split: :mod:`.scan` reads the ledger once, :mod:`.frames` types the DataFrames,
-:mod:`.run_stats` computes stats, :mod:`.report_html` renders the HTML report.
+:mod:`.stats` computes stats, :mod:`.html` renders the HTML report.
 
 Safe while a run is writing: readers never take the lock and ignore a partial last line.
 """

@@ -189,7 +189,7 @@ def _recreate_manifest_or_refuse(prepared: PreparedRun, seen: _ResultsSeen) -> d
     Why recreate at all: the results are the valuable part, and refusing would leave a user
     whose manifest was deleted no way to resume but to pay again with ``--overwrite``. Why not
     always: a manifest pins the experiment, so writing one from *this* command over results made
-    by another would silently mix two experiments in one ledger (promise 6: never damage).
+    by another would silently mix two experiments in one ledger (bad input must never damage results).
 
     So we recreate only when everything the records themselves show agrees with this command:
     every record's ``model`` and ``task``; the ``input_hash`` of every record whose sample is in

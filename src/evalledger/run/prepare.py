@@ -1,4 +1,4 @@
-"""Turn a RunConfig into a concrete run: dataset loaded and validated, task, run ID (the manifest: run_manifest.py).
+"""Turn a RunConfig into a concrete run: dataset loaded and validated, task, run ID (the manifest: :mod:`evalledger.run.manifest`).
 
 Everything here happens before any request is sent, so bad input costs nothing.
 """
@@ -75,7 +75,7 @@ class PreparedRun:
         return identity_hash(self.identity)
 
     def save_dataset_index(self) -> None:
-        """Save the validated index of a dataset this run just validated in full (see :mod:`.dataset_index`),
+        """Save the validated index of a dataset this run just validated in full (see :mod:`evalledger.datasets.index`),
         so the next resume skips the validation. Call once the run directory exists and is ours."""
         if self.new_index is not None:
             save_index(self.run_dir, self.index_key, self.new_index)
@@ -113,7 +113,7 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
     """Resolve the dataset and task, validate every row, and compute the run ID.
 
     With ``use_index`` (what ``run`` and ``estimate`` do), a run directory holding the validated
-    index of this very file for these settings (:mod:`.dataset_index`) skips the row-by-row
+    index of this very file for these settings (:mod:`evalledger.datasets.index`) skips the row-by-row
     validation, which that index records as passed; ``validate`` always checks every row.
 
     With ``check_output_dir`` (what ``run`` does), also check that ``--output-dir`` is, or can be
