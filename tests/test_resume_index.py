@@ -48,7 +48,7 @@ def keep_first_records(results, n):
 def test_resume_reads_back_only_the_pending_rows(small_caches, fake_server, tmp_path):
     data = write_qa_dataset(tmp_path / "qa.jsonl", 30)
     first = run_experiment(RunConfig(**base(fake_server, data, tmp_path / "out")))
-    assert first.exit_code == 0 and index_path(first.run_dir).exists()
+    assert first.exit_code == 0 and index_path(first.run_dir / ".cache").exists()
     results = first.run_dir / "results.jsonl"
     done = [json.loads(line)["sample_id"] for line in results.read_text().splitlines()]
     keep_first_records(results, 20)  # the last 10 results lost: their samples are pending again
@@ -80,7 +80,7 @@ def test_an_index_for_other_settings_torn_or_deleted_is_ignored(small_caches, fa
     data = write_qa_dataset(tmp_path / "qa.jsonl", 12)
     out = tmp_path / "out"
     s = run_experiment(RunConfig(**base(fake_server, data, out, limit=4)))
-    path = index_path(s.run_dir)
+    path = index_path(s.run_dir / ".cache")
     key_limit_4 = path.read_bytes().split(b"\n", 1)[0]
     # Another --limit: another key, so the whole file is validated again and a new index written.
     s = run_experiment(RunConfig(**base(fake_server, data, out)))

@@ -9,7 +9,7 @@ whole file has been validated:
   the file only when it is iterated or indexed (JSON lines: by offset; other formats: one more
   parse of the file), after checking the file is the one that was validated, and checks the row
   again (same id, required fields, the task's ``validate_sample``);
-* the *validated index* (``<run_dir>/.cache/dataset-v1/index.bin``) stores the ``RowRefs`` of a
+* the *validated index* (``dataset-v1/index.bin`` in the run's cache directory, ``<run_dir>/.cache/``) stores the ``RowRefs`` of a
   file that passed every check, keyed by everything the checks depend on (the file's sha256, the
   task, the id column, the required fields, the field size limit, ``--limit``, the evalledger
   version). A resume that finds a matching index skips parsing and validating the file: it only
@@ -41,7 +41,6 @@ from evalledger.errors import DatasetError
 from evalledger.fsio import cachefile
 from evalledger.samples import Sample
 
-CACHE_DIR = ".cache"
 INDEX_DIR = "dataset-v1"  # bump when the index's content or meaning changes: old ones are then ignored
 INDEX_NAME = "index.bin"
 FORMAT = 1
@@ -229,12 +228,12 @@ def in_shard(samples: Sequence[Sample], shard: tuple[int, int] | None) -> Sequen
 
 
 # --------------------------------------------------------------------------------------------
-# The validated index under <run_dir>/.cache/
+# The validated index, in the run's cache directory (the ledger names it; see RunPaths.cache)
 
 
-def index_path(run_dir: Path) -> Path:
-    """Where the validated index of ``run_dir``'s dataset lives."""
-    return Path(run_dir) / CACHE_DIR / INDEX_DIR / INDEX_NAME
+def index_path(cache_dir: Path) -> Path:
+    """Where the validated index lives in a run's cache directory."""
+    return Path(cache_dir) / INDEX_DIR / INDEX_NAME
 
 
 @dataclass
@@ -248,9 +247,10 @@ class ValidatedIndex:
     columns: tuple[str, ...]
 
 
-def load_index(run_dir: Path, key: dict[str, Any]) -> ValidatedIndex | None:
-    """The validated index for ``key`` in ``run_dir``, or None (missing, for other data, torn, unreadable)."""
-    got = cachefile.read(index_path(run_dir))
+def load_index(cache_dir: Path, key: dict[str, Any]) -> ValidatedIndex | None:
+    """The validated index for ``key`` in a run's cache directory, or None (missing, for other data,
+    torn, unreadable)."""
+    got = cachefile.read(index_path(cache_dir))
     if got is None:
         return None
     header, blobs = got
@@ -273,7 +273,7 @@ def load_index(run_dir: Path, key: dict[str, Any]) -> ValidatedIndex | None:
         return None
 
 
-def save_index(run_dir: Path, key: dict[str, Any], index: ValidatedIndex) -> bool:
+def save_index(cache_dir: Path, key: dict[str, Any], index: ValidatedIndex) -> bool:
     """Write ``index`` for ``key``; False, leaving nothing behind, when it cannot (see :mod:`.cachefile`)."""
     ids = cachefile.join_ids(index.refs.ids)
     if ids is None:
@@ -282,7 +282,7 @@ def save_index(run_dir: Path, key: dict[str, Any], index: ValidatedIndex) -> boo
     header = {"format": FORMAT, "key": key, "total_rows": index.total_rows, "id_source": index.id_source,
               "row_label": index.row_label, "columns": list(index.columns), "has_starts": starts is not None}
     blobs = [ids, array("q", index.refs.rows).tobytes(), array("q", starts or []).tobytes()]
-    return cachefile.write(index_path(run_dir), header, blobs, run_dir=Path(run_dir))
+    return cachefile.write(index_path(cache_dir), header, blobs, run_dir=Path(cache_dir).parent)
 
 
 def index_key(**facts: Any) -> dict[str, Any]:

@@ -102,6 +102,11 @@ class RunPaths:
     def manifest(self) -> Path:
         return self.run_dir / MANIFEST
 
+    @property
+    def cache(self) -> Path:
+        """The readers' and the dataset's derived data, shared by every writer of the run."""
+        return self.run_dir / CACHE_DIR
+
 
 def lock_name(shard: tuple[int, int] | None) -> str:
     """The writer lock's file name: ``.lock`` or ``.lock.shard-K-of-N``."""

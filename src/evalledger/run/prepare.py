@@ -37,6 +37,7 @@ from evalledger.datasets import (
 from evalledger.datasets import index as dataset_index
 from evalledger.errors import DatasetError, UsageError
 from evalledger.fsio import paused_gc, utc_now
+from evalledger.ledger import RunPaths
 from evalledger.providers import Provider, endpoint_for, make_provider
 from evalledger.samples import Sample
 from evalledger.tasks import Task, load_task
@@ -78,7 +79,7 @@ class PreparedRun:
         """Save the validated index of a dataset this run just validated in full (see :mod:`evalledger.datasets.index`),
         so the next resume skips the validation. Call once the run directory exists and is ours."""
         if self.new_index is not None:
-            save_index(self.run_dir, self.index_key, self.new_index)
+            save_index(RunPaths(self.run_dir).cache, self.index_key, self.new_index)
             self.new_index = None
 
     def manifest(self) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
                     max_field_chars=max_field_chars(), evalledger=__version__)
     # Millions of small dicts are built here and none is in a cycle: see gcpause.
     with paused_gc():
-        index = load_index(run_dir, key) if use_index and len(raw) >= dataset_index.MIN_BYTES else None
+        index = load_index(RunPaths(run_dir).cache, key) if use_index and len(raw) >= dataset_index.MIN_BYTES else None
         if index is not None:
             del raw  # a resume of an already validated file: its rows are read back only when pending
             dataset = _dataset_from_index(resolved, st, index, task, config.limit)
