@@ -56,7 +56,7 @@ def test_resume_reads_back_only_the_pending_rows(small_caches, fake_server, tmp_
 
     prepared = prepare_run(RunConfig(**base(fake_server, data, tmp_path / "out")))
     assert isinstance(prepared.selection, LazySamples)  # from the index: no row held
-    assert prepared.new_index is None and dataset_index.load_index(prepared.run_dir, prepared.index_key) is not None
+    assert prepared.new_index is None and dataset_index.load_index(prepared.run_dir / ".cache", prepared.index_key) is not None
     # validate always checks every row (it makes an index of its own, and saves none)
     checked = prepare_run(RunConfig(**base(fake_server, data, tmp_path / "out")), check_output_dir=False,
                           use_index=False)
