@@ -91,6 +91,8 @@ ACCEPTED = [
     _line(runner_record(22, paid=None, cost_usd=3)),  # an int cost, billed by usage
     _line({"sample_id": "minimal"}),
     _line(runner_record(23, "error", usage={"input_tokens": -5, "output_tokens": 0})),
+    _line(runner_record(24, paid={"input_tokens": 1, "output_tokens": 2, "cost_usd": -0.5})),  # no cost: unknown
+    _line(runner_record(25, paid=None, cost_usd=float("-inf"))),
 ]
 
 

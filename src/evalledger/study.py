@@ -14,10 +14,9 @@ from typing import Any, Callable
 
 from evalledger.config import RunConfig
 from evalledger.errors import EvalLedgerError, UsageError
-from evalledger.ledger import RunLedger, billed, calls_cost
+from evalledger.ledger import RunLedger, scan_ledger
+from evalledger.records import TRANSITIONS
 from evalledger.run import Estimate, RunSummary, estimate_experiment, prepare_run, run_experiment
-
-TRANSITIONS = ("correct→correct", "correct→incorrect", "incorrect→correct", "incorrect→incorrect")
 
 
 @dataclass(frozen=True)
@@ -125,13 +124,15 @@ def run_study(study: StudyConfig, *, confirm: Callable[[list[PairResult]], bool]
             continue
         extra: dict[str, Any] = {}
         if study.max_cost is not None:
-            left = study.max_cost - _grid_spent(study, plan)
-            if left <= 0:
-                pair.error = f"grid budget --max-cost {study.max_cost} reached before this pair"
+            spent = _grid_spent(study, plan)
+            if spent is None or study.max_cost - spent <= 0:
+                pair.error = (f"grid budget --max-cost {study.max_cost} reached before this pair" if spent is not None
+                              else f"grid budget --max-cost {study.max_cost}: what the grid spent is unknown (a run "
+                                   "holds a record billed without a valid cost; see `evalledger stats`)")
                 exit_code = exit_code or 5
                 continue
             # A run's --max-cost counts its own earlier spend, so give it that plus the grid's remainder.
-            extra["max_cost"] = _pair_spent(study, pair) + left
+            extra["max_cost"] = (_pair_spent(study, pair) or 0.0) + (study.max_cost - spent)
         try:
             pair.summary = run_experiment(study.run_config(pair.model, pair.dataset, **extra))
         except EvalLedgerError as e:
@@ -157,18 +158,27 @@ def _run_dir(study: StudyConfig, pair: PairResult) -> Path | None:
     return Path(study.run_options.get("output_dir", "outputs")) / pair.run_id
 
 
-def _pair_spent(study: StudyConfig, pair: PairResult) -> float:
+def _pair_spent(study: StudyConfig, pair: PairResult) -> float | None:
     run_dir = _run_dir(study, pair)
     return 0.0 if run_dir is None else spent_usd(run_dir)
 
 
-def _grid_spent(study: StudyConfig, plan: list[PairResult]) -> float:
-    return sum(_pair_spent(study, p) for p in plan)
+def _grid_spent(study: StudyConfig, plan: list[PairResult]) -> float | None:
+    """What every pair spent so far; None when one pair's spend is unknown."""
+    total = 0.0
+    for p in plan:
+        spent = _pair_spent(study, p)
+        if spent is None:
+            return None
+        total += spent
+    return total
 
 
-def spent_usd(run_dir: Path) -> float:
-    """What a run has been billed so far (results records' ``paid`` plus the calls files)."""
-    return sum(billed(rec)[2] or 0.0 for rec in RunLedger(run_dir).iter_records()) + calls_cost(run_dir)
+def spent_usd(run_dir: Path) -> float | None:
+    """What a run has been billed so far, exactly as its ``--max-cost`` counts it (the resume scan:
+    results records' ``paid`` plus the calls files, see :mod:`evalledger.records`); None when
+    unknown (something was billed without a valid cost)."""
+    return scan_ledger(run_dir).cost_usd
 
 
 def pair_row(study: StudyConfig, pair: PairResult) -> dict[str, Any]:

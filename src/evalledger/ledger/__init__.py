@@ -10,8 +10,7 @@ from __future__ import annotations
 from evalledger.ledger.commit import GroupCommitter
 from evalledger.ledger.files import (
     ReadReport,
-    billed,
-    calls_cost,
+    calls_bill,
     is_record,
     iter_file_records,
     iter_run_records,
@@ -85,8 +84,7 @@ __all__ = [
     "StatusWriter",
     "UNKNOWN",
     "WriterLocks",
-    "billed",
-    "calls_cost",
+    "calls_bill",
     "calls_files",
     "describe_owner",
     "encode_lines",

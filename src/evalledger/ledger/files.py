@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from evalledger.ledger.layout import calls_files, results_files
+from evalledger.records import BillTotal, bill_of_call
 
 try:  # optional: ~3.5x faster parsing on the passes over the results made at every open
     import orjson
@@ -21,23 +22,14 @@ except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 
 
-def calls_cost(run_dir: Path) -> float:
-    """USD billed through the turn cache (multi-turn tasks): every paid call is there exactly once."""
-    return sum(rec.get("cost_usd") or 0.0 for path in calls_files(run_dir) for rec in iter_file_records(path)
-               if isinstance(rec.get("cost_usd"), (int, float)))
-
-
-def billed(rec: dict[str, Any]) -> tuple[int, int, float | None]:
-    """(input tokens, output tokens, cost or None) that one results record adds to the run's bill.
-
-    ``paid`` when present (it excludes calls already billed in the calls file and replayed turns);
-    older records without it are billed by their ``usage``.
-    """
-    paid = rec.get("paid")
-    if isinstance(paid, dict):
-        return int(paid.get("input_tokens") or 0), int(paid.get("output_tokens") or 0), paid.get("cost_usd")
-    usage = rec.get("usage") or {}
-    return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0), rec.get("cost_usd")
+def calls_bill(run_dir: Path) -> BillTotal:
+    """What the calls files of a run (multi-turn tasks: every paid call once, all shards) add to its
+    bill, by :func:`evalledger.records.bill_of_call`; ``items`` is the number of calls."""
+    total = BillTotal()
+    for path in calls_files(run_dir):
+        for rec in iter_file_records(path):
+            total.add(bill_of_call(rec))
+    return total
 
 
 @dataclass
@@ -130,7 +122,7 @@ def iter_run_records(run_dir: Path, report: ReadReport | None = None) -> Iterato
 def latest_records(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per sample: the latest ``ok`` record, or the latest error record if it has no ``ok``.
 
-    The merged ledger view (DESIGN promise 3): each sample at most once, the last ``ok`` wins.
+    The merged ledger view: each sample at most once, the last ``ok`` wins.
     """
     view: dict[str, dict[str, Any]] = {}
     for rec in records:

@@ -29,7 +29,7 @@ from evalledger.fsio import cachefile
 
 CACHE_DIR = ".cache"
 SUBDIR = "resume-v1"  # bump when the content or meaning of an index changes: old ones are then ignored
-FORMAT = 1
+FORMAT = 2  # bump when a sum changes meaning (billed_cost: NaN when unknown): other formats are ignored
 MIN_BYTES = 1 << 20  # smaller results files scan in milliseconds: no index, no files left behind
 REWRITE_FRACTION = 0.10  # rewrite an index once the unindexed tail is this share of what it covers
 _SUMS = ("records", "ok_records", "error_records", "requests", "input_tokens", "output_tokens", "billed_cost")

@@ -12,7 +12,10 @@ UTF-8. Any other block is read line by line with
 :func:`~evalledger.ledger.parse_record_line`, the one rule every reader uses, so garbage, torn
 lines and hostile records are found and skipped exactly as before, at the old speed. The prefix's
 ``sample_id`` and ``status`` are the record's own: they open the top-level object, and our writer
-never writes a key twice.
+never writes a key twice. The bill read from a prefix is :func:`evalledger.records.bill_of` of the
+record, whatever the values (a block with a line whose prefix has no ``paid`` is also checked for a
+``paid`` further on, which bill_of would bill instead); only a line that repeats a key of the bill
+after its prefix, which JSON leaves undefined and no writer of ours produces, is billed by the first.
 
 What the fast path does not see is damage *after* a well-formed prefix that leaves the line's
 newline in place (a hand edit, bit rot, a lone ``\\ud800`` escape in a response): such a line is
@@ -29,21 +32,34 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from evalledger.ledger.files import parse_record_line
+from evalledger.records import LEAD_KEYS, TOKEN_FIELDS
 
-# The order encode_lines writes first; the rest of a record follows in its own order.
-LEAD_KEYS = ("sample_id", "status", "attempts", "correct", "usage", "cost_usd", "paid")
-
-# [0-9], not \d: in a str pattern \d also takes other scripts' digits, and is slower.
-_NUM = r"(null|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
+# JSON as our writer writes it. A whole number up to 19 digits (no leading zero, which JSON
+# forbids): so every token count read here is below records.COUNT_LIMIT and read alike by every
+# parser; a longer one sends its block to the full parse. [0-9], not \d: in a str pattern \d also
+# takes other scripts' digits, and is slower.
+_INT = r"(?:0|[1-9][0-9]{0,18})"
+_NUM = r"(null|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
+_SID, _STATUS, _ATTEMPTS, _CORRECT, _USAGE, _COST, _PAID = LEAD_KEYS
+_VALUES = {  # each lead key's value as our writer writes it
+    _SID: r'"([^"\\\n]*)"',
+    _STATUS: r'"(ok|error)"',
+    _ATTEMPTS: f"({_INT})",
+    _CORRECT: r"(true|false|null)",
+    _USAGE: r"\{" + ",".join(f'"{name}":({_INT})' for name in TOKEN_FIELDS) + r"\}",
+    _COST: _NUM,
+}
+_PAID_VALUE = r"\{" + ",".join(f'"{name}":{_INT}' for name in TOKEN_FIELDS) + f',"{_COST}":{_NUM}' + r"\}"
 PREFIX_RE = re.compile(
-    r'\n\{"sample_id":"([^"\\\n]*)","status":"(ok|error)","attempts":([0-9]+),"correct":(true|false|null),'
-    r'"usage":\{"input_tokens":([0-9]+),"output_tokens":([0-9]+)\},"cost_usd":' + _NUM
+    r"\n\{" + ",".join(f'"{key}":{_VALUES[key]}' for key in LEAD_KEYS if key != _PAID)
     # ``paid`` (what the record adds to the bill) when present; a ``paid`` of another shape must
     # not be mistaken for an absent one, hence the look-ahead.
-    + r'(?:,"paid":\{"input_tokens":[0-9]+,"output_tokens":[0-9]+,"cost_usd":' + _NUM + r'\}|(?!,"paid":))[,}]',
+    + f'(?:,"{_PAID}":{_PAID_VALUE}|(?!,"{_PAID}":))[,}}]'
 )
 """One line's prefix as our writer makes it. Groups: sample id, status, attempts, correct, usage
 input and output tokens, cost, paid cost (``""`` without ``paid``; ``null`` when unpriced)."""
+
+_KEY_PAID = f'"{_PAID}":'
 
 BLOCK_BYTES = 8 << 20
 
@@ -115,7 +131,7 @@ def read_block(data: bytes, first_line: int) -> Block:
         # The pattern starts with "\n" and never crosses one, so each match is one line's start,
         # and n matches means every line has the prefix.
         prefixes = PREFIX_RE.findall(text)
-        if len(prefixes) == n:
+        if len(prefixes) == n and _no_paid_after_the_prefix(text, prefixes):
             block.prefixes = prefixes
             return block
 
@@ -129,6 +145,14 @@ def read_block(data: bytes, first_line: int) -> Block:
             block.records.append(rec)
         number += 1
     return block
+
+
+def _no_paid_after_the_prefix(text: str, prefixes: list[Prefix]) -> bool:
+    """Whether no line whose prefix has no ``paid`` holds one further on (bill_of would bill it).
+    (A string cannot hold the key ``"paid":``: its closing quote would be escaped.) Costs one scan
+    of the block, and only when some line has no ``paid`` (records older than ``paid``)."""
+    with_paid = len(prefixes) - [p[7] for p in prefixes].count("")
+    return with_paid == len(prefixes) or text.count(_KEY_PAID) == with_paid
 
 
 def lead_first(record: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ prefix only (see :mod:`evalledger.ledger.lines`), and only past what each file's
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Container
 from dataclasses import dataclass, field
@@ -18,10 +19,11 @@ from typing import Any
 
 from evalledger.fsio import paused_gc
 from evalledger.ledger import index as ledger_index
-from evalledger.ledger.files import billed, calls_cost
+from evalledger.ledger.files import calls_bill
 from evalledger.ledger.index import FilePart, multi_counts
 from evalledger.ledger.layout import results_files
 from evalledger.ledger.lines import Prefix, iter_blocks
+from evalledger.records import BillTotal, bill_of, count_of, total_cost
 
 
 @dataclass
@@ -43,7 +45,7 @@ class LedgerScan:
     ok_records: int = 0
     input_tokens: int = 0  # over ok records
     output_tokens: int = 0
-    billed_cost: float = 0.0  # what every record (and the calls files) added to the bill
+    billed_cost: float = 0.0  # what every record (and the calls files) added to the bill; NaN: unknown
     records: int = 0
     in_dataset: int = 0  # records whose id is in ``known_ids``
     foreign: dict[str, int] = field(default_factory=dict)  # id not in ``known_ids`` -> records
@@ -56,6 +58,17 @@ class LedgerScan:
     def observed(self) -> tuple[int, int, int]:
         """(ok records, their input tokens, their output tokens), for cost estimates."""
         return self.ok_records, self.input_tokens, self.output_tokens
+
+    @property
+    def cost_known(self) -> bool:
+        """Whether the run's bill so far is known (see :mod:`evalledger.records`: a record or call
+        that billed tokens without a valid cost makes it unknown, and so does a float overflow)."""
+        return math.isfinite(self.billed_cost)
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The run's bill so far, as ``get_stats`` reports it: None when unknown."""
+        return self.billed_cost if self.cost_known else None
 
 
 def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None, own: Path | None = None) -> LedgerScan:
@@ -79,7 +92,7 @@ def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None, own: Pat
     if own is not None and scan.own is None:
         scan.own = FilePart()  # no such file yet: it starts empty
     scan.errored = errored_all - scan.completed
-    scan.billed_cost += calls_cost(run_dir)
+    scan.billed_cost += _as_sum(calls_bill(run_dir).cost_usd)
     return scan
 
 
@@ -191,26 +204,44 @@ def _add_prefixes(part: FilePart, ids: list[str], prefixes: list[Prefix]) -> Non
     part.error_records += n - ok
     part.input_tokens += sum(map(int, [p[4] for p in ok_rows]))
     part.output_tokens += sum(map(int, [p[5] for p in ok_rows]))
-    # billed(): ``paid`` when the record has it, else (older records) its cost; null: unpriced
-    bills = [p[7] or p[6] for p in prefixes]
-    part.billed_cost += sum(map(float, [b for b in bills if b != "null"]))
+    part.billed_cost += _prefix_cost([p[7] or p[6] for p in prefixes])
     part.requests += sum(map(int, [p[2] for p in prefixes]))
 
 
+def _prefix_cost(costs: list[str]) -> float:
+    """The cost the lines of a block add to the bill, from their prefixes' ``paid`` cost, or (lines
+    without ``paid``) their ``cost_usd``: :func:`evalledger.records.bill_of`, in C-level loops. The
+    object billed from always holds tokens here, so a missing cost (null, negative, beyond a float)
+    makes the bill unknown (NaN)."""
+    if "null" in costs:
+        return math.nan
+    values = list(map(float, costs))
+    if min(values, default=0.0) < 0:
+        return math.nan
+    return _as_sum(total_cost(values))  # a number too large for a float reads as inf: unknown
+
+
+def _as_sum(cost: float | None) -> float:
+    """A cost to add to ``billed_cost``: NaN for an unknown one, so that the sum is unknown too."""
+    return math.nan if cost is None else cost
+
+
 def _add_records(part: FilePart, ids: list[str], records: list[dict[str, Any]]) -> None:
+    bill = BillTotal()
     for rec in records:
         sid = rec["sample_id"]
         ids.append(sid)
         part.records += 1
-        attempts = rec.get("attempts")
-        part.requests += attempts if isinstance(attempts, int) and attempts > 0 else 0
+        part.requests += count_of(rec.get("attempts"))
         if rec.get("status") == "ok":
             part.ok_records += 1
             part.last_ok[sid] = rec.get("correct") is True
-            usage = rec.get("usage") or {}
-            part.input_tokens += int(usage.get("input_tokens") or 0)
-            part.output_tokens += int(usage.get("output_tokens") or 0)
+            usage = rec.get("usage")
+            if type(usage) is dict:
+                part.input_tokens += count_of(usage.get("input_tokens"))
+                part.output_tokens += count_of(usage.get("output_tokens"))
         else:
             part.error_records += 1
             part.errored.add(sid)
-        part.billed_cost += billed(rec)[2] or 0.0
+        bill.add(bill_of(rec))
+    part.billed_cost += _as_sum(bill.cost_usd)

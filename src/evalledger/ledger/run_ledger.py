@@ -375,8 +375,8 @@ def encode_lines(records: list[dict[str, Any]]) -> bytes:
     treat like a full disk. Readers reject lines holding a lone-surrogate escape, so escaping it
     instead would make the record unreadable.
     """
-    # Lead keys first (sample_id, status, attempts, correct, usage, paid): resume reads them from
-    # the start of the line without parsing the whole record (see fastlines).
+    # records.LEAD_KEYS first: resume reads them from the start of the line without parsing the
+    # whole record (see evalledger.ledger.lines).
     text = "".join(json.dumps(lead_first(r), ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
     try:
         return text.encode()

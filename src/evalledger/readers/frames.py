@@ -18,18 +18,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from evalledger.readers.locate import resolve_run_dir, run_dirs
-from evalledger.readers.scan import RunScan, read_manifest_facts, scan_run
-from evalledger.records import BASE_COLUMNS, SELF_CORRECTION_KEYS, TEXT_COLUMNS
+from evalledger.readers.manifest import read_manifest_facts
+from evalledger.readers.scan import RunScan, scan_run
+from evalledger.records import (
+    BASE_COLUMNS,
+    BOOL_COLUMNS,
+    CORRECT_AFTER,
+    CORRECT_BEFORE,
+    EXTRAS_COLUMN,
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
+    JSON_SUFFIX,
+    OBJECT_COLUMNS,
+    SCORE_BOOL_COLUMN,
+    SCORE_COLUMN,
+    SELF_CORRECTION_KEYS,
+    STRING_COLUMNS,
+    TEXT_COLUMNS,
+    TIME_COLUMNS,
+    TRANSITION,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-STRING_COLUMNS = ("sample_id", "status", "model", "task", "shard", "error_type", "error_message")
-INT_COLUMNS = ("input_tokens", "output_tokens", "attempts", "error_status_code")
-FLOAT_COLUMNS = ("cost_usd", "latency_s")
-TIME_COLUMNS = ("started_at", "finished_at")
-OBJECT_COLUMNS = ("prediction", "target", "response")
 EXTRA_COLLISION_PREFIX = "record_"  # a task field named like a base column, e.g. a top-level "model"
 
 
@@ -117,24 +130,25 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[
     order = pc.sort_indices(scan.view(["sample_id"])["sample_id"])
     wanted = set(BASE_COLUMNS + (TEXT_COLUMNS if scan.text else ())) if columns is None else {"sample_id", *columns}
     names = [c for c in BASE_COLUMNS + TEXT_COLUMNS if c in wanted and (scan.text or c not in TEXT_COLUMNS)]
-    sources = {"score": ["score_bool", "score_json"], **{c: [c, c + "_json"] for c in OBJECT_COLUMNS}}
-    t = scan.view([src for c in names for src in sources.get(c, [c])] + ["extras_json"], order)  # one copy
+    sources = {SCORE_COLUMN: [SCORE_BOOL_COLUMN, SCORE_COLUMN + JSON_SUFFIX],
+               **{c: [c, c + JSON_SUFFIX] for c in OBJECT_COLUMNS}}
+    t = scan.view([src for c in names for src in sources.get(c, [c])] + [EXTRAS_COLUMN], order)  # one copy
     nullable = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}
     data: dict[str, Any] = {}
     for name in names:
         if name in STRING_COLUMNS:
             data[name] = pd.array(t[name], dtype="string")
-        elif name in INT_COLUMNS or name in FLOAT_COLUMNS or name == "correct":
+        elif name in INT_COLUMNS or name in FLOAT_COLUMNS or name in BOOL_COLUMNS:
             data[name] = t[name].to_pandas(types_mapper=nullable.get).array
         elif name in TIME_COLUMNS:
             data[name] = _timestamps(t[name])
-        elif name == "score":
-            data[name] = _score_array(t["score_bool"], t["score_json"])
+        elif name == SCORE_COLUMN:
+            data[name] = _score_array(t[SCORE_BOOL_COLUMN], t[SCORE_COLUMN + JSON_SUFFIX])
         elif name in OBJECT_COLUMNS:
-            data[name] = _object_array(t[name], t[name + "_json"])
+            data[name] = _object_array(t[name], t[name + JSON_SUFFIX])
     df = pd.DataFrame(data)
     # Pass-through fields (self-correction and any task's extras): rare, so built only if present.
-    extras_json = t["extras_json"]
+    extras_json = t[EXTRAS_COLUMN]
     if extras_json.null_count < len(extras_json):
         extras = [None if e is None else json.loads(e) for e in extras_json.to_pylist()]
         extra_names: dict[str, None] = {}
@@ -144,9 +158,9 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[
         for name in extra_names:
             values = [ext.get(name) if ext else None for ext in extras]
             col = name if name not in BASE_COLUMNS + TEXT_COLUMNS else EXTRA_COLLISION_PREFIX + name  # never shadow
-            if name in ("correct_before", "correct_after"):
+            if name in (CORRECT_BEFORE, CORRECT_AFTER):
                 df[col] = pd.array([v if isinstance(v, bool) else None for v in values], dtype="boolean")
-            elif name == "transition":
+            elif name == TRANSITION:
                 df[col] = pd.array([None if v is None else str(v) for v in values], dtype="string")
             else:
                 df[col] = pd.Series(values, dtype=object)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gc
 import io
-import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -32,8 +31,10 @@ from itertools import accumulate
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from evalledger.errors import LedgerCorruptError, UsageError
-from evalledger.ledger import RunLedger, parse_record_line, results_files
+from evalledger.errors import UsageError
+from evalledger.ledger import parse_record_line, results_files
+from evalledger.readers.manifest import ManifestFacts, read_manifest_facts
+from evalledger.records import BILLED_COST_COLUMN, total_cost
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -84,73 +85,14 @@ class FileSummary:
 
 
 @dataclass
-class ManifestFacts:
-    """What readers take from a run's manifest, each field checked: a wrong type reads as unknown.
-
-    ``problem`` says what was wrong (unreadable file, a field of the wrong type), or is None.
-    """
-
-    model: str | None = None
-    task: str | None = None
-    dataset: str | None = None
-    sample_count: int | None = None
-    created_at: str | None = None
-    ids_not_in_dataset: frozenset[str] = frozenset()
-    problem: str | None = None
-
-
-def _text_or_none(value: Any, what: str, problems: list[str]) -> str | None:
-    if value is None or type(value) is str:
-        return value
-    problems.append(f"{what} is not a string")
-    return None
-
-
-def read_manifest_facts(run_dir: str | Path) -> ManifestFacts:
-    """The manifest's facts for readers; never raises for what the file holds (see :class:`ManifestFacts`)."""
-    try:
-        m = RunLedger(run_dir).read_manifest() or {}
-    except LedgerCorruptError as e:  # still worth showing what the results say
-        return ManifestFacts(problem=e.message)
-    problems: list[str] = []
-    config, dataset = m.get("config"), m.get("dataset")
-    if config is not None and not isinstance(config, dict):
-        problems.append("config is not an object")
-    if dataset is not None and not isinstance(dataset, dict):
-        problems.append("dataset is not an object")
-    count = m.get("sample_count")
-    if count is not None and (type(count) is not int or count < 0):
-        problems.append("sample_count is not a whole number")
-        count = None
-    foreign = m.get("ids_not_in_dataset")
-    if foreign is None:
-        foreign = []
-    elif not isinstance(foreign, list):
-        problems.append("ids_not_in_dataset is not a list")
-        foreign = []
-    elif not all(type(i) is str for i in foreign):
-        problems.append("ids_not_in_dataset holds values that are not strings (ignored)")
-    facts = ManifestFacts(
-        model=_text_or_none(config.get("model") if isinstance(config, dict) else None, "config.model", problems),
-        task=_text_or_none(m.get("task"), "task", problems),
-        dataset=_text_or_none(dataset.get("name") if isinstance(dataset, dict) else None, "dataset.name", problems),
-        sample_count=count,
-        created_at=_text_or_none(m.get("created_at"), "created_at", problems),
-        ids_not_in_dataset=frozenset(i for i in foreign if type(i) is str),
-    )
-    if problems:
-        facts.problem = f"{Path(run_dir) / 'manifest.json'}: " + "; ".join(problems) + " (read as unknown)"
-    return facts
-
-
-@dataclass
 class RunScan:
     """The result of :func:`scan_run`: the latest-record view as columns, plus sums over *all* records.
 
     ``input_tokens``, ``output_tokens`` and ``cost_usd`` are what the results records added to the
-    run's bill (:func:`evalledger.ledger.billed` of every record); the calls files of multi-turn
-    tasks hold the rest (:func:`evalledger.readers.stats.calls_bill`, read by stats only, not by every frame).
-    ``cost_known`` is False when something was billed without a price.
+    run's bill (:func:`evalledger.records.bill_of` of every record); the calls files of multi-turn
+    tasks hold the rest (:func:`evalledger.ledger.calls_bill`, read by stats only, not by every frame).
+    ``cost_known`` is False when the cost is unknown (something was billed without a valid cost,
+    or the sum overflows a float; see :mod:`evalledger.records`): ``cost_usd`` is then no bill.
 
     ``rows`` holds every record of every results file, in ledger order, with the columns of
     :data:`evalledger.readers.scan_batch.SCHEMA` plus ``file`` (an index into ``files``); ``offset`` and
@@ -190,7 +132,7 @@ def scan_run(run_dir: str | Path, *, text: bool = True) -> RunScan:
     """Read every results file of a run once (all shards) and return a :class:`RunScan`.
 
     Per sample the view holds its latest ``ok`` record, or its latest error if it has none
-    (DESIGN promise 3). ``text=False`` tells the DataFrame builder to leave out the response text.
+    (an ok record is never replaced by a later error). ``text=False`` tells the DataFrame builder to leave out the response text.
     The manifest's facts are read too (:func:`read_manifest_facts`), so that every reader of the
     scan sees the same sample count and the same ``ids_not_in_dataset``.
     """
@@ -242,7 +184,9 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
         scan.rows = pa.concat_tables(tables)
         scan.keep = _latest(scan.rows)
         # Correctly rounded, so the total does not depend on batch sizes or on what was cached.
-        scan.cost_usd = math.fsum(pc.drop_null(scan.rows["billed_cost_usd"]).to_numpy())
+        total = total_cost(pc.drop_null(scan.rows[BILLED_COST_COLUMN]).to_numpy())
+        scan.cost_usd = 0.0 if total is None else total
+        scan.cost_known = scan.cost_known and total is not None
     else:
         scan.rows = scan.rows.append_column("file", pa.array([], type=pa.int32()))
     return scan
@@ -363,7 +307,7 @@ def _latest(table: "pa.Table") -> "pa.Array | None":
     ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
     rows = pa.table({"sid": ids, "i": index, "ok_i": pc.if_else(ok, index, pa.scalar(None, pa.int64()))})
     grouped = rows.group_by("sid", use_threads=False).aggregate([("i", "max"), ("ok_i", "max")])
-    # An ok record is never replaced by a later error (DESIGN promise 3). Sorted: ledger order.
+    # An ok record is never replaced by a later error. Sorted: ledger order.
     picked = pc.coalesce(grouped["ok_i_max"], grouped["i_max"])
     return pc.take(picked, pc.sort_indices(picked))
 
@@ -393,4 +337,4 @@ def fetch_records(scan: RunScan, rows: list[int]) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["scan_run", "fetch_records", "RunScan", "FileSummary", "ManifestFacts", "read_manifest_facts"]
+__all__ = ["scan_run", "fetch_records", "RunScan", "FileSummary"]

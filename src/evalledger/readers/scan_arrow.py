@@ -18,7 +18,8 @@ then parses that block with ``parse_batch``. Taken are blocks in which
 * every ``sample_id`` is a string, and the few sums that a struct cannot answer exactly (an
   empty ``usage``/``paid`` object against one of nulls) are not needed.
 
-Values are then cleaned as ``parse_batch`` cleans them (NaN and ±Infinity costs are null).
+Values are then cleaned as ``parse_batch`` cleans them (NaN and ±Infinity costs are null), and the
+bill is read as :func:`evalledger.records.bill_of` reads it (a negative cost is no cost either).
 ``tests/test_scan_arrow.py`` compares the two paths on a hostile ledger.
 """
 
@@ -29,25 +30,43 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from evalledger.readers.scan_batch import SCHEMA, BatchSums
+from evalledger.readers.scan_batch import SCHEMA, SCORE_JSON, BatchSums
+from evalledger.records import (
+    BILLED_COST_COLUMN,
+    BOOL_FIELDS,
+    ERROR_FIELDS,
+    EXTRAS_COLUMN,
+    FLOAT_FIELDS,
+    INT_FIELDS,
+    JSON_SUFFIX,
+    MESSAGE_FIELDS,
+    OBJECT_COLUMNS,
+    OBJECT_FIELDS,
+    OFFSET_COLUMN,
+    PAID_FIELDS,
+    SCORE_BOOL_COLUMN,
+    SCORE_COLUMN,
+    STRING_FIELDS,
+    TOKEN_FIELDS,
+)
 
-_USAGE = pa.struct([("input_tokens", pa.int64()), ("output_tokens", pa.int64())])
-_PAID = pa.struct([("input_tokens", pa.int64()), ("output_tokens", pa.int64()), ("cost_usd", pa.float64())])
-_ERROR = pa.struct([("type", pa.string()), ("message", pa.string()), ("retryable", pa.bool_()),
-                    ("status_code", pa.int64())])
-_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-_STRINGS = ("sample_id", "status", "shard", "model", "task", "input_hash", "started_at", "finished_at",
-            "prediction", "target", "response")
+_USAGE = pa.struct([(n, pa.int64()) for n in TOKEN_FIELDS])
+_PAID = pa.struct([(n, pa.int64() if n in TOKEN_FIELDS else pa.float64()) for n in PAID_FIELDS])
+_ERROR = pa.struct(list(zip(ERROR_FIELDS, (pa.string(), pa.string(), pa.bool_(), pa.int64()))))
+_MESSAGE = pa.struct([(n, pa.string()) for n in MESSAGE_FIELDS])
 READ_SCHEMA = pa.schema(
-    [(n, pa.string()) for n in _STRINGS]
-    + [("attempts", pa.int64()), ("correct", pa.bool_()), ("score", pa.bool_()), ("usage", _USAGE),
-       ("cost_usd", pa.float64()), ("paid", _PAID), ("latency_s", pa.float64()),
-       ("request_ids", pa.list_(pa.string())), ("prompt", pa.list_(_MESSAGE)), ("error", _ERROR)]
+    [(n, pa.string()) for n in STRING_FIELDS + OBJECT_FIELDS]
+    + [(n, pa.int64()) for n in INT_FIELDS]
+    + [(n, pa.bool_()) for n in BOOL_FIELDS]
+    + [(n, pa.float64()) for n in FLOAT_FIELDS]
+    + [("usage", _USAGE), ("paid", _PAID), ("request_ids", pa.list_(pa.string())), ("prompt", pa.list_(_MESSAGE)),
+       ("error", _ERROR)]
 )
 """Every field of a record as the runner writes it (single-turn tasks); any other field fails the block."""
 
 _PARSE = pj.ParseOptions(explicit_schema=READ_SCHEMA, unexpected_field_behavior="error")
 _READ = pj.ReadOptions(use_threads=True, block_size=4 << 20)  # a few tasks per block for 2+ cores
+_ERROR_PREFIX = "error_"  # the columns of the error object's fields
 _MAX_COUNT = 1 << 40  # larger token counts would risk overflowing an int64 sum: parse_batch sums those
 _LF, _OPEN, _CLOSE, _SPACE, _BACKSLASH, _U, _D = (ord(c) for c in '\n{} \\ud')
 
@@ -65,33 +84,34 @@ def parse_block(data: bytes, start: int) -> tuple[pa.Table, BatchSums] | None:
     n = len(ends)
     if t.num_rows != n or t["sample_id"].null_count:
         return None
-    cols = {name: t[name] for name in ("sample_id", "status", "shard", "model", "task", "started_at", "finished_at",
-                                       "attempts", "correct", "prediction", "target", "response")}
+    cols = {name: t[name] for name in SCHEMA.names if name in READ_SCHEMA.names}  # fields read as they are
     usage, error, paid = t["usage"], t["error"], t["paid"]
-    cols["input_tokens"], cols["output_tokens"] = _field(usage, "input_tokens"), _field(usage, "output_tokens")
-    cols["error_type"], cols["error_message"] = _field(error, "type"), _field(error, "message")
-    cols["error_status_code"] = _field(error, "status_code")
-    cols["cost_usd"], cols["latency_s"] = _finite(t["cost_usd"]), _finite(t["latency_s"])
-    cols["score_bool"] = t["score"]
-    for name in ("score_json", "prediction_json", "target_json", "response_json", "extras_json"):
+    for name in TOKEN_FIELDS:
+        cols[name] = _field(usage, name)
+    for name in ERROR_FIELDS:
+        if _ERROR_PREFIX + name in SCHEMA.names:
+            cols[_ERROR_PREFIX + name] = _field(error, name)
+    for name in FLOAT_FIELDS:
+        cols[name] = _finite(t[name])
+    cols[SCORE_BOOL_COLUMN] = t[SCORE_COLUMN]
+    for name in (SCORE_JSON, EXTRAS_COLUMN, *(c + JSON_SUFFIX for c in OBJECT_COLUMNS)):
         cols[name] = pa.nulls(n, pa.string())
     starts = np.empty(n, dtype=np.int64)
     starts[0] = start
     starts[1:] = ends[:-1] + 1 + start
-    cols["offset"] = pa.array(starts)
+    cols[OFFSET_COLUMN] = pa.array(starts)
 
-    # The bill (scan_batch._bills): ``paid`` when the record has one, else its usage and cost.
+    # The bill (records.bill_of): ``paid`` when the record has one, else its usage and cost.
     has_paid = pc.is_valid(paid)
-    bill_in = pc.if_else(has_paid, _field(paid, "input_tokens"), cols["input_tokens"])
-    bill_out = pc.if_else(has_paid, _field(paid, "output_tokens"), cols["output_tokens"])
-    cols["billed_cost_usd"] = pc.if_else(has_paid, _finite(_field(paid, "cost_usd")), cols["cost_usd"])
+    bill_in, bill_out = (pc.if_else(has_paid, _field(paid, name), cols[name]) for name in TOKEN_FIELDS)
+    cols[BILLED_COST_COLUMN] = _amount(pc.if_else(has_paid, _field(paid, "cost_usd"), t["cost_usd"]))
     sums = BatchSums(records=n)
-    for name, tokens in (("input_tokens", bill_in), ("output_tokens", bill_out)):
-        counts = pc.filter(tokens, pc.greater_equal(tokens, 0))  # parse_batch counts whole numbers >= 0
+    for name, tokens in zip(TOKEN_FIELDS, (bill_in, bill_out)):
+        counts = pc.filter(tokens, pc.greater_equal(tokens, 0))  # records.count_of: whole numbers >= 0
         if (pc.max(counts).as_py() or 0) >= _MAX_COUNT:
             return None
         setattr(sums, name, pc.sum(counts).as_py() or 0)
-    unpriced = pc.and_(pc.is_null(cols["billed_cost_usd"]), pc.or_(has_paid, pc.is_valid(usage)))
+    unpriced = pc.and_(pc.is_null(cols[BILLED_COST_COLUMN]), pc.or_(has_paid, pc.is_valid(usage)))
     if pc.any(unpriced).as_py():
         # A bill without a price makes the total unknown, unless the object it came from is empty
         # ({}), which a struct of nulls cannot tell from {"cost_usd": null}: parse_batch decides.
@@ -135,6 +155,12 @@ def _field(struct: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
 def _finite(values: pa.ChunkedArray) -> pa.ChunkedArray:
     """Floats with NaN and ±Infinity as null, as parse_batch reads them."""
     return pc.if_else(pc.is_finite(values), values, pa.scalar(None, pa.float64()))
+
+
+def _amount(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Costs as :func:`evalledger.records.cost_amount` reads them: NaN, ±Infinity and negative ones are null."""
+    valid = pc.and_(pc.is_finite(values), pc.greater_equal(values, 0))
+    return pc.if_else(valid, values, pa.scalar(None, pa.float64()))
 
 
 def _any_field(struct: pa.ChunkedArray) -> pa.ChunkedArray:

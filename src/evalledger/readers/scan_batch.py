@@ -9,8 +9,8 @@ the DataFrame documents them: a field of the wrong type (a ``usage`` that is a l
 text, ``NaN``) is null. Values a column type cannot hold exactly travel as JSON text in a twin
 column (``score_json`` for a score that is not a bool, ``prediction_json`` for a prediction that is
 not a string, ...), and the fields a record carries beyond the known ones in ``extras_json``.
-``billed_cost_usd`` is what the record added to the run's bill (its ``paid`` cost, or for records
-older than ``paid`` its ``cost_usd``; see :func:`evalledger.ledger.billed`).
+``billed_cost_usd`` is the cost the record added to the run's bill (:func:`evalledger.records.bill_of`:
+its ``paid`` cost, or for records older than ``paid`` its ``cost_usd``; null when it has no valid one).
 
 The fast path for whole blocks of the runner's own records is :mod:`evalledger.readers.scan_arrow`; it
 must give exactly the rows this module gives (``tests/test_scan_arrow.py``).
@@ -30,7 +30,24 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from evalledger.ledger import parse_record_line
-from evalledger.records import SELF_CORRECTION_KEYS  # unprefixed columns wherever a task puts them (top level or extra)
+from evalledger.records import (
+    BILLED_COST_COLUMN,
+    BOOL_COLUMNS,
+    EXTRA_PREFIX,
+    EXTRAS_COLUMN,
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
+    JSON_SUFFIX,
+    OBJECT_COLUMNS,
+    OFFSET_COLUMN,
+    RECORD_FIELDS,
+    SCORE_BOOL_COLUMN,
+    SCORE_COLUMN,
+    SELF_CORRECTION_KEYS,
+    STRING_COLUMNS,
+    TIME_COLUMNS,
+    bill_of,
+)
 
 try:  # the fast parser; json is ~3.5x slower (orjson is a dependency, this only guards odd installs)
     import orjson
@@ -40,26 +57,17 @@ except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
 
 # Fields of a record that have their own column (or are deliberately left out of the frame).
-KNOWN_KEYS = frozenset({
-    "sample_id", "status", "attempts", "shard", "model", "task", "input_hash", "prompt", "response",
-    "prediction", "target", "score", "correct", "usage", "cost_usd", "latency_s", "request_ids", "error",
-    "started_at", "finished_at", "extra", "paid",
-})
-EXTRA_PREFIX = "extra_"
-
-STRING_FIELDS = ("sample_id", "status", "model", "task", "shard", "error_type", "error_message",
-                 "started_at", "finished_at")
-INT_FIELDS = ("input_tokens", "output_tokens", "attempts", "error_status_code")
-FLOAT_FIELDS = ("cost_usd", "latency_s", "billed_cost_usd")
-OBJECT_FIELDS = ("prediction", "target", "response")  # str in a string column, anything else as JSON
+KNOWN_KEYS = frozenset(RECORD_FIELDS)
+SCORE_JSON = SCORE_COLUMN + JSON_SUFFIX
 
 SCHEMA = pa.schema(
-    [(n, pa.string()) for n in STRING_FIELDS]
-    + [(n, pa.int64()) for n in INT_FIELDS]
-    + [(n, pa.float64()) for n in FLOAT_FIELDS]
-    + [("correct", pa.bool_()), ("score_bool", pa.bool_()), ("score_json", pa.string())]
-    + [(c, pa.string()) for n in OBJECT_FIELDS for c in (n, n + "_json")]
-    + [("extras_json", pa.string()), ("offset", pa.int64())]
+    [(n, pa.string()) for n in STRING_COLUMNS + TIME_COLUMNS]
+    + [(n, pa.int64()) for n in INT_COLUMNS]
+    + [(n, pa.float64()) for n in FLOAT_COLUMNS + (BILLED_COST_COLUMN,)]
+    + [(n, pa.bool_()) for n in BOOL_COLUMNS]
+    + [(SCORE_BOOL_COLUMN, pa.bool_()), (SCORE_JSON, pa.string())]
+    + [(c, pa.string()) for n in OBJECT_COLUMNS for c in (n, n + JSON_SUFFIX)]
+    + [(EXTRAS_COLUMN, pa.string()), (OFFSET_COLUMN, pa.int64())]
 )
 
 _EMPTY: dict[str, Any] = {}
@@ -73,8 +81,9 @@ _DIRECT = ("correct", "score", "prediction", "target", "response", "latency_s", 
 class BatchSums:
     """Sums over every record of a batch (or of a whole file): what stats add up besides the view.
 
-    Tokens are what the records added to the run's bill (:func:`billed_parts`), not their ``usage``:
-    a multi-turn task's record carries the sample's usage but bills nothing (its calls file does).
+    Tokens are what the records added to the run's bill (:func:`evalledger.records.bill_of`), not
+    their ``usage``: a multi-turn task's record carries the sample's usage but bills nothing (its
+    calls file does). ``cost_known`` is False when a record billed tokens without a valid cost.
     """
 
     records: int = 0
@@ -228,27 +237,12 @@ def flatten_extras(rec: dict[str, Any]) -> dict[str, Any] | None:
     return out or None
 
 
-def _is_count(v: Any) -> bool:
-    return type(v) is int and v >= 0
-
-
-def _is_amount(v: Any) -> bool:
-    return (type(v) is float and math.isfinite(v)) or (type(v) is int)
-
-
-def _count_total(values: list[Any]) -> int:
-    """Sum of the token counts (whole numbers >= 0) among ``values``."""
-    if _only(values, int) and min(filter(None, values), default=0) >= 0:
-        return sum(filter(None, values))  # the runner's records: all valid (C-level loops)
-    return sum(v for v in values if v is not None and _is_count(v))
-
-
 def parse_batch(lines: list[bytes], offsets: list[int]) -> tuple[pa.RecordBatch, BatchSums]:
     """The records among complete ``lines`` (starting at byte ``offsets``) as a batch of :data:`SCHEMA`.
 
     Also returns the batch's :class:`BatchSums`: the tokens every record added to the bill
-    (:func:`_bills`; its cost is the ``billed_cost_usd`` column), error records, the latest
-    ``finished_at`` and unparseable lines.
+    (:func:`evalledger.records.bill_of`; its cost is the ``billed_cost_usd`` column), error
+    records, the latest ``finished_at`` and unparseable lines.
     """
     sums = BatchSums()
     recs, where = _parse_lines(lines, sums)
@@ -290,45 +284,24 @@ def parse_batch(lines: list[bytes], offsets: list[int]) -> tuple[pa.RecordBatch,
     }
     for name in ("model", "task", "shard", "started_at", "finished_at"):
         cols[name] = _strings(raw[name])
-    cols["score_bool"], cols["score_json"] = _score(raw["score"])
-    for name in OBJECT_FIELDS:
-        cols[name], cols[name + "_json"] = _object(raw[name])
+    cols[SCORE_BOOL_COLUMN], cols[SCORE_JSON] = _score(raw[SCORE_COLUMN])
+    for name in OBJECT_COLUMNS:
+        cols[name], cols[name + JSON_SUFFIX] = _object(raw[name])
     # One set union per batch (C speed) tells whether any record has fields to pass through.
     batch_keys = set().union(*recs)
     if batch_keys <= KNOWN_KEYS and "extra" not in batch_keys:
-        cols["extras_json"] = pa.nulls(len(recs), pa.string())
+        cols[EXTRAS_COLUMN] = pa.nulls(len(recs), pa.string())
     else:
-        cols["extras_json"] = pa.array(
+        cols[EXTRAS_COLUMN] = pa.array(
             [None if (r.keys() <= KNOWN_KEYS and "extra" not in r) else _json_or_none(flatten_extras(r))
              for r in recs], type=pa.string())
-    cols["offset"] = pa.array([offsets[j] for j in where], type=pa.int64())
+    cols[OFFSET_COLUMN] = pa.array([offsets[j] for j in where], type=pa.int64())
 
-    bill_in, bill_out, bill_cost, sources = _bills(recs, usages, in_tokens, out_tokens, costs)
-    cols["billed_cost_usd"] = _floats(bill_cost)
-    sums.input_tokens = _count_total(bill_in)
-    sums.output_tokens = _count_total(bill_out)
-    if not _only(bill_cost, float, int) or not math.isfinite(sum(filter(None, bill_cost))):
-        bill_cost = [c if _is_amount(c) else None for c in bill_cost]  # not a number: no known cost
-    if None in bill_cost and any(c is None and s for c, s in zip(bill_cost, sources)):
-        sums.cost_known = False  # a paid record without a price: the total is unknown, not lower
+    bills = list(map(bill_of, recs))
+    cols[BILLED_COST_COLUMN] = pa.array([b.cost_usd for b in bills], type=pa.float64())
+    sums.input_tokens = sum([b.input_tokens for b in bills])
+    sums.output_tokens = sum([b.output_tokens for b in bills])
+    sums.cost_known = all([b.cost_known for b in bills])  # a bill without a price: the total is unknown
     sums.error_records = len(statuses) - statuses.count("ok")
     sums.last_finished = max(filter(None, finished), default=None)
     return pa.RecordBatch.from_arrays([cols[f.name] for f in SCHEMA], schema=SCHEMA), sums
-
-
-def _bills(recs: list[dict[str, Any]], usages: list[dict[str, Any]], in_tokens: list[Any], out_tokens: list[Any],
-           costs: list[Any]) -> tuple[list[Any], list[Any], list[Any], list[dict[str, Any]]]:
-    """What each record adds to the run's bill, as :func:`evalledger.ledger.billed` reads it: its
-    ``paid`` when that is an object, else (records older than ``paid``) its ``usage`` and ``cost_usd``.
-
-    Returns input tokens, output tokens, cost and the object each was read from, per record.
-    """
-    paids = [r.get("paid") for r in recs]
-    if _only(paids):  # no record has ``paid``: the usage is the bill
-        return in_tokens, out_tokens, costs, usages
-    sources = [p if type(p) is dict else u for p, u in zip(paids, usages)]
-    has = [type(p) is dict for p in paids]
-    return ([s.get("input_tokens") if h else v for s, h, v in zip(sources, has, in_tokens)],
-            [s.get("output_tokens") if h else v for s, h, v in zip(sources, has, out_tokens)],
-            [s.get("cost_usd") if h else v for s, h, v in zip(sources, has, costs)],
-            sources)

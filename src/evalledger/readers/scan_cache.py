@@ -39,8 +39,8 @@ from evalledger.fsio.cachefile import fingerprint
 from evalledger.readers.scan_batch import SCHEMA, BatchSums
 
 CACHE_DIR = ".cache"
-SUBDIR = "scan-v2"  # bump when SCHEMA or the meaning of a column changes: old copies are then ignored
-FORMAT = 1
+SUBDIR = "scan-v2"
+FORMAT = 2  # bump when a column or a sum changes meaning: copies of another format are ignored (and replaced)
 MIN_BYTES = 8 << 20  # smaller results files parse in well under a second: no copy, no files left behind
 REWRITE_FRACTION = 0.10  # rewrite a copy once the uncached tail is this share of what it covers
 MIN_FREE_BYTES = 1 << 30

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalledger.fsio import dir_size
-from evalledger.ledger import calls_files, iter_file_records, lock_status, run_lifecycle
+from evalledger.ledger import calls_bill, lock_status, run_lifecycle
 from evalledger.readers.frames import frame_from_scan
 from evalledger.readers.scan import RunScan, scan_run
+from evalledger.records import CORRECT_AFTER, CORRECT_BEFORE, STATS_COLUMNS, TRANSITION, TRANSITIONS, total_cost
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 # A gap longer than this between finished samples is a pause (the run was stopped and resumed
 # later), not slow progress: it is left out of throughput and ETA.
 IDLE_GAP_S = 300.0
-# The self-correct task's own labels (tasks/self_correct.py: transition()).
-TRANSITIONS = ("correct→correct", "correct→incorrect", "incorrect→correct", "incorrect→incorrect")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
@@ -41,52 +39,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return lo, hi
 
 
-@dataclass
-class CallsBill:
-    """What the calls files of a multi-turn run (one line per paid model call) add to the bill."""
-
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    cost_known: bool = True
-
-
-def _finite(value: Any) -> float | None:
-    """A JSON number as a finite float, else None (NaN, ±Infinity, beyond a float, not a number)."""
-    if type(value) not in (int, float):
-        return None
-    try:
-        value = float(value)
-    except OverflowError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def calls_bill(run_dir: Path) -> CallsBill:
-    """Tokens and cost of every call in the run's ``calls*.jsonl`` (all shards), as
-    :func:`evalledger.ledger.calls_cost` bills them; values of the wrong type count as missing,
-    and a call with usage but no price makes the cost unknown."""
-    bill = CallsBill()
-    costs = []
-    for path in calls_files(run_dir):
-        for rec in iter_file_records(path):
-            bill.calls += 1
-            usage = rec.get("usage")
-            usage = usage if type(usage) is dict else {}
-            for name in ("input_tokens", "output_tokens"):
-                v = usage.get(name)
-                if type(v) is int and v >= 0:
-                    setattr(bill, name, getattr(bill, name) + v)
-            cost = _finite(rec.get("cost_usd"))
-            if cost is not None:
-                costs.append(cost)
-            elif usage:
-                bill.cost_known = False
-    bill.cost_usd = math.fsum(costs)
-    return bill
-
-
 def _active_seconds(finished: "pd.Series") -> tuple[float, int, int, float]:
     """Working time between finishes (gaps over IDLE_GAP_S removed), the finishes in it, and the
     last session's count and span."""
@@ -103,19 +55,13 @@ def _active_seconds(finished: "pd.Series") -> tuple[float, int, int, float]:
     return active, int(working.sum()), len(t) - start, float(t[-1] - t[start])
 
 
-# The DataFrame columns the stats read (plus sample_id, in_dataset and the pass-through columns).
-STATS_COLUMNS = ("status", "correct", "latency_s", "finished_at", "error_type")
-
-
 def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     """The stats dict of a scanned run; ``df`` is ``frame_from_scan(scan)`` (passed in, not rebuilt),
-    or one with at least :data:`STATS_COLUMNS`.
+    or one with at least :data:`~evalledger.records.STATS_COLUMNS`.
 
     Samples the manifest lists as ``ids_not_in_dataset`` are not part of the run: they are left
     out of every count, accuracy, latency and throughput, and listed under ``unknown_sample_ids``.
-    Tokens and cost are the run's bill, as ``--max-cost`` counts it: every record's ``paid`` (its
-    usage and cost for records older than ``paid``), plus the calls files of multi-turn tasks,
-    foreign ids included (those requests were paid for).
+    Tokens and cost are the run's bill, as ``--max-cost`` counts it (:func:`run_bill`).
     """
     manifest = scan.manifest
     total = manifest.sample_count
@@ -130,31 +76,11 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     correct = int(ok["correct"].fillna(False).sum())
     ci = wilson_interval(correct, completed)
     lat = ok["latency_s"].dropna().astype(float)
-    active_s, active_n, session_n, session_span = _active_seconds(df["finished_at"])
-    throughput = active_n / active_s if active_s > 0 else None
     locks = lock_status(scan.run_dir)
-    running = bool(locks)
     pending = None if total is None else max(total - completed, 0)
-    recent_rate = (session_n - 1) / session_span if session_span > 0 else None
-    eta = pending / recent_rate if running and pending and recent_rate else None
-    calls = calls_bill(scan.run_dir)  # multi-turn tasks: their calls are billed there, once
-    cost = math.fsum([scan.cost_usd, calls.cost_usd]) if scan.cost_known and calls.cost_known else None
-    state_times = []
-    for p in scan.run_dir.glob("resume_state*.json"):
-        try:
-            state = json.loads(p.read_bytes())
-        except (OSError, ValueError):
-            continue
-        # Any JSON at all may be there; only a string time is a checkpoint time.
-        if isinstance(state, dict) and type(state.get("last_checkpoint")) is str:
-            state_times.append(state["last_checkpoint"])
-    checkpoints = [t for t in [*state_times, scan.last_finished] if t]
-    shards = {}
-    for fs in scan.file_summaries:
-        lock_name = ".lock" if fs.shard is None else f".lock.shard-{fs.shard.replace('/', '-of-')}"
-        shards[fs.shard or "all"] = {"file": fs.name, "ok": fs.ok_count(foreign), "error_records": fs.error_records,
-                                     "records": fs.records, "last_finished": fs.last_finished,
-                                     "running": lock_name in locks}
+    throughput, eta = _speed(df["finished_at"], pending if locks else None)
+    input_tokens, output_tokens, cost = run_bill(scan)
+    checkpoints = [t for t in [*_checkpoint_times(scan.run_dir), scan.last_finished] if t]
     stats: dict[str, Any] = {
         "run_id": scan.run_dir.name,
         "run_dir": str(scan.run_dir),
@@ -171,12 +97,12 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
         "errors_by_type": dict(Counter(errs["error_type"].fillna("unknown").astype(str)).most_common()),
         "latency_p50_s": float(lat.quantile(0.5)) if len(lat) else None,
         "latency_p95_s": float(lat.quantile(0.95)) if len(lat) else None,
-        "input_tokens": scan.input_tokens + calls.input_tokens,
-        "output_tokens": scan.output_tokens + calls.output_tokens,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
         "cost_usd": cost,
         "cost_per_correct_usd": (cost / correct) if cost is not None and correct else None,
         "throughput_per_min": throughput * 60 if throughput else None,
-        "running": running,
+        "running": bool(locks),
         "writers": locks,
         "eta_s": eta,
         "last_checkpoint": max(checkpoints) if checkpoints else None,
@@ -184,7 +110,7 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
         "unparseable_lines": scan.unparseable_lines,
         "partial_tail_bytes": scan.partial_tail_bytes,
         "files": {fs.name: {"completed": fs.ok_count(foreign)} for fs in scan.file_summaries},
-        "shards": shards,
+        "shards": _shards(scan, locks),
         "unknown_sample_ids": unknown,
     }
     if manifest.problem:
@@ -193,21 +119,67 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     return stats
 
 
+def run_bill(scan: RunScan) -> tuple[int, int, float | None]:
+    """The run's bill (input tokens, output tokens, cost or None when unknown), as ``--max-cost``
+    counts it (:mod:`evalledger.records`): every results record's ``paid`` (its usage and cost for
+    records older than ``paid``), foreign ids included (those requests were paid for), plus the
+    calls files of multi-turn tasks, where their calls are billed, once."""
+    calls = calls_bill(scan.run_dir)
+    costs = [scan.cost_usd if scan.cost_known else None, calls.cost_usd]
+    cost = None if None in costs else total_cost(costs)
+    return scan.input_tokens + calls.input_tokens, scan.output_tokens + calls.output_tokens, cost
+
+
+def _speed(finished: "pd.Series", pending: int | None) -> tuple[float | None, float | None]:
+    """Samples finished per second of working time, and the seconds left for ``pending`` samples
+    at the last session's pace (``pending`` None: the run is not running, no ETA)."""
+    active_s, active_n, session_n, session_span = _active_seconds(finished)
+    throughput = active_n / active_s if active_s > 0 else None
+    recent_rate = (session_n - 1) / session_span if session_span > 0 else None
+    eta = pending / recent_rate if pending and recent_rate else None
+    return throughput, eta
+
+
+def _checkpoint_times(run_dir: Path) -> list[str]:
+    """The ``last_checkpoint`` times of the run's resume states (any JSON may be there: only a
+    string time is one)."""
+    times = []
+    for p in run_dir.glob("resume_state*.json"):
+        try:
+            state = json.loads(p.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and type(state.get("last_checkpoint")) is str:
+            times.append(state["last_checkpoint"])
+    return times
+
+
+def _shards(scan: RunScan, locks: Any) -> dict[str, dict[str, Any]]:
+    """Per results file (``all`` for the unsharded one): its counts and whether its writer runs."""
+    shards = {}
+    for fs in scan.file_summaries:
+        lock_name = ".lock" if fs.shard is None else f".lock.shard-{fs.shard.replace('/', '-of-')}"
+        shards[fs.shard or "all"] = {"file": fs.name, "ok": fs.ok_count(scan.manifest.ids_not_in_dataset),
+                                     "error_records": fs.error_records, "records": fs.records,
+                                     "last_finished": fs.last_finished, "running": lock_name in locks}
+    return shards
+
+
 def _self_correction(ok: "pd.DataFrame") -> dict[str, Any]:
     """Transition counts and accuracy before/after, when the task recorded them (else nothing)."""
-    if "correct_before" not in ok.columns and "transition" not in ok.columns:
+    if CORRECT_BEFORE not in ok.columns and TRANSITION not in ok.columns:
         return {}
     out: dict[str, Any] = {}
-    if "correct_before" in ok.columns and "correct_after" in ok.columns:
-        both = ok[ok["correct_before"].notna() & ok["correct_after"].notna()]
-        before, after = both["correct_before"].astype(bool), both["correct_after"].astype(bool)
+    if CORRECT_BEFORE in ok.columns and CORRECT_AFTER in ok.columns:
+        both = ok[ok[CORRECT_BEFORE].notna() & ok[CORRECT_AFTER].notna()]
+        before, after = both[CORRECT_BEFORE].astype(bool), both[CORRECT_AFTER].astype(bool)
         words = {True: "correct", False: "incorrect"}
         derived = before.map(words) + "→" + after.map(words)
         counts = Counter(derived)
         out["accuracy_before"] = float(before.mean()) if len(both) else None
         out["accuracy_after"] = float(after.mean()) if len(both) else None
-    elif "transition" in ok.columns:
-        counts = Counter(ok["transition"].dropna().astype(str))
+    elif TRANSITION in ok.columns:
+        counts = Counter(ok[TRANSITION].dropna().astype(str))
     else:  # correct_before without correct_after (a task's partial record): nothing to count
         counts = Counter()
     out["transitions"] = {k: int(counts.get(k, 0)) for k in TRANSITIONS} | {

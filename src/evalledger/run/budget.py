@@ -7,6 +7,7 @@ has finished samples; then it uses their observed average tokens per sample inst
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,11 +61,17 @@ def estimate_pending(task: Task, pending: Sequence[Sample], max_tokens: int, pri
 
 
 class Budget:
-    """``--max-cost``: admit a sample only if everything spent plus everything in flight stays within it."""
+    """``--max-cost``: admit a sample only if everything spent plus everything in flight stays within it.
+
+    ``spent_before`` is the run's bill so far (:attr:`evalledger.ledger.LedgerScan.billed_cost`);
+    NaN or infinite when it is unknown (something was billed without a valid cost, see
+    :mod:`evalledger.records`). An unknown spend is never taken as a lower one: nothing is admitted.
+    """
 
     def __init__(self, max_cost: float, spent_before: float, per_sample: float) -> None:
         self.max_cost = max_cost
         self.spent_before = spent_before
+        self.spent_known = math.isfinite(spent_before)
         self.spent_now = 0.0
         self.per_sample = per_sample  # projected cost of one sample, refined as samples finish
         self._finished = 0
@@ -90,9 +97,16 @@ class Budget:
 
     def admits(self, in_flight: int) -> bool:
         """Would one more sample, with ``in_flight`` others still unpaid, stay within the budget?"""
-        return self.spent + (in_flight + 1) * self.per_sample <= self.max_cost + 1e-12
+        return self.spent_known and self.spent + (in_flight + 1) * self.per_sample <= self.max_cost + 1e-12
 
     def message(self, remaining: int) -> str:
+        """Why the run stopped, for its summary."""
+        if not self.spent_known:
+            return ("stopped: budget: what this run has spent so far is unknown, so --max-cost "
+                    f"${self.max_cost:,.4f} cannot be kept: its ledger holds tokens billed without a valid cost "
+                    "(null, as when the model had no price then, or NaN, Infinity, negative, not a number; "
+                    f"`evalledger stats` shows the cost as unknown too). {remaining} sample(s) left: continue "
+                    "without --max-cost.")
         return (f"stopped: budget reached: spent ${self.spent:,.4f} of --max-cost ${self.max_cost:,.4f}; "
                 f"{remaining} sample(s) left, about ${remaining * self.per_sample:,.4f} more. "
                 "Continue with a larger --max-cost (the run resumes where it stopped).")
