@@ -155,9 +155,10 @@ def test_stats_numbers_ci_latency_cost_throughput(tmp_path):
     assert s["latency_p95_s"] == pytest.approx(pd.Series(lats).quantile(0.95))
     assert s["cost_usd"] == pytest.approx(0.112) and s["cost_per_correct_usd"] == pytest.approx(0.112 / 8)
     assert s["input_tokens"] == 120 and s["output_tokens"] == 60
-    # Latest records finish at t=10..90, 95 and 2000 (s0 again): the pause before t=2000 is not
-    # working time, so 9 finishes in 85 s.
-    assert s["throughput_per_min"] == pytest.approx(9 / 85 * 60)
+    # Working time is when some sample was under way, from its start (finish - latency) to its
+    # finish: s1..s10 cover [8, 95] (s1 started at 10 - 2), s0's re-run [1999, 2000]; the pause
+    # between is not working time. 11 samples finished in 88 s.
+    assert s["throughput_per_min"] == pytest.approx(11 / 88 * 60)
 
 
 def test_load_runs_concatenates_and_filters(tmp_path):
@@ -331,3 +332,29 @@ def test_corrupt_manifest_still_listed_and_extras_never_shadow_base_columns(tmp_
     assert df.loc[0, "model"] == "openai/m" and df.loc[0, "extra_model"] == "judge-x"
     assert df.loc[0, "model_note"] == "n"
     assert df.loc[0, "input_tokens"] == 10 and df.loc[0, "record_input_tokens"] == 99  # usage wins, field kept
+
+
+def test_throughput_counts_working_time_not_the_gaps_between_finishes(tmp_path):
+    """Samples finished together (one group commit) and a run resumed after a pause: throughput is
+    samples per minute of the time some sample was under way."""
+    run = tmp_path / "r"
+    write_manifest(run, sample_count=8)
+    # Session 1: four samples sent at t=0, answered 10 s later within a few ms of each other.
+    # Session 2, after a pause of 1000 s: the same again. 8 samples in 20 s of work: 24/min.
+    recs = [rec(f"a{i}", latency=10.0, at=10.0 + i / 1000) for i in range(4)]
+    recs += [rec(f"b{i}", latency=10.0, at=1010.0 + i / 1000) for i in range(4)]
+    write_records(run, recs)
+    s = get_stats(run)
+    assert s["throughput_per_min"] == pytest.approx(8 / 20.003 * 60, rel=0.01)
+
+
+def test_throughput_of_a_real_run_matches_its_pace(fake_server, tmp_path):
+    """8 samples, 2 at a time, each answered in 0.3 s, one attempt each: 4 rounds of 0.3 s of work.
+    The throughput can be no higher than the server allows and no lower than 8 over the whole
+    run's wall time (which adds start-up)."""
+    fake_server.latency = 0.3
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 8)
+    s = run_experiment(cfg(fake_server, data, tmp_path / "out", concurrency=2, adaptive_concurrency=False))
+    assert s.exit_code == 0 and fake_server.request_count == 8
+    per_min = get_stats(s.run_dir)["throughput_per_min"]
+    assert 8 / s.duration_s * 60 * 0.9 <= per_min <= 8 / (4 * 0.3) * 60 * 1.05, (per_min, s.duration_s)

@@ -15,6 +15,7 @@ from evalledger.readers.scan import RunScan, scan_run
 from evalledger.records import CORRECT_AFTER, CORRECT_BEFORE, STATS_COLUMNS, TRANSITION, TRANSITIONS, total_cost
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 # A gap longer than this between finished samples is a pause (the run was stopped and resumed
@@ -39,20 +40,45 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return lo, hi
 
 
-def _active_seconds(finished: "pd.Series") -> tuple[float, int, int, float]:
-    """Working time between finishes (gaps over IDLE_GAP_S removed), the finishes in it, and the
-    last session's count and span."""
+def _epoch_seconds(times: "pd.Series") -> "np.ndarray":
+    """Seconds since the epoch as floats (NaN where the time is missing)."""
+    import numpy as np
+    import pandas as pd
+
+    since = times - pd.Timestamp(0, tz="UTC")
+    return since.dt.total_seconds().to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _sessions(df: "pd.DataFrame") -> list[tuple[float, float, int]]:
+    """The run's working sessions: (start, end, samples finished) in epoch seconds, from each
+    sample's interval [finished_at - latency_s, finished_at]. Overlapping intervals, or ones less than
+    :data:`IDLE_GAP_S` apart, are one session; a longer gap is a pause (stopped and resumed later)."""
     import numpy as np
 
-    t = np.sort(finished.dropna().dt.as_unit("ns").astype("int64").to_numpy()) / 1e9
-    if len(t) < 2:
-        return 0.0, 0, len(t), 0.0
-    gaps = np.diff(t)
-    working = gaps <= IDLE_GAP_S
-    active = float(gaps[working].sum())
-    breaks = np.nonzero(gaps > IDLE_GAP_S)[0]
-    start = int(breaks[-1]) + 1 if len(breaks) else 0
-    return active, int(working.sum()), len(t) - start, float(t[-1] - t[start])
+    end = df["finished_at"].dropna()
+    if not len(end):
+        return []
+    t1 = _epoch_seconds(end)
+    t0 = t1.copy()
+    # The start is the finish less the measured latency (one clock, the writer's monotonic one);
+    # else started_at; a start after the finish is no start (the finish counts alone).
+    if "started_at" in df.columns:
+        s = _epoch_seconds(df.loc[end.index, "started_at"])
+        ok = ~np.isnan(s) & (s <= t1)
+        t0[ok] = s[ok]
+    if "latency_s" in df.columns:
+        lat = df.loc[end.index, "latency_s"].to_numpy(dtype="float64", na_value=np.nan)
+        ok = np.isfinite(lat) & (lat >= 0)
+        t0[ok] = t1[ok] - lat[ok]
+    order = np.argsort(t0, kind="stable")
+    sessions: list[tuple[float, float, int]] = []
+    for a, b in zip(t0[order], t1[order]):
+        if sessions and a <= sessions[-1][1] + IDLE_GAP_S:
+            s0, s1, n = sessions[-1]
+            sessions[-1] = (s0, max(s1, b), n + 1)
+        else:
+            sessions.append((a, b, 1))
+    return sessions
 
 
 def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
@@ -78,7 +104,7 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     lat = ok["latency_s"].dropna().astype(float)
     locks = lock_status(scan.run_dir)
     pending = None if total is None else max(total - completed, 0)
-    throughput, eta = _speed(df["finished_at"], pending if locks else None)
+    throughput, eta = _speed(df, pending if locks else None)
     input_tokens, output_tokens, cost = run_bill(scan)
     checkpoints = [t for t in [*_checkpoint_times(scan.run_dir), scan.last_finished] if t]
     stats: dict[str, Any] = {
@@ -130,12 +156,16 @@ def run_bill(scan: RunScan) -> tuple[int, int, float | None]:
     return scan.input_tokens + calls.input_tokens, scan.output_tokens + calls.output_tokens, cost
 
 
-def _speed(finished: "pd.Series", pending: int | None) -> tuple[float | None, float | None]:
-    """Samples finished per second of working time, and the seconds left for ``pending`` samples
-    at the last session's pace (``pending`` None: the run is not running, no ETA)."""
-    active_s, active_n, session_n, session_span = _active_seconds(finished)
-    throughput = active_n / active_s if active_s > 0 else None
-    recent_rate = (session_n - 1) / session_span if session_span > 0 else None
+def _speed(df: "pd.DataFrame", pending: int | None) -> tuple[float | None, float | None]:
+    """Samples finished per second of working time (the sessions' total length: time when some
+    sample was under way, pauses left out), and the seconds left for ``pending`` samples at the last
+    session's pace (``pending`` None: the run is not running, no ETA)."""
+    sessions = _sessions(df)
+    working = sum(end - start for start, end, _ in sessions)
+    finished = sum(n for _, _, n in sessions)
+    throughput = finished / working if working > 0 else None
+    last = sessions[-1] if sessions else None
+    recent_rate = last[2] / (last[1] - last[0]) if last and last[1] > last[0] else None
     eta = pending / recent_rate if pending and recent_rate else None
     return throughput, eta
 
