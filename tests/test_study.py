@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 
 import pytest
 from helpers import REPO, cli_env, run_cli, write_qa_dataset
 
-from evalledger.study import StudyConfig, run_study
+from evalledger.study import PairResult, StudyConfig, StudySummary, plan_study, run_study
 
 
 @pytest.fixture
@@ -82,8 +83,6 @@ def test_study_cli_and_script_same_command(fake_server, tmp_path):
     r = run_cli(["study", *base, "--yes"], env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "openai/m2" in r.stdout and "complete" in r.stdout and fake_server.request_count == 6
-    import subprocess
-
     r2 = subprocess.run([sys.executable, str(REPO / "run_full_scale_study.py"), *base, "--yes"], env=env,
                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r2.returncode == 0, r2.stderr
@@ -107,3 +106,34 @@ def test_tiny_study_on_the_embedded_model(tmp_path, monkeypatch):
     assert [p.row["n"] for p in s.pairs] == [2, 2]
     assert all(json.loads(line)["model"] == "local/smollm2"
                for p in s.pairs for line in (tmp_path / p.run_id / "results.jsonl").read_text().splitlines())
+
+
+def test_study_table_formats_each_column_one_way():
+    pairs = [PairResult("openai/a", "d1", row={"model": "openai/a", "dataset": "d1", "n": 5, "acc_t1": 1.0,
+                                                "acc_t2": 0.8, "delta": -0.2, "errors": 0, "cost_usd": 1.5,
+                                                "status": "complete"}),
+             PairResult("vllm/b", "d1", row={"model": "vllm/b", "dataset": "d1", "n": 5, "acc_t1": 0.8,
+                                               "errors": 0, "cost_usd": None, "status": "complete"}),
+             PairResult("openai/c", "d1", row={"model": "openai/c", "dataset": "d1", "status": "failed"})]
+    lines = StudySummary(pairs, exit_code=0).table().splitlines()
+    cells = [line.split() for line in lines[1:]]
+    assert cells[0][3:6] == ["100.0%", "80.0%", "-20.0"] and "1.5000" in cells[0]
+    assert cells[1][3] == "80.0%" and "?" in cells[1]  # a price unknown: never $0
+    assert "?" not in cells[2]  # a pair that never ran has no cost at all
+
+
+def test_study_finds_a_missing_key_before_estimating(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    a = write_qa_dataset(tmp_path / "a.jsonl", 3)
+    plan = plan_study(StudyConfig(models=("openai/m1",), datasets=(str(a),), run_options={"output_dir": tmp_path}))
+    assert plan[0].estimate is None and "OPENAI_API_KEY is not set" in plan[0].error
+
+
+def test_study_without_a_terminal_or_yes_says_to_pass_yes(fake_server, tmp_path):
+    a = write_qa_dataset(tmp_path / "a.jsonl", 2)
+    r = subprocess.run([sys.executable, "-m", "evalledger", "study", "--models", "openai/m1", "--datasets", str(a),
+                        "--output-dir", str(tmp_path / "o")], env=cli_env(fake_server), stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "pass --yes" in r.stderr, r.stderr
+    assert fake_server.request_count == 0

@@ -16,7 +16,7 @@ from evalledger.config import RunConfig
 from evalledger.errors import EvalLedgerError, UsageError
 from evalledger.ledger import RunLedger, scan_ledger
 from evalledger.records import TRANSITIONS
-from evalledger.run import Estimate, RunSummary, estimate_experiment, prepare_run, run_experiment
+from evalledger.run import Estimate, RunSummary, estimate_experiment, prepare_run, provider_for, run_experiment
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class StudySummary:
     def table(self) -> str:
         """The summary table, one line per pair (fixed-width text)."""
         cols = ["model", "dataset", "n", "acc_t1", "acc_t2", "delta", *TRANSITIONS, "errors", "cost_usd", "status"]
-        rows = [[_fmt(p.row.get(c)) for c in cols] for p in self.pairs]
+        rows = [[_fmt(c, p.row.get(c), "n" in p.row) for c in cols] for p in self.pairs]
         heads = ["model", "dataset", "n", "acc turn1", "acc turn2", "Δ", "c→c", "c→i", "i→c", "i→i", "errors",
                  "cost USD", "status"]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
@@ -71,11 +71,21 @@ class StudySummary:
         return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
+_RATES = ("acc_t1", "acc_t2", *TRANSITIONS)
+
+
+def _fmt(column: str, v: Any, ran: bool) -> str:
+    """One cell: accuracies and transition rates as percentages, Δ in percentage points, cost in
+    USD with the same decimals in every row; '-' where there is nothing, '?' for the unknown cost
+    of a pair that ran (``ran``)."""
     if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
+        return "?" if column == "cost_usd" and ran else "-"
+    if column in _RATES:
+        return f"{v:.1%}"
+    if column == "delta":
+        return f"{v * 100:+.1f} pp"
+    if column == "cost_usd":
+        return f"{v:.4f}"
     return str(v)
 
 
@@ -90,8 +100,8 @@ def plan_study(study: StudyConfig) -> list[PairResult]:
         pair = PairResult(model, dataset)
         try:
             config = study.run_config(model, dataset)
+            provider_for(config)  # a missing key or an unknown model is found before any estimate
             pair.estimate = estimate_experiment(config)
-
             pair.run_id = prepare_run(config).run_id
         except EvalLedgerError as e:
             pair.error = str(e)

@@ -43,10 +43,14 @@ def study(models: tuple[str, ...], datasets: tuple[str, ...], task: str | None, 
     def confirm(plan: list[PairResult]) -> bool:
         if yes:
             return True
-        if not sys.stdin.isatty():
-            fail(UsageError("nothing was started: there is no terminal to confirm the estimate above on; "
-                            "pass --yes to start the study"))
-        return click.confirm("start the study?", default=True, err=True)
+        try:
+            return click.confirm("start the study?", default=True, err=True)
+        except click.Abort:
+            if sys.stdin.isatty():
+                raise  # Ctrl-C or Ctrl-D at the prompt: the user cancelled
+            fail(UsageError("nothing was started: no answer to 'start the study?' (no terminal to ask on); "
+                            "pass --yes to start the study without asking"))
+            raise
 
     try:
         options = run_config_fields(opts)
