@@ -42,6 +42,7 @@ def test_a_run_made_elsewhere_by_this_process_resolves_by_its_id(fake_server, tm
     s = run_experiment(_cfg(fake_server, data, tmp_path / "elsewhere"))
     assert not (tmp_path / "outputs").exists()
     assert get_stats(s.run_id)["completed_samples"] == 4
+    assert len(load_results(s.run_id)) == 4
 
 
 def test_estimate_does_not_project_from_another_endpoints_answers(fake_server, tmp_path):

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from evalledger.fsio import cachefile
+from evalledger.ledger.layout import RunPaths
 
-CACHE_DIR = ".cache"
 SUBDIR = "resume-v1"  # bump when the content or meaning of an index changes: old ones are then ignored
 FORMAT = 2  # bump when a sum changes meaning (billed_cost: NaN when unknown): other formats are ignored
 MIN_BYTES = 1 << 20  # smaller results files scan in milliseconds: no index, no files left behind
@@ -104,7 +104,7 @@ def multi_counts(ids: list[str]) -> dict[str, int]:
 
 def index_path(results: Path) -> Path:
     """Where the index of ``results`` lives."""
-    return results.parent / CACHE_DIR / SUBDIR / (results.name + ".idx")
+    return RunPaths(results.parent).cache / SUBDIR / (results.name + ".idx")
 
 
 def load(results: Path, f: IO[bytes], st: os.stat_result) -> tuple[FilePart, int] | None:

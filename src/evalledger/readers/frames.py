@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from evalledger.readers.locate import resolve_run_dir, run_dirs
+from evalledger.readers.locate import RunRef, resolve_run_dir, run_dirs
 from evalledger.readers.manifest import read_manifest_facts
 from evalledger.readers.scan import RunScan, scan_run
 from evalledger.records import (
@@ -177,7 +177,7 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[
     return df
 
 
-def load_results(run: str | Path, output_dir: str | Path = "outputs", *, text: bool = True) -> "pd.DataFrame":
+def load_results(run: RunRef, output_dir: str | Path | None = None, *, text: bool = True) -> "pd.DataFrame":
     """One row per sample of a run: its latest ``ok`` record, or its latest error. All shards merged.
 
     ``run`` is a run ID under ``output_dir`` or a run directory. Columns: ``sample_id, status,

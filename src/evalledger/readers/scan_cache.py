@@ -36,9 +36,9 @@ import pyarrow as pa
 
 from evalledger.fsio import cachefile
 from evalledger.fsio.cachefile import fingerprint
+from evalledger.ledger.layout import RunPaths
 from evalledger.readers.scan_batch import SCHEMA, BatchSums
 
-CACHE_DIR = ".cache"
 SUBDIR = "scan-v2"
 FORMAT = 2  # bump when a column or a sum changes meaning: copies of another format are ignored (and replaced)
 MIN_BYTES = 8 << 20  # smaller results files parse in well under a second: no copy, no files left behind
@@ -63,7 +63,7 @@ def enabled() -> bool:
 
 def cache_path(results: Path) -> Path:
     """Where the copy of ``results`` lives."""
-    return results.parent / CACHE_DIR / SUBDIR / (results.name + ".arrow")
+    return RunPaths(results.parent).cache / SUBDIR / (results.name + ".arrow")
 
 
 def load(results: Path, f: IO[bytes], st: os.stat_result) -> CachedFile | None:
