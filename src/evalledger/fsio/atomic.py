@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def utc_now() -> str:
@@ -39,31 +39,55 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: tmp file, fsync, rename, fsync dir.
+def write_file_atomically(path: Path, write_to: Callable[[Path], None], *, durable: bool = True,
+                          exclusive: bool = False, tmp: Path | None = None) -> bool:
+    """The one way a file is replaced (or created) in one step: ``write_to`` fills a temporary file
+    beside ``path``, which is then renamed over it (``exclusive``: linked to it only if ``path``
+    does not exist yet, for files that several writers may race to create).
 
-    A crash at any instant leaves either the old file or the new one, never a mix.
+    A crash at any instant leaves the old file or the new one, never a mix. ``durable`` fsyncs the
+    new file before it is published and the directory after (so that both survive a power loss);
+    caches, which can always be rebuilt, skip it. ``tmp`` names the temporary file (default
+    ``.<name>.<pid>-<random>.tmp``, which a later writer may sweep up after a crash). Returns False
+    only when ``exclusive`` and ``path`` already existed; any failure removes the temporary file
+    and raises.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
+        write_to(tmp)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if exclusive:
+            try:
+                os.link(tmp, path)  # atomic create-if-absent, unlike rename
+            except FileExistsError:
+                return False
+        else:
+            os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (see :func:`write_file_atomically`)."""
+    write_file_atomically(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    write_bytes_atomic(path, _json_bytes(obj))
 
 
 def create_json_exclusive(path: Path, obj: Any) -> bool:
@@ -72,22 +96,8 @@ def create_json_exclusive(path: Path, obj: Any) -> bool:
     Returns False if another writer created it first. Used for the manifest, which shards started
     at the same moment on different machines may race to create.
     """
-    path = Path(path)
-    data = (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic create-if-absent, unlike rename
-        except FileExistsError:
-            return False
-        fsync_dir(path.parent)
-        return True
-    finally:
-        os.unlink(tmp)
+    data = _json_bytes(obj)
+    return write_file_atomically(path, lambda tmp: tmp.write_bytes(data), exclusive=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

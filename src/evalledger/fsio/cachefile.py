@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import IO, Any, Callable
+
+from evalledger.fsio.atomic import write_file_atomically
 
 MIN_FREE_BYTES = 256 << 20  # never compete with the ledger for the last of the disk
 
@@ -36,7 +37,6 @@ def write_atomically(path: Path, run_dir: Path, size: int, min_free: int, write_
     read-only directory, a full disk, a race: caches are optional). Shared by these small files and
     the readers' Arrow copies (:mod:`.scan_cache`).
     """
-    tmp: Path | None = None
     try:
         if run_dir.stat().st_uid != os.geteuid():
             return False
@@ -44,16 +44,8 @@ def write_atomically(path: Path, run_dir: Path, size: int, min_free: int, write_
         if st.f_bavail * st.f_frsize < min_free + 2 * size:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        write_to(tmp)
-        os.replace(tmp, path)
-        return True
+        return write_file_atomically(path, write_to, durable=False)
     except Exception:  # noqa: BLE001 - the cache is optional
-        if tmp is not None:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
         return False
 
 

@@ -2,9 +2,16 @@
 
 A run directory holds, per writer (the whole run, or shard K of N with the suffix
 ``.shard-K-of-N``): ``results<sfx>.jsonl`` (the ledger), ``calls<sfx>.jsonl`` (the turn cache of
-multi-turn tasks), ``resume_state<sfx>.json``, ``status<sfx>.json`` with its reserve
-``.status<sfx>.json.reserve``, the writer lock ``.lock<sfx>`` and its ``.lock<sfx>.owner``; and once
-per run ``manifest.json``, the shared ``.lock.run`` and the readers' ``.cache/`` directory.
+multi-turn tasks), ``resume_state<sfx>.json``, ``errors<sfx>.log``, ``status<sfx>.json`` with its
+reserve ``.status<sfx>.json.reserve``, the writer lock ``.lock<sfx>`` and its ``.lock<sfx>.owner``;
+and once per run ``manifest.json``, the shared ``.lock.run`` and the readers' ``.cache/`` directory.
+
+What repairs leave behind is named here too: ``<file>.corrupt-<timestamp>`` (bytes moved out of a
+file, never deleted), ``.<file>.clean-<timestamp>.tmp`` (the garbage-line rewrite before its
+rename), and, beside the run directory, ``<run_id>.old-<timestamp>`` (a run moved aside by
+``--overwrite``). Timestamps are :func:`evalledger.fsio.file_timestamp`'s.
+
+Changing any name here orphans the files of existing run directories: the names are a file format.
 """
 
 from __future__ import annotations
@@ -19,7 +26,19 @@ MANIFEST = "manifest.json"
 RUN_LOCK = ".lock.run"
 #: Derived data (indexes, columnar copies) that can always be rebuilt from the run's files.
 CACHE_DIR = ".cache"
+#: (stem, extension) of each per-writer file: ``<stem><sfx>.<ext>``.
 RESULTS, CALLS, RESUME_STATE, STATUS = ("results", "jsonl"), ("calls", "jsonl"), ("resume_state", "json"), ("status", "json")
+ERRORS = ("errors", "log")
+
+_LOCK = ".lock"
+_OWNER = ".owner"
+#: :func:`evalledger.fsio.file_timestamp`, e.g. ``20261123T155936.123456Z``.
+STAMP_PATTERN = r"\d{8}T\d{6}\.\d{6}Z"
+_CORRUPT_RE = re.compile(rf"\.corrupt-{STAMP_PATTERN}$")
+_MOVED_ASIDE_RE = re.compile(rf"^(?P<run_id>.+)\.old-(?P<stamp>{STAMP_PATTERN})$")
+#: :func:`shard_suffix` read back: groups K and N.
+_SUFFIX_PATTERN = r"\.shard-(\d+)-of-(\d+)"
+_LOCK_RE = re.compile(rf"^{re.escape(_LOCK)}(?:{_SUFFIX_PATTERN})?$")
 
 
 def shard_suffix(shard: tuple[int, int] | None) -> str:
@@ -27,9 +46,15 @@ def shard_suffix(shard: tuple[int, int] | None) -> str:
     return "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
 
 
-@functools.lru_cache(maxsize=None)
+def shard_name(kind: tuple[str, str], shard: tuple[int, int] | None) -> str:
+    """The file name of one writer's file of a kind (:data:`RESULTS`, :data:`CALLS`, ...)."""
+    stem, ext = kind
+    return f"{stem}{shard_suffix(shard)}.{ext}"
+
+
+@functools.cache
 def _shard_name_re(stem: str, ext: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(stem)}(?:\.shard-(\d+)-of-(\d+))?\.{re.escape(ext)}$")
+    return re.compile(rf"^{re.escape(stem)}(?:{_SUFFIX_PATTERN})?\.{re.escape(ext)}$")
 
 
 def shard_in_name(name: str, stem: str, ext: str) -> tuple[int, int] | None | bool:
@@ -56,11 +81,34 @@ def calls_files(run_dir: Path) -> list[Path]:
     return shard_files(run_dir, *CALLS)
 
 
+def resume_state_files(run_dir: Path) -> list[Path]:
+    """Every resume state of a run (one per writer that checkpointed), sorted."""
+    return shard_files(run_dir, *RESUME_STATE)
+
+
+def status_files(run_dir: Path) -> list[Path]:
+    """Every status marker in a run directory, in a stable order."""
+    return shard_files(run_dir, *STATUS)
+
+
 def shard_of_file(path: Path) -> tuple[int, int] | None:
     """The shard of a results file (None: unsharded, or not a results file)."""
     return shard_in_name(path.name, *RESULTS) or None
 
 
+def shard_of_status(path: Path) -> tuple[int, int] | None:
+    """The shard of a status marker (None: unsharded, or not a marker)."""
+    return shard_in_name(path.name, *STATUS) or None
+
+
+def shard_of_resume_state(path: Path) -> tuple[int, int] | None:
+    """The shard of a resume state file (None: unsharded, or not a resume state)."""
+    return shard_in_name(path.name, *RESUME_STATE) or None
+
+
+def is_results_name(name: str) -> bool:
+    """Whether a file of this name in a run directory is read as one of its results files."""
+    return shard_in_name(name, *RESULTS) is not False
 
 
 @dataclass(frozen=True)
@@ -76,19 +124,29 @@ class RunPaths:
 
     @property
     def results(self) -> Path:
-        return self.run_dir / f"results{self.suffix}.jsonl"
+        return self.run_dir / shard_name(RESULTS, self.shard)
 
     @property
     def calls(self) -> Path:
-        return self.run_dir / f"calls{self.suffix}.jsonl"
+        return self.run_dir / shard_name(CALLS, self.shard)
 
     @property
     def resume_state(self) -> Path:
-        return self.run_dir / f"resume_state{self.suffix}.json"
+        return self.run_dir / shard_name(RESUME_STATE, self.shard)
+
+    @property
+    def errors(self) -> Path:
+        """The human-readable error log; per writer, so shards on different machines never share one."""
+        return self.run_dir / shard_name(ERRORS, self.shard)
 
     @property
     def status(self) -> Path:
-        return self.run_dir / f"status{self.suffix}.json"
+        return self.run_dir / shard_name(STATUS, self.shard)
+
+    @property
+    def status_reserve(self) -> Path:
+        """The pre-allocated file the final status marker is written into (see :mod:`evalledger.ledger.status`)."""
+        return self.run_dir / f".{self.status.name}.reserve"
 
     @property
     def lock(self) -> Path:
@@ -97,6 +155,11 @@ class RunPaths:
     @property
     def owner(self) -> Path:
         return owner_path(self.lock)
+
+    @property
+    def run_lock(self) -> Path:
+        """The run-wide lock, shared by every writer of the run."""
+        return self.run_dir / RUN_LOCK
 
     @property
     def manifest(self) -> Path:
@@ -110,17 +173,64 @@ class RunPaths:
 
 def lock_name(shard: tuple[int, int] | None) -> str:
     """The writer lock's file name: ``.lock`` or ``.lock.shard-K-of-N``."""
-    return f".lock{shard_suffix(shard)}"
+    return f"{_LOCK}{shard_suffix(shard)}"
+
+
+def shard_of_lock(name: str) -> tuple[int, int] | None | bool:
+    """For a writer lock's file name: None (``.lock``) or (K, N) (``.lock.shard-K-of-N``). False
+    for anything else (``.lock.run``, an owner file)."""
+    m = _LOCK_RE.match(name)
+    if not m:
+        return False
+    return None if m.group(1) is None else (int(m.group(1)), int(m.group(2)))
 
 
 def owner_path(lock: Path) -> Path:
     """The file beside a lock that names its holder."""
-    return lock.with_name(lock.name + ".owner")
+    return lock.with_name(lock.name + _OWNER)
 
 
 def writer_locks(run_dir: Path) -> list[Path]:
-    """The per-writer lock files present in a run directory (not ``.lock.run``, not owner files)."""
-    return [p for p in sorted(Path(run_dir).glob(".lock*")) if not p.name.endswith(".owner") and p.name != RUN_LOCK]
+    """The per-writer lock files present in a run directory (not ``.lock.run``, not owner files), sorted."""
+    return [p for p in sorted(Path(run_dir).glob(f"{_LOCK}*")) if shard_of_lock(p.name) is not False]
+
+
+def shard_owner_files(run_dir: Path) -> list[Path]:
+    """The owner files of the shard writers' locks present in a run directory, sorted."""
+    return [p for p in sorted(Path(run_dir).glob(f"{_LOCK}*{_OWNER}"))
+            if shard_of_lock(p.name[:-len(_OWNER)]) not in (False, None)]
+
+
+def corrupt_aside(path: Path, stamp: str, kind: str = "corrupt") -> Path:
+    """Where bytes moved out of ``path`` go: ``<name>.corrupt-<stamp>`` (``kind`` "newer" for a
+    resume state written by a newer version, kept apart from damage)."""
+    return path.with_name(f"{path.name}.{kind}-{stamp}")
+
+
+def is_corrupt_aside(name: str) -> bool:
+    """Whether ``name`` is a ``.corrupt-<timestamp>`` file made by :func:`corrupt_aside`."""
+    return _CORRUPT_RE.search(name) is not None
+
+
+def clean_copy(path: Path, stamp: str) -> Path:
+    """The temp file the garbage-line rewrite of ``path`` writes before renaming it over ``path``."""
+    return path.with_name(f".{path.name}.clean-{stamp}.tmp")
+
+
+def stale_clean_copies(path: Path) -> list[Path]:
+    """:func:`clean_copy` files of ``path`` that a killed writer never renamed."""
+    return sorted(path.parent.glob(f".{path.name}.clean-*.tmp"))
+
+
+def moved_aside_dir(run_dir: Path, stamp: str) -> Path:
+    """Where ``--overwrite`` moves a run directory: ``<run_id>.old-<stamp>`` beside it."""
+    return run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+
+
+def moved_aside_of(name: str) -> tuple[str, str] | None:
+    """``(run_id, stamp)`` of a directory named by :func:`moved_aside_dir`; None for any other name."""
+    m = _MOVED_ASIDE_RE.match(name)
+    return None if m is None else (m.group("run_id"), m.group("stamp"))
 
 
 def is_run_dir(path: Path) -> bool:

@@ -20,17 +20,18 @@ from pathlib import Path
 import filelock
 
 from evalledger.errors import LockHeldError
+from evalledger.ledger.layout import RunPaths, shard_owner_files
 
 
 class WriterLocks:
     """The locks of one run (or shard) writer; :meth:`acquire`, then :meth:`release` (idempotent)."""
 
-    def __init__(self, run_dir: Path, shard: tuple[int, int] | None, lock_path: Path, owner_path: Path) -> None:
-        self.run_dir = run_dir
-        self.shard = shard
-        self.lock_path = lock_path
-        self.owner_path = owner_path
-        self.run_lock_path = run_dir / ".lock.run"
+    def __init__(self, paths: RunPaths) -> None:
+        self.run_dir = paths.run_dir
+        self.shard = paths.shard
+        self.lock_path = paths.lock
+        self.owner_path = paths.owner
+        self.run_lock_path = paths.run_lock
         self._lock: filelock.BaseFileLock | None = None
         self._run_lock_fd: int | None = None
 
@@ -72,12 +73,12 @@ class WriterLocks:
         except BlockingIOError:
             os.close(fd)
             if self.shard is not None:
-                who = describe_owner(self.run_dir / ".lock.owner")
+                who = describe_owner(RunPaths(self.run_dir).owner)
                 raise LockHeldError(
                     f"an unsharded run is writing {self.run_dir} right now ({who}); a shard would pay again "
                     "for the samples it is sending. Wait for it to finish or stop it."
                 ) from None
-            owners = [describe_owner(p) for p in sorted(self.run_dir.glob(".lock.shard-*.owner"))]
+            owners = [describe_owner(p) for p in shard_owner_files(self.run_dir)]
             raise LockHeldError(
                 f"shards of this run are being written right now ({'; '.join(owners) or 'another process'}): "
                 f"{self.run_dir}. An unsharded run would pay again for their samples; wait for them or stop them."

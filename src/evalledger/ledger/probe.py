@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evalledger.fsio import hostname
-from evalledger.ledger.layout import RUN_LOCK
+from evalledger.ledger.layout import RunPaths, owner_path, writer_locks
 
 
 def held_lock_inodes() -> set[tuple[int, int, int]] | None:
@@ -52,12 +52,11 @@ def lock_status(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     run_dir = Path(run_dir)
     held_inodes = held_lock_inodes()
     out: dict[str, dict[str, Any]] = {}
-    for lock in sorted(run_dir.glob(".lock*")):
-        if lock.name.endswith(".owner") or lock.name == ".lock.run":
-            continue  # .lock.run is shared by shard writers; the per-shard locks say who is writing
+    # Not the run lock: it is shared by shard writers; the per-writer locks say who is writing.
+    for lock in writer_locks(run_dir):
         owner: dict[str, Any] = {}
         try:
-            owner = json.loads(lock.with_name(lock.name + ".owner").read_text())
+            owner = json.loads(owner_path(lock).read_text())
         except (OSError, ValueError):
             pass
         held = False
@@ -95,17 +94,18 @@ def flock_held(path: Path) -> bool:
         return False
 
 
-def lock_state(lock_path: Path, owner_path: Path) -> tuple[str, dict[str, Any] | None]:
+def lock_state(lock_path: Path, owner_file: Path | None = None) -> tuple[str, dict[str, Any] | None]:
     """Whether a writer holds ``lock_path``, without taking the lock.
 
     Taking it, even for an instant, could make a task that starts at that instant fail with
     "lock held"; so this reads ``/proc/locks`` instead. Returns ``(state, owner)``: ``"held"``,
     ``"free"``, ``"held elsewhere"`` (the owner file names another host, whose locks this host
-    cannot see, e.g. on NFS), or ``"unknown"``; ``owner`` is the owner file's content if any.
+    cannot see, e.g. on NFS), or ``"unknown"``; ``owner`` is the owner file's content if any
+    (``owner_file``, by default the one beside the lock).
     """
     owner: dict[str, Any] | None = None
     try:
-        owner = json.loads(owner_path.read_text())
+        owner = json.loads((owner_path(lock_path) if owner_file is None else owner_file).read_text())
     except (OSError, ValueError):
         owner = None
     try:
@@ -126,7 +126,7 @@ def locks_held(run_dir: Path) -> dict[str, dict[str, Any]]:
     """:func:`lock_status` plus the shared ``.lock.run`` when a process holds it (what ``prune``
     must not touch)."""
     held = lock_status(run_dir)
-    run_lock = Path(run_dir) / RUN_LOCK
+    run_lock = RunPaths(Path(run_dir)).run_lock
     if run_lock.exists() and flock_held(run_lock):
-        held.setdefault(RUN_LOCK, {})
+        held.setdefault(run_lock.name, {})
     return held

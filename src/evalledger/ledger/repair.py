@@ -14,6 +14,7 @@ import filelock
 
 from evalledger.errors import LockHeldError
 from evalledger.fsio import file_timestamp, fsync_dir
+from evalledger.ledger.layout import RunPaths, clean_copy, corrupt_aside, moved_aside_dir, writer_locks
 from evalledger.ledger.lines import iter_blocks
 
 
@@ -36,7 +37,7 @@ def repair_torn_tail(path: Path) -> Path | None:
             return None
         f.seek(cut)
         tail = f.read()
-        aside = path.with_name(f"{path.name}.corrupt-{file_timestamp()}")
+        aside = corrupt_aside(path, file_timestamp())
         with open(aside, "xb") as out:
             out.write(tail)
             out.flush()
@@ -68,8 +69,8 @@ def move_garbage_lines_aside(path: Path) -> tuple[Path | None, list[int]]:
     if not bad:
         return None, []
     stamp = file_timestamp()
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    tmp = path.with_name(f".{path.name}.clean-{stamp}.tmp")
+    aside = corrupt_aside(path, stamp)
+    tmp = clean_copy(path, stamp)
     bad_set = set(bad)
     try:
         with open(path, "rb") as src, open(aside, "xb") as out_bad, open(tmp, "xb") as out_good:
@@ -113,9 +114,10 @@ def move_run_aside(run_dir: Path) -> Path:
     """
     run_dir = Path(run_dir)
     held = []
-    for lock_path in run_dir.glob(".lock*"):
-        if lock_path.name.endswith(".owner"):
-            continue
+    # Taking each lock for an instant is the test here, not a read-only probe: a writer that starts
+    # right now is refused, which is what it should be while its directory is being moved away.
+    run_lock = RunPaths(run_dir).run_lock
+    for lock_path in [*writer_locks(run_dir), *([run_lock] if run_lock.exists() else [])]:
         probe = filelock.FileLock(str(lock_path), timeout=0)
         try:
             probe.acquire()
@@ -127,7 +129,7 @@ def move_run_aside(run_dir: Path) -> Path:
         raise LockHeldError(
             f"cannot --overwrite {run_dir}: a process is writing it right now ({', '.join(held)} held); stop it first"
         )
-    aside = run_dir.with_name(f"{run_dir.name}.old-{file_timestamp()}")
+    aside = moved_aside_dir(run_dir, file_timestamp())
     os.rename(run_dir, aside)
     fsync_dir(run_dir.parent)
     return aside

@@ -1,6 +1,6 @@
-"""The ledger: one run directory, append-only JSONL results, locks (ledger_locks.py), resume state, stats.
+"""The ledger: one run directory, append-only JSONL results, locks (:mod:`evalledger.ledger.locks`), resume state.
 
-Durability rules (DESIGN promises 1 and 3):
+Durability rules (nothing acknowledged is lost; never pay twice for a completed sample):
 
 * A record is one JSON object on one line, written with a single ``write`` of whole lines and
   fsynced before :meth:`RunLedger.append_records` returns; only then does a sample count as
@@ -30,13 +30,11 @@ from typing import Any, Iterator
 
 from evalledger.errors import LedgerCorruptError
 from evalledger.fsio import file_timestamp, fsync_dir, hostname, utc_now, write_json_atomic
-
-# Re-exported: the ledger's public names live in these two modules since they were split out.
 from evalledger.ledger.files import ReadReport, iter_file_records, iter_run_records, latest_records
-from evalledger.ledger.layout import MANIFEST, calls_files, results_files, shard_suffix
+from evalledger.ledger.layout import RunPaths, calls_files, corrupt_aside, results_files, stale_clean_copies
 from evalledger.ledger.lines import iter_blocks, lead_first
-from evalledger.ledger.locks import WriterLocks, describe_owner  # noqa: F401  (describe_owner: re-exported)
-from evalledger.ledger.repair import move_garbage_lines_aside, move_run_aside, repair_torn_tail  # noqa: F401
+from evalledger.ledger.locks import WriterLocks
+from evalledger.ledger.repair import move_garbage_lines_aside, repair_torn_tail
 from evalledger.ledger.state import build_resume_state, restore_random_state, resume_state_problem
 
 
@@ -52,19 +50,18 @@ class RunLedger:
     def __init__(self, run_dir: str | Path, shard: tuple[int, int] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.shard = shard
-        sfx = shard_suffix(shard)
-        self.results_path = self.run_dir / f"results{sfx}.jsonl"
-        # The turn cache of multi-turn tasks (see sample_runner): one line per paid model call.
-        self.calls_path = self.run_dir / f"calls{sfx}.jsonl"
+        self.paths = RunPaths(self.run_dir, shard)
+        self.results_path = self.paths.results
+        # The turn cache of multi-turn tasks (see run/sample.py): one line per paid model call.
+        self.calls_path = self.paths.calls
         self._calls_fd: int | None = None
-        self.state_path = self.run_dir / f"resume_state{sfx}.json"
-        # Per shard, so shards on different machines never contend for one file.
-        self.errors_path = self.run_dir / (f"errors{sfx}.log")
-        self.lock_path = self.run_dir / f".lock{sfx}"
-        self.owner_path = self.run_dir / f".lock{sfx}.owner"
-        self.manifest_path = self.run_dir / MANIFEST
-        self._locks = WriterLocks(self.run_dir, shard, self.lock_path, self.owner_path)
-        self.run_lock_path = self._locks.run_lock_path
+        self.state_path = self.paths.resume_state
+        self.errors_path = self.paths.errors
+        self.lock_path = self.paths.lock
+        self.owner_path = self.paths.owner
+        self.manifest_path = self.paths.manifest
+        self.run_lock_path = self.paths.run_lock
+        self._locks = WriterLocks(self.paths)
         self._fd: int | None = None
         self._size = 0
         self._synced_size = 0  # bytes of results.jsonl known to be on disk (fsynced)
@@ -124,7 +121,7 @@ class RunLedger:
         # A cleaned copy that a killed writer never renamed holds a subset of the results file's
         # lines (the original is only replaced by the rename), so dropping it loses nothing. We
         # hold the lock: no live writer of this file can own one.
-        for stale in self.run_dir.glob(f".{self.results_path.name}.clean-*.tmp"):
+        for stale in stale_clean_copies(self.results_path):
             stale.unlink(missing_ok=True)
         aside, numbers = move_garbage_lines_aside(self.results_path)
         if aside is not None:
@@ -142,7 +139,7 @@ class RunLedger:
         if state is not None or not self.state_path.exists():
             return
         kind = "newer" if problem and "newer" in problem else "corrupt"
-        aside = self.state_path.with_name(f"{self.state_path.name}.{kind}-{file_timestamp()}")
+        aside = corrupt_aside(self.state_path, file_timestamp(), kind)
         try:
             data = self.state_path.read_bytes()
             with open(aside, "xb") as out:

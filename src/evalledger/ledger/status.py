@@ -30,7 +30,7 @@ from typing import Any
 
 from evalledger.errors import DiskSpaceError, EvalLedgerError
 from evalledger.fsio import fsync_dir, hostname, sha256_file, utc_now, write_bytes_atomic
-from evalledger.ledger.layout import shard_files, shard_in_name, shard_suffix
+from evalledger.ledger.layout import RunPaths, lock_name, shard_of_status, status_files
 from evalledger.ledger.probe import lock_status
 
 log = logging.getLogger(__name__)
@@ -53,20 +53,6 @@ _FROM_SUMMARY = {
     "disk": (INTERRUPTED, "disk"),
     "fatal": (INTERRUPTED, "fatal"),
 }
-
-
-def status_path(run_dir: Path, shard: tuple[int, int] | None) -> Path:
-    """The marker of a run (``shard`` None) or of one shard."""
-    return Path(run_dir) / f"status{shard_suffix(shard)}.json"
-
-
-def status_files(run_dir: Path) -> list[Path]:
-    """Every status marker in a run directory, in a stable order."""
-    return shard_files(run_dir, "status", "json")
-
-
-def shard_of_status(path: Path) -> tuple[int, int] | None:
-    return shard_in_name(path.name, "status", "json") or None
 
 
 def file_fingerprint(path: Path, *, sync: bool = False, reuse: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -113,8 +99,9 @@ class StatusWriter:
         self.run_dir = Path(run_dir)
         self.shard = shard
         self.run_id = run_id
-        self.path = status_path(self.run_dir, shard)
-        self.reserve = self.run_dir / f".{self.path.name}.reserve"
+        paths = RunPaths(self.run_dir, shard)
+        self.path = paths.status
+        self.reserve = paths.status_reserve
         self.previous: dict[str, Any] | None = None
         self._started_at: str | None = None
         self._warned = False
@@ -319,7 +306,7 @@ def marker_state(run_dir: Path, path: Path, held: dict[str, dict[str, Any]] | No
     state = doc["state"]
     if state == RUNNING:
         held = lock_status(run_dir) if held is None else held
-        if f".lock{shard_suffix(shard)}" not in held:
+        if lock_name(shard) not in held:
             # Re-read: the writer may have finished between our two reads.
             again = read_status(path)
             if again is not None and again.get("state") != RUNNING:
@@ -390,5 +377,5 @@ def run_lifecycle(run_dir: str | Path, held: dict[str, dict[str, Any]] | None = 
 __all__ = [
     "COMPLETE", "INCOMPLETE", "INTERRUPTED", "PROCESS_GONE", "RUNNING", "UNKNOWN",
     "MarkerState", "RunLifecycle", "StatusWriter", "file_fingerprint", "marker_state", "read_status",
-    "run_lifecycle", "status_files", "status_path",
+    "run_lifecycle",
 ]

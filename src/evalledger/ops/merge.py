@@ -14,7 +14,16 @@ from typing import Any
 from evalledger.datasets import shard_of
 from evalledger.errors import UsageError
 from evalledger.fsio import write_bytes_atomic
-from evalledger.ledger import iter_file_records, lock_state, results_files, shard_of_file
+from evalledger.ledger import (
+    is_results_name,
+    iter_file_records,
+    lock_state,
+    results_files,
+    shard_of_file,
+    shard_of_lock,
+    shard_suffix,
+    writer_locks,
+)
 from evalledger.ops.status import expected_sample_ids
 
 __all__ = ["MergeReport", "merge_run"]
@@ -58,7 +67,7 @@ def merge_run(run_dir: Path, output: Path, *, allow_incomplete: bool = False) ->
     """
     run_dir = Path(run_dir)
     output = Path(output)
-    if output.resolve().parent == run_dir.resolve() and (output.name.startswith("results") and output.name.endswith(".jsonl")):
+    if output.resolve().parent == run_dir.resolve() and is_results_name(output.name):
         raise UsageError(f"-o {output}: that name is read as a results file of the run; write the merge elsewhere")
     expected = expected_sample_ids(run_dir)
     universe = set(expected)
@@ -85,12 +94,11 @@ def merge_run(run_dir: Path, output: Path, *, allow_incomplete: bool = False) ->
     errors_only = [sid for sid in missing if sid in latest_any]
     extra = sorted(sid for sid in best if sid not in universe)
     writers = []
-    for lock in sorted(run_dir.glob(".lock*")):
-        if lock.name.endswith(".owner") or lock.name == ".lock.run":
-            continue
-        state, _ = lock_state(lock, lock.with_name(lock.name + ".owner"))
+    for lock in writer_locks(run_dir):
+        state, _ = lock_state(lock)
         if state in ("held", "held elsewhere"):
-            writers.append(lock.name.removeprefix(".lock.") if lock.name != ".lock" else "unsharded")
+            shard = shard_of_lock(lock.name)
+            writers.append(shard_suffix(shard).removeprefix(".") if shard else "unsharded")
     report = MergeReport(run_id=run_dir.name, output=None, written=0, expected=len(expected),
                          files=[p.name for p in files], ok_records=ok_records,
                          duplicates_dropped=ok_records - len(best), missing=missing, errors_only=errors_only,

@@ -29,11 +29,19 @@ from typing import Any
 
 from evalledger.errors import UsageError
 from evalledger.fsio import dir_size, file_timestamp, fsync_dir
-from evalledger.ledger import MANIFEST, iter_file_records, locks_held, parse_record_line, results_files
+from evalledger.ledger import (
+    STAMP_PATTERN,
+    is_corrupt_aside,
+    is_run_dir,
+    iter_file_records,
+    locks_held,
+    moved_aside_of,
+    parse_record_line,
+    results_files,
+)
 
-_OLD_RE = re.compile(r"^(?P<run_id>.+)\.old-(?P<stamp>\d{8}T\d{6}\.\d{6}Z)$")
-_PRUNING_RE = re.compile(r"^\.(?P<name>.+)\.pruning-\d{8}T\d{6}\.\d{6}Z$")
-_CORRUPT_RE = re.compile(r"\.corrupt-\d{8}T\d{6}\.\d{6}Z$")
+# A directory execute_prune renamed before deleting it (only prune makes and reads these).
+_PRUNING_RE = re.compile(rf"^\.(?P<name>.+)\.pruning-{STAMP_PATTERN}$")
 
 
 @dataclass
@@ -119,8 +127,10 @@ def _age_days(path: Path, now: float) -> float:
         return 0.0
 
 
-def _is_run_dir(d: Path) -> bool:
-    return (d / MANIFEST).exists() or bool(results_files(d))
+def _is_copy_of(name: str, run_id: str) -> bool:
+    """Whether ``name`` is a moved-aside copy of run ``run_id``."""
+    aside = moved_aside_of(name)
+    return aside is not None and aside[0] == run_id
 
 
 def plan_prune(output_dir: str | Path, *, keep: int = 1, older_than_days: float | None = None,
@@ -172,15 +182,15 @@ class _Planner:
         for d in sorted(self.plan.output_dir.iterdir()):
             if d.is_symlink() or not d.is_dir():
                 continue
-            m = _OLD_RE.match(d.name)
-            if m:
-                if run_id is None or m.group("run_id") == run_id:
-                    old.setdefault(m.group("run_id"), []).append(d)
-            elif (pm := _PRUNING_RE.match(d.name)) and (run_id is None or pm.group("name").startswith(run_id + ".old-")):
+            aside = moved_aside_of(d.name)
+            if aside:
+                if run_id is None or aside[0] == run_id:
+                    old.setdefault(aside[0], []).append(d)
+            elif (pm := _PRUNING_RE.match(d.name)) and (run_id is None or _is_copy_of(pm.group("name"), run_id)):
                 # A directory a killed prune had already started to delete: finish the job.
                 self.plan.remove.append(PruneItem(d, "interrupted prune", pm.group("name"), dir_size(d),
                                                   _age_days(d, self.now)))
-            elif _is_run_dir(d) and (run_id is None or d.name == run_id):
+            elif is_run_dir(d) and (run_id is None or d.name == run_id):
                 live[d.name] = d
         return live, old
 
@@ -188,7 +198,7 @@ class _Planner:
         """Keep the newest ``keep`` copies, locked and young ones; remove the others, oldest first,
         as long as every ok record each holds survives in a copy that stays or in the live run."""
         plan, keep = self.plan, self.keep
-        copies.sort(key=lambda p: _OLD_RE.match(p.name).group("stamp"), reverse=True)  # newest first
+        copies.sort(key=lambda p: moved_aside_of(p.name)[1], reverse=True)  # newest first
         stays = copies[:keep]
         for c in stays:
             plan.kept.append(KeptItem(c, "old run", f"one of the newest {keep} old cop{'y' if keep == 1 else 'ies'} of {rid}",
@@ -225,7 +235,7 @@ class _Planner:
         """The ``.corrupt-*`` files of run directory ``d``: removed unless its run is being written,
         they are young, or one holds an ok record the run's results lack."""
         plan = self.plan
-        leftovers = sorted(p for p in d.iterdir() if _CORRUPT_RE.search(p.name) and not p.is_symlink())
+        leftovers = sorted(p for p in d.iterdir() if is_corrupt_aside(p.name) and not p.is_symlink())
         if not leftovers:
             return
         held = locks_held(d)
@@ -237,7 +247,8 @@ class _Planner:
             if self.young(p):
                 plan.kept.append(KeptItem(p, "corrupt leftover", f"younger than {self.older_than_days:g} days"))
                 continue
-            lost = _ok_ids_in_leftover(p) if p.name.startswith(("results", "calls")) else set()
+            # Every leftover is read, whatever file it came from: an ok record line in one must not be lost.
+            lost = _ok_ids_in_leftover(p)
             if lost:
                 ok_here = _ok_ids(d) if ok_here is None else ok_here
                 lost -= ok_here
@@ -245,7 +256,7 @@ class _Planner:
                 plan.kept.append(KeptItem(p, "corrupt leftover", f"holds an ok record found nowhere else "
                                                                  f"({len(lost)} sample(s), e.g. {sorted(lost)[0]})"))
                 continue
-            rid = _OLD_RE.match(d.name).group("run_id") if _OLD_RE.match(d.name) else d.name
+            rid = aside[0] if (aside := moved_aside_of(d.name)) else d.name
             plan.remove.append(PruneItem(p, "corrupt leftover", rid, dir_size(p), _age_days(p, self.now)))
 
 

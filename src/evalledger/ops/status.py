@@ -24,9 +24,11 @@ from evalledger.ledger import (
     lock_state,
     marker_state,
     results_files,
+    resume_state_files,
     run_lifecycle,
     shard_of_file,
-    status_path,
+    shard_of_lock,
+    writer_locks,
 )
 from evalledger.ops.slurm import read_submissions
 from evalledger.ops.verify import run_dataset_ids
@@ -163,8 +165,7 @@ def _shard_count(run_dir: Path, requested: int | None) -> int | None:
     if subs:
         return subs[-1].shards
     seen = {sh[1] for p in results_files(run_dir) if (sh := shard_of_file(p)) is not None}
-    seen |= {int(p.name.rsplit("-of-", 1)[1]) for p in run_dir.glob(".lock.shard-*-of-*")
-             if not p.name.endswith(".owner") and p.name.rsplit("-of-", 1)[1].isdigit()}
+    seen |= {sh[1] for p in writer_locks(run_dir) if (sh := shard_of_lock(p.name))}
     if len(seen) > 1:
         raise UsageError(f"{run_dir} has shard files for several shard counts ({', '.join(map(str, sorted(seen)))}); "
                          "pick one with --shards N")
@@ -214,7 +215,7 @@ def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float
                                     slurm_states.get(k), stalled_after, now) for k in range(1, n + 1)]
     done_all = len(ok_ids & universe) if universe is not None else len(ok_ids)
     errors_all = len(err_ids & universe) if universe is not None else len(err_ids)
-    all_files = [*results_files(run_dir), *run_dir.glob("resume_state*.json")]
+    all_files = [*results_files(run_dir), *resume_state_files(run_dir)]
     life = run_lifecycle(run_dir)
     return RunStatus(
         run_id=run_dir.name,
@@ -264,7 +265,7 @@ def _shard_status(run_dir: Path, shard: tuple[int, int], mine: set[str], known: 
         state = "stopped"  # it started once, and nobody writes it now
     else:
         state = "missing"
-    marker = marker_state(run_dir, status_path(run_dir, shard))
+    marker = marker_state(run_dir, cm.paths.status)
     return ShardStatus(shard=k, shards=n, total=shard_total, done=done, errors=len(mine & err_ids),
                        records=report.lines, last_activity=_iso(last),
                        idle_seconds=None if last is None else max(0.0, now - last), lock=lock, owner=owner,

@@ -29,6 +29,7 @@ from evalledger.errors import DatasetError, EvalLedgerError, LedgerCorruptError,
 from evalledger.ledger import (
     COMPLETE,
     RunLedger,
+    RunPaths,
     calls_files,
     file_fingerprint,
     lock_status,
@@ -37,11 +38,11 @@ from evalledger.ledger import (
     read_status,
     repair_torn_tail,
     results_files,
-    shard_files,
-    shard_in_name,
+    resume_state_files,
     shard_of_file,
+    shard_of_lock,
+    shard_of_resume_state,
     shard_of_status,
-    shard_suffix,
     status_files,
 )
 from evalledger.readers import resolve_run_dir
@@ -159,8 +160,10 @@ def _live_files(run_dir: Path) -> set[str]:
 
     live: set[str] = set()
     for lock in lock_status(run_dir):
-        sfx = lock[len(".lock"):]
-        live |= {f"results{sfx}.jsonl", f"calls{sfx}.jsonl"}
+        shard = shard_of_lock(lock)
+        if shard is not False:
+            paths = RunPaths(run_dir, shard)
+            live |= {paths.results.name, paths.calls.name}
     return live
 
 
@@ -275,9 +278,8 @@ def _check_shards(seen: _Seen, report: VerifyReport) -> None:
 
 
 def _check_states(run_dir: Path, report: VerifyReport) -> None:
-    for p in shard_files(run_dir, "resume_state", "json"):
-        shard = shard_in_name(p.name, "resume_state", "json") or None
-        state, problem = RunLedger(run_dir, shard).read_resume_state()
+    for p in resume_state_files(run_dir):
+        state, problem = RunLedger(run_dir, shard_of_resume_state(p)).read_resume_state()
         if state is None and problem:
             report.findings.append(Finding("bad_resume_state", f"{problem} (the next run rebuilds it from the "
                                                                "results; nothing is lost)", p.name))
@@ -331,13 +333,13 @@ def _check_dataset(run_dir: Path, manifest: dict[str, Any], seen: _Seen,
     layouts = {k[1] for k in markers if k is not None} | {sh[1] for p in results_files(run_dir)
                                                             if (sh := shard_of_file(p)) is not None}
     # Markers that say complete although one of their samples has no ok record.
-    claims = [f"status{shard_suffix(k)}.json" for k, d in markers.items() if d.get("state") == COMPLETE
+    claims = [RunPaths(run_dir, k).status.name for k, d in markers.items() if d.get("state") == COMPLETE
               and any(k is None or shard_of(sid, k[1]) == k[0] for sid in missing)]
     text = f"{len(missing)} of {len(selection)} sample(s) have no ok record: {_examples(missing)}"
     if len(layouts) == 1 and None not in markers:
         n = layouts.pop()
         by_shard = Counter(shard_of(sid, n) for sid in missing)
-        never = [k for k in sorted(by_shard) if not (run_dir / f"results.shard-{k}-of-{n}.jsonl").exists()]
+        never = [k for k in sorted(by_shard) if not RunPaths(run_dir, (k, n)).results.exists()]
         text += "; by shard: " + ", ".join(f"{k}/{n}: {c}" for k, c in sorted(by_shard.items()))
         if never:
             text += f" (shard{'s' if len(never) > 1 else ''} {', '.join(map(str, never))} never ran)"

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from evalledger.errors import UsageError
-from evalledger.ledger import is_run_dir
+from evalledger.ledger import is_run_dir, moved_aside_of
 
 
 def run_dirs(output_dir: str | Path) -> list[Path]:
@@ -17,7 +17,7 @@ def run_dirs(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    return [d for d in sorted(root.iterdir()) if ".old-" not in d.name and is_run_dir(d)]
+    return [d for d in sorted(root.iterdir()) if moved_aside_of(d.name) is None and is_run_dir(d)]
 
 
 DEFAULT_OUTPUT_DIR = "outputs"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from evalledger.errors import LedgerCorruptError
-from evalledger.ledger import RunLedger
+from evalledger.ledger import RunLedger, RunPaths
 
 
 @dataclass
@@ -68,7 +68,7 @@ def read_manifest_facts(run_dir: str | Path) -> ManifestFacts:
         ids_not_in_dataset=frozenset(i for i in foreign if type(i) is str),
     )
     if problems:
-        facts.problem = f"{Path(run_dir) / 'manifest.json'}: " + "; ".join(problems) + " (read as unknown)"
+        facts.problem = f"{RunPaths(Path(run_dir)).manifest}: " + "; ".join(problems) + " (read as unknown)"
     return facts
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from evalledger.errors import UsageError
-from evalledger.ledger import parse_record_line, results_files
+from evalledger.ledger import parse_record_line, results_files, shard_of_file
 from evalledger.readers.manifest import ManifestFacts, read_manifest_facts
 from evalledger.records import BILLED_COST_COLUMN, total_cost
 
@@ -163,8 +163,8 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
     tables = []
     lasts = []
     for fi, path in enumerate(files):
-        m = path.name[len("results."):-len(".jsonl")] if path.name != "results.jsonl" else ""
-        fs = FileSummary(name=path.name, shard=m.replace("shard-", "").replace("-of-", "/") or None)
+        sh = shard_of_file(path)
+        fs = FileSummary(name=path.name, shard=None if sh is None else f"{sh[0]}/{sh[1]}")
         scan.file_summaries.append(fs)
         table, sums, lines, partial, fs.from_cache = _scan_file(path)
         scan.records_read += lines

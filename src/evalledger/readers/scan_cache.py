@@ -113,7 +113,7 @@ def save(results: Path, f: IO[bytes], st: os.stat_result, cached: CachedFile) ->
 def _remove_stale_tmp(directory: Path) -> None:
     """Temporary files of readers that were killed while writing a copy (older than an hour)."""
     now = time.time()
-    for p in directory.glob(".*.tmp-*"):
+    for p in directory.glob(".*.tmp"):
         try:
             if now - p.stat().st_mtime > STALE_TMP_S:
                 p.unlink()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalledger.fsio import dir_size
-from evalledger.ledger import calls_bill, lock_status, run_lifecycle
+from evalledger.ledger import calls_bill, lock_name, lock_status, resume_state_files, run_lifecycle, shard_of_file
 from evalledger.readers.frames import frame_from_scan
 from evalledger.readers.scan import RunScan, scan_run
 from evalledger.records import CORRECT_AFTER, CORRECT_BEFORE, STATS_COLUMNS, TRANSITION, TRANSITIONS, total_cost
@@ -174,7 +174,7 @@ def _checkpoint_times(run_dir: Path) -> list[str]:
     """The ``last_checkpoint`` times of the run's resume states (any JSON may be there: only a
     string time is one)."""
     times = []
-    for p in run_dir.glob("resume_state*.json"):
+    for p in resume_state_files(run_dir):
         try:
             state = json.loads(p.read_bytes())
         except (OSError, ValueError):
@@ -188,10 +188,10 @@ def _shards(scan: RunScan, locks: Any) -> dict[str, dict[str, Any]]:
     """Per results file (``all`` for the unsharded one): its counts and whether its writer runs."""
     shards = {}
     for fs in scan.file_summaries:
-        lock_name = ".lock" if fs.shard is None else f".lock.shard-{fs.shard.replace('/', '-of-')}"
+        lock = lock_name(shard_of_file(Path(fs.name)))
         shards[fs.shard or "all"] = {"file": fs.name, "ok": fs.ok_count(scan.manifest.ids_not_in_dataset),
                                      "error_records": fs.error_records, "records": fs.records,
-                                     "last_finished": fs.last_finished, "running": lock_name in locks}
+                                     "last_finished": fs.last_finished, "running": lock in locks}
     return shards
 
 
