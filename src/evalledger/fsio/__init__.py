@@ -10,9 +10,11 @@ from evalledger.fsio.atomic import (
     file_timestamp,
     fsync_dir,
     hostname,
+    leftover_temps,
     sha256_file,
     utc_now,
     write_bytes_atomic,
+    write_file_atomically,
     write_json_atomic,
 )
 from evalledger.fsio.diskspace import (
@@ -43,6 +45,8 @@ __all__ = [
     "paused_gc",
     "sha256_file",
     "utc_now",
+    "leftover_temps",
     "write_bytes_atomic",
+    "write_file_atomically",
     "write_json_atomic",
 ]

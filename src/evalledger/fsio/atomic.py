@@ -76,6 +76,13 @@ def write_file_atomically(path: Path, write_to: Callable[[Path], None], *, durab
         tmp.unlink(missing_ok=True)
 
 
+def leftover_temps(path: Path) -> list[Path]:
+    """Temporary files that :func:`write_file_atomically` left beside ``path`` when its process was
+    killed mid-write (``path`` may be a directory's ``*``: every target in it)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably (see :func:`write_file_atomically`)."""
     write_file_atomically(path, lambda tmp: tmp.write_bytes(data))

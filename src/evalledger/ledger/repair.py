@@ -13,7 +13,7 @@ from typing import Any
 import filelock
 
 from evalledger.errors import LockHeldError
-from evalledger.fsio import file_timestamp, fsync_dir
+from evalledger.fsio import file_timestamp, fsync_dir, write_file_atomically
 from evalledger.ledger.layout import RunPaths, clean_copy, corrupt_aside, moved_aside_dir, writer_locks
 from evalledger.ledger.lines import iter_blocks
 
@@ -70,9 +70,9 @@ def move_garbage_lines_aside(path: Path) -> tuple[Path | None, list[int]]:
         return None, []
     stamp = file_timestamp()
     aside = corrupt_aside(path, stamp)
-    tmp = clean_copy(path, stamp)
     bad_set = set(bad)
-    try:
+
+    def split(tmp: Path) -> None:
         with open(path, "rb") as src, open(aside, "xb") as out_bad, open(tmp, "xb") as out_good:
             os.chmod(tmp, os.fstat(src.fileno()).st_mode & 0o777)
             for number, raw in enumerate(src, start=1):
@@ -83,13 +83,9 @@ def move_garbage_lines_aside(path: Path) -> tuple[Path | None, list[int]]:
             out_bad.flush()
             os.fsync(out_bad.fileno())
             fsync_dir(path.parent)  # the aside file exists for good before the results shrink
-            out_good.flush()
-            os.fsync(out_good.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the original is untouched until the rename
-        raise
-    fsync_dir(path.parent)
+
+    # The original is untouched until the clean copy, fsynced, is renamed over it.
+    write_file_atomically(path, split, tmp=clean_copy(path, stamp))
     return aside, bad
 
 

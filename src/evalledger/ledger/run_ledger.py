@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from evalledger.errors import LedgerCorruptError
-from evalledger.fsio import file_timestamp, fsync_dir, hostname, utc_now, write_json_atomic
+from evalledger.fsio import file_timestamp, fsync_dir, hostname, leftover_temps, utc_now, write_json_atomic
 from evalledger.ledger.files import ReadReport, iter_file_records, iter_run_records, latest_records
 from evalledger.ledger.layout import RunPaths, calls_files, corrupt_aside, results_files, stale_clean_copies
 from evalledger.ledger.lines import iter_blocks, lead_first
@@ -90,7 +90,7 @@ class RunLedger:
             owner = {"pid": os.getpid(), "host": hostname(), "since": utc_now(), "shard": self.shard}
             write_json_atomic(self.owner_path, owner)
             # Temp files of atomic writes cut short by a crash; we hold the lock, so none is live.
-            for stale in self.run_dir.glob(f".{self.state_path.name}.*.tmp"):
+            for stale in leftover_temps(self.state_path):
                 stale.unlink(missing_ok=True)
             self.repaired_tail = repair_torn_tail(self.results_path)
             self._repair_garbage_lines()

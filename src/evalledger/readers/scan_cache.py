@@ -34,8 +34,7 @@ from typing import IO
 
 import pyarrow as pa
 
-from evalledger.fsio import cachefile
-from evalledger.fsio.cachefile import fingerprint
+from evalledger.fsio import cachefile, leftover_temps
 from evalledger.ledger.layout import RunPaths
 from evalledger.readers.scan_batch import SCHEMA, BatchSums
 
@@ -78,7 +77,7 @@ def load(results: Path, f: IO[bytes], st: os.stat_result) -> CachedFile | None:
                 or meta["ino"] != st.st_ino or not 0 <= end <= st.st_size
                 or not reader.schema.remove_metadata().equals(SCHEMA)):
             return None
-        if meta["fingerprint"] != fingerprint(f, end):
+        if meta["fingerprint"] != cachefile.fingerprint(f, end):
             return None
         table = reader.read_all().replace_schema_metadata(None)
         return CachedFile(table=table, sums=BatchSums(**meta["sums"]), end=end)
@@ -101,7 +100,7 @@ def save(results: Path, f: IO[bytes], st: os.stat_result, cached: CachedFile) ->
     def write_to(tmp: Path) -> None:
         _remove_stale_tmp(tmp.parent)
         meta = {"format": FORMAT, "source": results.name, "dev": st.st_dev, "ino": st.st_ino, "end": cached.end,
-                "fingerprint": fingerprint(f, cached.end), "sums": asdict(cached.sums)}
+                "fingerprint": cachefile.fingerprint(f, cached.end), "sums": asdict(cached.sums)}
         schema = SCHEMA.with_metadata({"evalledger": json.dumps(meta)})
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             writer.write_table(cached.table.cast(schema))
@@ -113,7 +112,7 @@ def save(results: Path, f: IO[bytes], st: os.stat_result, cached: CachedFile) ->
 def _remove_stale_tmp(directory: Path) -> None:
     """Temporary files of readers that were killed while writing a copy (older than an hour)."""
     now = time.time()
-    for p in directory.glob(".*.tmp"):
+    for p in leftover_temps(directory / "*"):
         try:
             if now - p.stat().st_mtime > STALE_TMP_S:
                 p.unlink()
