@@ -24,11 +24,10 @@ from helpers import (
     write_qa_dataset,
 )
 
-from evalledger.cli.results import list_runs
 from evalledger.config import RunConfig
 from evalledger.fsio import sha256_file
 from evalledger.ledger import PROCESS_GONE, run_lifecycle
-from evalledger.readers import get_stats
+from evalledger.readers import get_stats, list_runs
 from evalledger.run import run_experiment
 
 

@@ -14,9 +14,16 @@ from typing import Any
 import click
 
 from evalledger.cli.options import fail, output_dir_option, output_file_option
-from evalledger.errors import EvalLedgerError, UsageError
+from evalledger.errors import EvalLedgerError
 from evalledger.fsio import human_bytes
-from evalledger.readers import get_stats, jsonable, load_results, resolve_run_dir, run_dirs, run_stats, write_report
+from evalledger.readers import (
+    error_groups,
+    export_results,
+    get_stats,
+    list_runs,
+    resolve_run_dir,
+    write_report,
+)
 
 # -o names the output file where a command writes one (export, report); elsewhere it is the old
 # spelling of --output-dir.
@@ -110,22 +117,6 @@ def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
         click.echo(f"{k:<{width}}  {'-' if v is None else v}")
 
 
-def list_runs(output_dir: str | Path) -> list[dict[str, Any]]:
-    """One summary dict per run under ``output_dir`` (what ``evalledger list`` shows)."""
-    out = []
-    for d in run_dirs(output_dir):
-        s = run_stats(d)
-        out.append({
-            "run_id": s["run_id"], "model": s["model"], "dataset": s["dataset"], "task": s["task"],
-            "completed_samples": s["completed_samples"], "total_samples": s["total_samples"],
-            "error_count": s["error_count"], "accuracy": s["accuracy"], "cost_usd": s["cost_usd"],
-            "last_activity": s["last_checkpoint"], "running": s["running"],
-            "writers": [f"pid {w.get('pid')}@{w.get('host')}" for w in s["writers"].values()],
-            "state": s["state_label"], "size_bytes": s["size_bytes"],
-        })
-    return out
-
-
 @click.command(name="list")
 @_OUTPUT_DIR
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
@@ -151,36 +142,6 @@ def list_cmd(output_dir: Path, as_json: bool) -> None:
     click.echo(f"{len(runs)} run(s), {human_bytes(total)} in {output_dir}; {human_bytes(free)} free on its filesystem")
 
 
-def export_results(run: str | Path, path: str | Path, fmt: str, output_dir: str | Path = "outputs") -> int:
-    """Write ``load_results(run)`` to ``path`` as csv, parquet or jsonl; returns the row count.
-
-    Lists and dicts (a multi-turn response, a dict score) become JSON text in CSV and Parquet,
-    which need one type per column. Parquet needs pyarrow: the ``[parquet]`` extra.
-    """
-    if fmt == "parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise UsageError("--format parquet needs pyarrow: pip install 'evalledger[parquet]' "
-                             "(or use --format csv / jsonl)") from None
-    df = load_results(run, output_dir)
-    if fmt == "jsonl":
-        df.to_json(path, orient="records", lines=True, date_format="iso", force_ascii=False)
-        return len(df)
-    for col in df.columns:
-        if df[col].dtype == object:
-            df[col] = df[col].map(jsonable)
-            if fmt == "parquet":  # one Arrow type per column: mixed scalars as text
-                kinds = {type(v) for v in df[col] if v is not None}
-                if len(kinds) > 1:
-                    df[col] = df[col].map(lambda v: None if v is None else str(v))
-    if fmt == "csv":
-        df.to_csv(path, index=False)
-    else:
-        df.to_parquet(path, index=False)
-    return len(df)
-
-
 @click.command()
 @click.argument("run_ref", metavar="RUN")
 @_OUTPUT_DIR_LONG
@@ -195,25 +156,6 @@ def export(run_ref: str, output_dir: Path, fmt: str, out_path: Path | None) -> N
     except EvalLedgerError as e:
         fail(e)
     click.echo(f"wrote {n} rows to {path}", err=True)
-
-
-def error_groups(run: str | Path, output_dir: str | Path = "outputs") -> list[dict[str, Any]]:
-    """Samples whose latest record is an error, grouped by error type (largest group first)."""
-    import pandas as pd
-
-
-    df = load_results(run, output_dir, text=False)
-    df = df[df["in_dataset"].fillna(True).astype(bool)]  # as in the stats: the run's samples only
-    errs = df[(df["status"] != "ok").fillna(True).astype(bool)]
-    groups = []
-    for etype, g in errs.groupby(errs["error_type"].fillna("unknown"), sort=False):
-        first = g.iloc[0]
-        codes = sorted({int(c) for c in g["error_status_code"].dropna()})
-        groups.append({"type": str(etype), "count": len(g), "status_codes": codes,
-                       "example_sample_id": str(first["sample_id"]),
-                       "example_message": None if pd.isna(first["error_message"]) else str(first["error_message"]),
-                       "sample_ids": [str(x) for x in g["sample_id"].head(20)]})
-    return sorted(groups, key=lambda x: -x["count"])
 
 
 @click.command()

@@ -9,15 +9,19 @@ from __future__ import annotations
 from evalledger.readers.api import CheckpointManager, get_stats
 from evalledger.readers.frames import jsonable, load_results, load_runs
 from evalledger.readers.html import write_report
+from evalledger.readers.listing import error_groups, export_results, list_runs
 from evalledger.readers.locate import RunRef, note_run_dir, resolve_run_dir, run_dirs
 from evalledger.readers.stats import run_stats, wilson_interval
 
 __all__ = [
     "CheckpointManager",
+    "error_groups",
+    "export_results",
     "get_stats",
     "jsonable",
     "load_results",
     "load_runs",
+    "list_runs",
     "RunRef",
     "note_run_dir",
     "resolve_run_dir",
