@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from evalledger.providers import ErrorInfo, ErrorKind
+from evalledger.providers import ErrorInfo, ErrorKind, NetworkFault
 from evalledger.run.retry import (
     NonRetryable,
     RetriesExhausted,
@@ -141,3 +141,35 @@ def test_waits_after_rate_limits_go_through_the_rate_limit_sleep():
     assert len(slept) == 3 and all(0.05 <= s < 0.2 for s in slept), slept  # the 503's wait is a plain sleep
     gaps = [b - a for a, b in zip(calls, calls[1:])]
     assert all(g >= 0.05 for g in gaps), gaps  # every wait was slept, whichever way
+
+
+def test_a_wait_before_a_retry_ends_when_the_run_stops():
+    """``interrupt``: a sample with no answer yet does not sit out a long backoff (or Retry-After)
+    once the run has stopped; the retry is tried at once, and the caller's ``fn`` decides (the runner
+    drops the sample)."""
+
+    async def main(retry_after: float | None) -> tuple[tuple[str, int], float]:
+        stop = asyncio.Event()
+        fn, calls = script(Boom(ErrorKind.TRANSIENT, retry_after, status=429 if retry_after else 503), "ok")
+        asyncio.get_running_loop().call_later(0.1, stop.set)
+        t = time.monotonic()
+        out = await call_with_retries(fn, classify, RetryPolicy(max_attempts=3, max_wait=30.0, base=30.0),
+                                      interrupt=stop, rate_limit_sleep=asyncio.sleep)
+        return out, time.monotonic() - t
+
+    for retry_after in (None, 30.0):  # full jitter over [0, 30 s], or a 30 s Retry-After
+        out, took = asyncio.run(main(retry_after))
+        assert out == ("ok", 2) and took < 1.0, (retry_after, took)
+
+
+def test_an_endpoint_that_never_answered_is_unreachable_after_a_few_connect_failures():
+    policy = RetryPolicy(unreachable_after=3)
+    refused = ErrorInfo(ErrorKind.TRANSIENT, "APIConnectionError", "connection refused", network=NetworkFault.REFUSED)
+    slow = ErrorInfo(ErrorKind.TRANSIENT, "APITimeoutError", "timed out", network=NetworkFault.TIMEOUT)
+    assert not policy.unreachable(refused, answered=False, connect_failures=2)
+    assert policy.unreachable(refused, answered=False, connect_failures=3)
+    assert policy.unreachable(refused, answered=False, connect_failures=1, exhausted=True)
+    # once something answered there, it is an outage (retried, then the circuit breaker), never fatal
+    assert not policy.unreachable(refused, answered=True, connect_failures=50, exhausted=True)
+    # a server that accepted the connection but is slow is not unreachable
+    assert not policy.unreachable(slow, answered=False, connect_failures=50, exhausted=True)

@@ -189,7 +189,7 @@ def test_unreachable_base_url_is_fatal(tmp_path):
                        base_url=f"http://127.0.0.1:{port}/v1", api_key="k", quiet=True, max_attempts=2,
                        max_retry_wait=0.05, concurrency=1)
     s = run_experiment(config)
-    assert s.exit_code == 2 and "could not reach" in s.message
+    assert s.exit_code == 2 and f"nothing is listening at http://127.0.0.1:{port}/v1" in s.message
 
 
 def test_anthropic_provider_full_run(fake_server, tmp_path):

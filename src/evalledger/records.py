@@ -59,7 +59,7 @@ LEAD_KEYS = ("sample_id", "status", "attempts", "correct", "usage", "cost_usd", 
 #: Every top-level field a results record can have that readers know (others pass through).
 RECORD_FIELDS = LEAD_KEYS + (
     "shard", "model", "task", "input_hash", "prompt", "response", "prediction", "target", "score", "latency_s",
-    "request_ids", "error", "started_at", "finished_at", "extra",
+    "request_ids", "error", "started_at", "finished_at", "extra", "queued_s",
 )
 #: The fields of ``usage`` and, with ``cost_usd``, of ``paid``.
 TOKEN_FIELDS = ("input_tokens", "output_tokens")
@@ -74,7 +74,7 @@ CALL_FIELDS = ("sample_id", "call_key", "turn", "shard", "model", "response", "r
 # Top-level fields by the JSON type the runner writes them with (single-turn tasks; any may be null).
 STRING_FIELDS = ("sample_id", "status", "shard", "model", "task", "input_hash", "started_at", "finished_at")
 INT_FIELDS = ("attempts",)
-FLOAT_FIELDS = ("cost_usd", "latency_s")
+FLOAT_FIELDS = ("cost_usd", "latency_s", "queued_s")
 BOOL_FIELDS = ("correct", "score")  # a score is a bool from the built-in tasks; other tasks may write anything
 #: Fields that may hold any JSON value; a single-turn task writes text (a multi-turn one a list of replies).
 OBJECT_FIELDS = ("prediction", "target", "response")

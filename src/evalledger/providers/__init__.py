@@ -11,7 +11,7 @@ import os
 
 from evalledger.errors import UsageError
 from evalledger.providers.anthropic import AnthropicProvider
-from evalledger.providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
+from evalledger.providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, NetworkFault, Provider
 from evalledger.providers.local import LocalProvider
 from evalledger.providers.openai import OpenAIProvider
 
@@ -85,5 +85,5 @@ def make_provider(
     )
 
 
-__all__ = ["ChatRequest", "ChatResponse", "ErrorInfo", "ErrorKind", "Provider", "endpoint_for", "make_provider",
-           "split_model"]
+__all__ = ["ChatRequest", "ChatResponse", "ErrorInfo", "ErrorKind", "NetworkFault", "Provider", "endpoint_for",
+           "make_provider", "split_model"]

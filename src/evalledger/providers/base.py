@@ -6,6 +6,7 @@ policy is the one retry loop, driven by :class:`ErrorInfo` from :meth:`Provider.
 
 from __future__ import annotations
 
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
@@ -22,6 +23,31 @@ class ErrorKind(str, Enum):
     SAMPLE = "sample"  # this sample cannot succeed (400, content filter); error record, run continues
 
 
+class NetworkFault(str, Enum):
+    """What went wrong below HTTP when a request got no response at all (:attr:`ErrorInfo.network`)."""
+
+    REFUSED = "refused"  # nothing listens at that host and port
+    DNS = "dns"  # the host name does not resolve
+    CONNECT_TIMEOUT = "connect-timeout"  # the connection attempt itself got no answer in time
+    TIMEOUT = "timeout"  # connected, but the response did not come in time
+    LOST = "lost"  # the connection broke (reset, closed) before the response
+
+    @property
+    def cannot_connect(self) -> bool:
+        """The request never reached a server: no connection could be made."""
+        return self in (NetworkFault.REFUSED, NetworkFault.DNS, NetworkFault.CONNECT_TIMEOUT)
+
+
+#: How each fault reads in a message (``connection refused: <the transport's words>``).
+NETWORK_FAULT_TEXT = {
+    NetworkFault.REFUSED: "connection refused",
+    NetworkFault.DNS: "DNS lookup failed",
+    NetworkFault.CONNECT_TIMEOUT: "timed out connecting",
+    NetworkFault.TIMEOUT: "timed out waiting for the response",
+    NetworkFault.LOST: "connection lost",
+}
+
+
 @dataclass(frozen=True)
 class ErrorInfo:
     """A provider error, classified."""
@@ -32,10 +58,17 @@ class ErrorInfo:
     status_code: int | None = None
     retry_after: float | None = None  # seconds, from Retry-After / retry-after-ms
     request_id: str | None = None
+    #: Set when no HTTP response arrived (a connection error or a time-out): what went wrong.
+    network: NetworkFault | None = None
 
     @property
     def retryable(self) -> bool:
         return self.kind is ErrorKind.TRANSIENT
+
+    @property
+    def cannot_connect(self) -> bool:
+        """No connection could be made (refused, DNS, connect time-out): the server never saw it."""
+        return self.network is not None and self.network.cannot_connect
 
 
 @dataclass(frozen=True)
@@ -148,32 +181,43 @@ def classify_sdk_error(exc: BaseException, sdk: Any) -> ErrorInfo:
             kind = ErrorKind.SAMPLE
         return ErrorInfo(kind, etype, message, status, retry_after, getattr(exc, "request_id", None))
     if isinstance(exc, sdk.APIConnectionError):  # includes APITimeoutError
-        cause = exc.__cause__ or exc.__context__
-        detail = f" ({type(cause).__name__}: {cause})" if cause else ""
-        if isinstance(exc, sdk.APITimeoutError) and _refused(exc):
-            # The aiohttp transport reports a refused connection as a connect *timeout*; it is
-            # the same failure as httpx2's ConnectError (nothing listens there), so it is named
-            # like one: the runner stops at once when no request ever got through.
+        fault = network_fault(exc, timed_out=isinstance(exc, sdk.APITimeoutError))
+        if fault not in (NetworkFault.TIMEOUT, NetworkFault.CONNECT_TIMEOUT):
+            # The aiohttp transport reports most connection failures (refused, reset) as a connect
+            # *time-out*, and the SDK then says "Request timed out.": name them for what they are.
             etype = "APIConnectionError"
-        return ErrorInfo(ErrorKind.TRANSIENT, etype, f"{exc}{detail}")
+        cause = exc.__cause__ or exc.__context__
+        detail = str(cause) if cause is not None and str(cause) else str(exc)
+        return ErrorInfo(ErrorKind.TRANSIENT, etype, f"{NETWORK_FAULT_TEXT[fault]}: {detail}", network=fault)
     if isinstance(exc, sdk.APIResponseValidationError):
         return ErrorInfo(ErrorKind.SAMPLE, etype, str(exc))
     # Anything else from inside the SDK call (a bug, a bad response shape) is this sample's problem.
     return ErrorInfo(ErrorKind.SAMPLE, etype, str(exc) or etype)
 
 
-def _refused(exc: BaseException) -> bool:
-    """Whether a connection error was caused by a refused or failed connect, not by a time-out."""
-    seen: set[int] = set()
+def network_fault(exc: BaseException, timed_out: bool = False) -> NetworkFault:
+    """What a connection error from an SDK was, from its chain of causes (``timed_out``: the SDK
+    itself called it a time-out, which its aiohttp transport also does for refusals and resets)."""
+    chain: list[BaseException] = []
     cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ConnectionRefusedError):
-            return True
-        if isinstance(cause, TimeoutError):  # aiohttp's real connect time-out is a TimeoutError
-            return False
+    while cause is not None and all(cause is not c for c in chain):
+        chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    return False
+    if any(isinstance(c, ConnectionRefusedError) for c in chain):
+        return NetworkFault.REFUSED
+    if any(isinstance(c, socket.gaierror) for c in chain):
+        return NetworkFault.DNS
+    if any(isinstance(c, ConnectionError) for c in chain):  # reset, aborted, broken pipe
+        return NetworkFault.LOST
+    names = {type(c).__name__ for c in chain}
+    via_aiohttp = any(type(c).__module__.startswith("aiohttp") for c in chain)
+    # aiohttp's own connect time-out; httpx2's ConnectTimeout means one only without aiohttp
+    # beneath it (the aiohttp transport maps every aiohttp connection error to ConnectTimeout).
+    if "ConnectionTimeoutError" in names or ("ConnectTimeout" in names and not via_aiohttp):
+        return NetworkFault.CONNECT_TIMEOUT
+    if any(isinstance(c, TimeoutError) for c in chain) or (timed_out and not via_aiohttp):
+        return NetworkFault.TIMEOUT
+    return NetworkFault.LOST  # e.g. aiohttp's ServerDisconnectedError, reported as a time-out
 
 
 def _error_code(exc: Any) -> str | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from evalledger.errors import DiskSpaceError
 from evalledger.fsio import describe_free, disk_failure_message, is_disk_error
+from evalledger.providers import NetworkFault, endpoint_for
 
 if TYPE_CHECKING:
     from evalledger.config import RunConfig
@@ -82,9 +83,24 @@ def set_outcome(summary: RunSummary, run: "RunState", config: "RunConfig", provi
         summary.exit_code = EXIT_SIGINT if run.signal_received == signal.SIGINT else EXIT_SIGTERM
         summary.status = "interrupted"
         summary.message = f"interrupted by {signal.Signals(run.signal_received).name}: {remaining} sample(s) left"
+        if run.hard_stop:
+            summary.message += "\n" + _hard_stop_message(run)
     elif remaining:
         summary.exit_code, summary.status = EXIT_ERRORS_LEFT, "errors"
         summary.message = f"{remaining} sample(s) ended with errors (see {ledger.errors_path}); run again to retry them"
+    if run.answered_unrecorded and not run.hard_stop:  # e.g. a failed write: the lost answers are paid again
+        lost = f"{run.answered_unrecorded} answered request(s) could not be recorded; the next run pays for them again"
+        summary.message = f"{summary.message}\n  {lost}" if summary.message else lost
+
+
+def _hard_stop_message(run: "RunState") -> str:
+    """What the hard stop (second Ctrl-C, grace period over) cut short, in requests: the ones
+    still waiting for an answer, and the answered ones whose records were never written."""
+    lost = run.answered_unrecorded
+    lost_text = (f"{lost} answered request(s) were not recorded and will be paid again on resume" if lost
+                 else "no answered request was lost")
+    return (f"  the stop cancelled {run.cancelled_requests} request(s) still waiting for an answer (the provider "
+            f"may bill those it had started; resume sends them again); {lost_text}")
 
 
 def disk_space_error(e: BaseException, run_dir: Path) -> BaseException:
@@ -119,13 +135,20 @@ def light_stats(summary: RunSummary, shard: tuple[int, int] | None, selection: s
 
 
 def _fatal_message(info: ErrorInfo, config: RunConfig, provider: Provider | None) -> str:
-    base = getattr(provider, "base_url", None) or "the provider's default URL"
+    base = getattr(provider, "base_url", None) or endpoint_for(config.model, config.base_url)
     if info.status_code == 401:
         fix = "the API key was refused: check OPENAI_API_KEY / ANTHROPIC_API_KEY (or --api-key-env)"
     elif info.status_code == 403:
         fix = "the key has no permission for this model or endpoint"
     elif info.status_code == 404:
         fix = f"model '{config.model}' or the endpoint was not found at {base}: check --model and --base-url"
+    elif info.network is NetworkFault.REFUSED:
+        fix = f"nothing is listening at {base} (connection refused): check --base-url and that the server is up"
+    elif info.network is NetworkFault.DNS:
+        fix = f"the host name of {base} does not resolve (DNS lookup failed): check --base-url and the network"
+    elif info.network is NetworkFault.CONNECT_TIMEOUT:
+        fix = (f"timed out connecting to {base} (no answer to the connection attempt): check --base-url, "
+               "the network and any firewall")
     elif info.status_code is None:
         fix = f"could not reach {base}: check --base-url and that the server is up"
     else:

@@ -3,9 +3,13 @@
 Only acknowledged (fsynced) records are counted, so what the display says is done is done.
 
 On a terminal the bar shows done/total, rate and ETA (tqdm's own) plus ok/errors, accuracy so far,
-cost so far, the concurrency limit and rate-limit waits. Elsewhere (Slurm logs, CI) a daemon
-thread prints the same facts as one line every ``interval`` seconds, including while nothing
-finishes (a run stuck behind rate limits should still say so in its log).
+cost so far (``?`` when the model has no known price: unknown, never zero), the concurrency limit,
+rate-limit waits and requests that got no HTTP response (``conn-errors=``, while there are any).
+Elsewhere (Slurm logs, CI) a daemon thread prints the same facts as one line every ``interval``
+seconds, including while nothing finishes (a run stuck behind rate limits should still say so in
+its log), each with the time since the start (a log has no clock of its own, and two lines taken
+while nothing changed would otherwise read as one line printed twice), and a last line when the
+run ends.
 """
 
 from __future__ import annotations
@@ -35,15 +39,18 @@ class Progress:
         stream: TextIO | None = None,
         label: str = "",
         concurrency: int | None = None,
+        priced: bool = True,
     ) -> None:
+        """``priced``: the model has a known price (else the cost shows as ``?`` from the start)."""
         self.total = total
         self.initial = already_done
         self.ok = 0
         self.errors = 0
         self.correct = 0
         self.cost_usd = 0.0
-        self.cost_known = True
+        self.cost_known = priced
         self.concurrency = concurrency
+        self.connection_errors = 0
         self.rate_limit_waits = 0
         self.rate_limit_wait_s = 0.0
         self.paused_now = 0  # requests waiting on a rate-limit pause right now (see set_paused)
@@ -105,6 +112,11 @@ class Progress:
         self.rate_limit_wait_s += max(0.0, seconds)
         self._refresh()
 
+    def note_connection_error(self) -> None:
+        """Hook: a request got no HTTP response (refused, DNS, reset, time-out)."""
+        self.connection_errors += 1
+        self._refresh()
+
     def _refresh(self) -> None:
         if self._bar is not None:
             self._bar.set_postfix_str(self._postfix(), refresh=True)
@@ -114,9 +126,9 @@ class Progress:
         cost = f"${self.cost_usd:.4f}" if self.cost_known else "?"
         conc = "-" if self.concurrency is None else str(self.concurrency)
         waits = f"{self.rate_limit_waits} ({self.rate_limit_wait_s:.0f}s)" if self.rate_limit_waits else "0"
-        paused = getattr(self, "paused_now", 0)
-        pause = f" paused={paused}" if paused else ""
-        return f"ok={self.ok} err={self.errors} acc={acc} cost={cost} conc={conc} rl_waits={waits}{pause}"
+        pause = f" paused={self.paused_now}" if self.paused_now else ""
+        conn = f" conn-errors={self.connection_errors}" if self.connection_errors else ""
+        return f"ok={self.ok} err={self.errors} acc={acc} cost={cost} conc={conc} rl_waits={waits}{pause}{conn}"
 
     def status_line(self) -> str:
         """The plain status line (what non-TTY mode prints)."""
@@ -127,7 +139,7 @@ class Progress:
         eta = _duration(remaining / rate) if rate > 0 else "?"
         label = f"{self.label} " if self.label else ""
         return (f"[evalledger] {label}{self.done}/{self.total} {self._postfix()} "
-                f"rate={rate * 60:.1f}/min eta={eta}")
+                f"rate={rate * 60:.1f}/min eta={eta} elapsed={_elapsed(elapsed)}")
 
     def line(self) -> None:
         """Print one plain status line (non-TTY mode)."""
@@ -143,11 +155,15 @@ class Progress:
                 return
 
     def close(self) -> None:
-        """Stop the status thread and close the bar (idempotent)."""
+        """Stop the status thread, print the last status line, close the bar (idempotent)."""
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=1)
             self._ticker = None
+            try:
+                self.line()  # where the run ended, in the same form as the lines before
+            except (OSError, ValueError):
+                pass
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -164,6 +180,11 @@ def _duration(seconds: float) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _elapsed(seconds: float) -> str:
+    """Time since the start: tenths of a second for the first minute (lines may come that often)."""
+    return f"{seconds:.1f}s" if seconds < 59.95 else _duration(seconds)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -2,6 +2,12 @@
 
 Providers only classify errors; this module decides whether and how long to wait. The SDK clients
 are built with ``max_retries=0`` so no second, hidden retry loop multiplies attempts (and cost).
+
+An endpoint nothing answers at is not retried for long (:meth:`RetryPolicy.unreachable`): until a
+request of the run gets any HTTP response, a failure to connect (refused, DNS, connect time-out)
+is fatal once ``unreachable_after`` attempts of the run failed that way, or once one sample used up
+its attempts on it. After the endpoint has answered, the same failures are an outage: they are
+retried, and samples whose retries run out count towards the circuit breaker.
 """
 
 from __future__ import annotations
@@ -30,6 +36,15 @@ class RetryPolicy:
     max_wait: float = 120.0  # cap on one sleep, seconds
     max_total: float = 900.0  # stop retrying a request after this long in all, seconds
     base: float = 1.0  # first backoff scale, seconds
+    #: failures to connect, before the endpoint ever answered, after which the run stops (fatal)
+    unreachable_after: int = 3
+
+    def unreachable(self, info: ErrorInfo, answered: bool, connect_failures: int, exhausted: bool = False) -> bool:
+        """Whether ``info`` means nothing answers at the endpoint, so the run must stop: no request
+        of the run got any HTTP response (``answered``), and it failed to connect as the run's
+        ``connect_failures``-th such attempt, or as the last attempt a sample had (``exhausted``)."""
+        return (info.cannot_connect and not answered
+                and (exhausted or connect_failures >= self.unreachable_after))
 
 
 class _RetryAfterOrFullJitter(wait_base):
@@ -86,6 +101,22 @@ class _StopAfterCountedAttempts(stop_base):
         return self.counted >= self.limit
 
 
+async def _until_set(event: asyncio.Event, nap: Awaitable[None]) -> None:
+    """Await ``nap`` unless ``event`` is (or gets) set first; then ``nap`` is cancelled."""
+    if event.is_set():
+        if asyncio.iscoroutine(nap):
+            nap.close()  # never awaited: closed, so that Python does not warn about it
+        return
+    sleeper = asyncio.ensure_future(nap)
+    waker = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (sleeper, waker):
+            t.cancel()
+        await asyncio.gather(sleeper, waker, return_exceptions=True)
+
+
 class RetriesExhausted(Exception):
     """Raised when a transient error persisted through every attempt; wraps the last error."""
 
@@ -112,6 +143,7 @@ async def call_with_retries(
     policy: RetryPolicy,
     on_attempt: Callable[[], None] | None = None,
     rate_limit_sleep: Callable[[float], Awaitable[None]] | None = None,
+    interrupt: asyncio.Event | None = None,
 ) -> tuple[T, int]:
     """Call ``fn`` until it succeeds or the policy gives up. Returns ``(result, attempts)``.
 
@@ -119,6 +151,8 @@ async def call_with_retries(
     transient errors outlast the policy. ``asyncio.CancelledError`` always propagates at once.
     ``rate_limit_sleep`` replaces ``asyncio.sleep`` for the waits after a 429/529 (the run's
     limiter counts them for progress: :meth:`evalledger.run.limits.Limits.sleep_rate_limited`).
+    ``interrupt``: a wait before a retry ends early once it is set (the run stopped: ``fn`` then
+    decides whether the retry still goes out), so a stopped run does not sit out a long backoff.
     """
     # Fast path: nearly every call succeeds at once, and tenacity's per-attempt machinery (it
     # inspects the callables on every attempt) cost ~0.1 ms of CPU a request, a fifth of
@@ -141,9 +175,10 @@ async def call_with_retries(
 
     async def sleep(seconds: float) -> None:
         if rate_limit_sleep is not None and waits.rate_limited:
-            await rate_limit_sleep(seconds)
+            nap = rate_limit_sleep(seconds)
         else:
-            await asyncio.sleep(seconds)
+            nap = asyncio.sleep(seconds)
+        await (nap if interrupt is None else _until_set(interrupt, nap))
 
     await sleep(first_wait)
     retrying = AsyncRetrying(

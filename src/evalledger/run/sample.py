@@ -13,9 +13,11 @@ call is there once) and the record's ``paid`` is zero, while its ``usage`` is th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -49,10 +51,18 @@ class RunState:
     outage: dict[str, Any] | None = None  # the last error when the circuit breaker tripped
     budget_hit: bool = False
     signal_received: int | None = None
-    requests: int = 0
-    successes: int = 0
+    hard_stop: bool = False  # the workers were cancelled (second Ctrl-C, grace period over)
+    requests: int = 0  # HTTP requests sent
+    requests_in_flight: int = 0  # sent and not answered (nor failed) yet
+    answered: bool = False  # some request of this run got an HTTP response, whatever its status
+    connect_failures: int = 0  # requests that could not connect before the endpoint ever answered
+    connection_errors: int = 0  # requests that got no HTTP response at all (refused, reset, time-out)
+    #: Answered (paid) requests whose answer is in no file yet: not in an acknowledged record, nor in
+    #: the turn cache. Once the run is over, those a hard stop or a failed write lost: paid again on resume.
+    answered_unrecorded: int = 0
+    cancelled_requests: int = 0  # requests cancelled while waiting for their answer (the hard stop)
     attempted: int = 0
-    in_flight: int = 0
+    in_flight: int = 0  # samples taken by a worker whose record is not acknowledged yet (the budget's count)
     workers: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -78,6 +88,8 @@ class SampleContext:
     persist_call: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     #: concurrency slots, the shared rate-limit pause, RPM/TPM (None: workers only)
     limits: Limits | None = None
+    #: told of every request that got no HTTP response (progress shows them)
+    on_connection_error: Callable[[], None] | None = None
 
     @property
     def multi_turn(self) -> bool:
@@ -94,33 +106,18 @@ def call_key(request: ChatRequest) -> str:
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:32]
 
 
-async def _attempt(ctx: SampleContext, request: ChatRequest, droppable: bool = False) -> ChatResponse:
-    """One HTTP request, gated by the run's limits; 429/529 feed back into them. ``droppable``: the
-    sample has no answer yet, so if the run was stopped while it waited (for a slot or to retry)
-    it is dropped (NotStarted)."""
-    if ctx.limits is None:
-        ctx.run.requests += 1
-        return await ctx.provider.complete(request)
-    async with ctx.limits.request(estimate_request_tokens(request.messages, request.max_tokens)) as slot:
-        if droppable and ctx.run.stop.is_set():
-            raise NotStarted()
-        ctx.run.requests += 1  # counted as it goes out: a dropped sample's request never does
-        try:
-            resp = await ctx.provider.complete(request)
-        except Exception as e:
-            info = ctx.provider.classify(e)
-            if info.status_code in RATE_LIMIT_STATUSES and info.kind is ErrorKind.TRANSIENT:
-                ctx.limits.rate_limited(info.retry_after)
-            raise
-        slot.used(resp.input_tokens + resp.output_tokens)
-        ctx.limits.observe_headers(resp.ratelimit_headers)
-        ctx.limits.succeeded()
-        return resp
-
-
 def input_hash(sample: Sample) -> str:
     body = json.dumps(sample.fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+@dataclass
+class SampleResult:
+    """A finished sample: its record, and how many answered requests only that record holds (they
+    are paid again if it is never acknowledged; answers in the turn cache are not)."""
+
+    record: dict[str, Any]
+    unrecorded: int
 
 
 class _SampleCalls:
@@ -135,6 +132,11 @@ class _SampleCalls:
         self.responses: list[ChatResponse] = []
         self.replayed: list[bool] = []
         self.attempts = 0
+        # When the first request went out: the sample's latency counts from there, and the time
+        # before it (waiting for a request slot or a rate limit) is the record's queued_s.
+        self.first_sent: float | None = None
+        self.first_sent_at: str | None = None
+        self.unrecorded = 0  # answers paid for that are in no file yet (see RunState.answered_unrecorded)
 
     async def generate(self, messages: list[dict[str, str]]) -> str:
         """One model call for the task: replayed from the turn cache if paid for already, else sent."""
@@ -147,19 +149,86 @@ class _SampleCalls:
             return self._replay(hit)
         droppable = not self.responses  # no answer yet (earlier turns would be paid for: finish those)
         try:
-            resp, n = await call_with_retries(lambda: _attempt(ctx, request, droppable), ctx.provider.classify,
-                                              ctx.policy, rate_limit_sleep=None if ctx.limits is None
-                                              else ctx.limits.sleep_rate_limited)
+            resp, n = await call_with_retries(
+                lambda: self._attempt(request, droppable), self._classify, ctx.policy,
+                rate_limit_sleep=None if ctx.limits is None else ctx.limits.sleep_rate_limited,
+                # a sample with no answer yet does not sit out a backoff once the run stopped: it is dropped
+                interrupt=ctx.run.stop if droppable else None)
         except (NonRetryable, RetriesExhausted) as e:
             self.attempts += e.attempts
             raise
         self.attempts += n
-        ctx.run.successes += 1
         self.responses.append(resp)
         self.replayed.append(False)
         if key and ctx.persist_call is not None:
-            await ctx.persist_call(self._call_record(key, resp))
+            # Recorded from here on: the line is appended in a thread that finishes even if this
+            # sample is cancelled meanwhile.
+            self._count_unrecorded(-1)
+            try:
+                await ctx.persist_call(self._call_record(key, resp))
+            except Exception:
+                self._count_unrecorded(1)
+                raise
         return resp.text
+
+    async def _attempt(self, request: ChatRequest, droppable: bool) -> ChatResponse:
+        """One HTTP request, gated by the run's limits; 429/529 feed back into them. ``droppable``: the
+        sample has no answer yet, so if the run was stopped while it waited (for a slot or to retry)
+        it is dropped (NotStarted)."""
+        ctx, run, limits = self.ctx, self.ctx.run, self.ctx.limits
+        gate = nullcontext() if limits is None else limits.request(
+            estimate_request_tokens(request.messages, request.max_tokens))
+        async with gate as slot:
+            if droppable and run.stop.is_set():
+                raise NotStarted()
+            if self.first_sent is None:
+                self.first_sent, self.first_sent_at = time.monotonic(), utc_now()
+            run.requests += 1  # counted as it goes out: a dropped sample's request never does
+            run.requests_in_flight += 1
+            try:
+                resp = await ctx.provider.complete(request)
+            except asyncio.CancelledError:
+                run.cancelled_requests += 1  # the provider may have answered it (and billed it) meanwhile
+                raise
+            except Exception as e:
+                self._failed(ctx.provider.classify(e))
+                raise
+            finally:
+                run.requests_in_flight -= 1
+            run.answered = True
+            self._count_unrecorded(1)
+            if limits is not None and slot is not None:
+                slot.used(resp.input_tokens + resp.output_tokens)
+                limits.observe_headers(resp.ratelimit_headers)
+                limits.succeeded()
+            return resp
+
+    def _failed(self, info: ErrorInfo) -> None:
+        """Count a request that failed: what it says about the endpoint, the rate limit and the network."""
+        ctx, run = self.ctx, self.ctx.run
+        if info.status_code is not None:
+            run.answered = True  # an HTTP response, whatever its status: something answers there
+            if ctx.limits is not None and info.status_code in RATE_LIMIT_STATUSES and info.kind is ErrorKind.TRANSIENT:
+                ctx.limits.rate_limited(info.retry_after)
+        elif info.network is not None:
+            run.connection_errors += 1
+            if ctx.on_connection_error is not None:
+                ctx.on_connection_error()
+            if info.cannot_connect and not run.answered:
+                run.connect_failures += 1
+
+    def _classify(self, exc: BaseException) -> ErrorInfo:
+        """The provider's classification, except that failing to connect to an endpoint that never
+        answered is fatal once the run's policy says nothing answers there (RetryPolicy.unreachable)."""
+        info = self.ctx.provider.classify(exc)
+        run = self.ctx.run
+        if info.kind is ErrorKind.TRANSIENT and self.ctx.policy.unreachable(info, run.answered, run.connect_failures):
+            return dataclasses.replace(info, kind=ErrorKind.FATAL)
+        return info
+
+    def _count_unrecorded(self, delta: int) -> None:
+        self.unrecorded += delta
+        self.ctx.run.answered_unrecorded += delta
 
     def _replay(self, hit: dict[str, Any]) -> str:
         usage = hit.get("usage") or {}
@@ -188,11 +257,17 @@ class _SampleCalls:
         return sum(r.input_tokens for r in paid), sum(r.output_tokens for r in paid)
 
 
-async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
-    """Run one sample through the task; return its record (ok or error). Raises StopRun on fatal."""
+async def run_sample(ctx: SampleContext, sample: Sample) -> SampleResult:
+    """Run one sample through the task; return its record (ok or error). Raises StopRun on fatal.
+
+    The record's ``started_at`` and ``latency_s`` count from its first request (retries, rate-limit
+    waits and later turns included); ``queued_s`` is how long it waited in the client before that
+    request went out (a request slot, a rate limit). A sample that sent nothing counts from when a
+    worker took it.
+    """
     run = ctx.run
-    started_at = utc_now()
-    t0 = time.monotonic()
+    taken_at = utc_now()
+    taken = time.monotonic()
     run.attempted += 1
     shard = None if ctx.shard is None else f"{ctx.shard[0]}/{ctx.shard[1]}"
     calls = _SampleCalls(ctx, sample, shard)
@@ -213,24 +288,25 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> dict[str, Any]:
         run.attempted -= 1  # dropped before it got anything: not attempted by this invocation
         raise
     except (NonRetryable, RetriesExhausted) as e:
-        error = _provider_error(run, e)
+        error = _provider_error(ctx, e)
     except asyncio.CancelledError:
-        raise
+        raise  # its answers stay counted in run.answered_unrecorded: lost, paid again on resume
     except Exception as e:  # a task or scorer bug for this sample: record it, keep going
         error = {"type": type(e).__name__, "message": str(e) or type(e).__name__, "retryable": False,
                  "status_code": None}
     _fill_record(record, ctx, calls, output, error)
-    record.update(latency_s=round(time.monotonic() - t0, 4), request_ids=[r.request_id for r in calls.responses],
-                  error=error, started_at=started_at, finished_at=utc_now())
-    return record
+    began = taken if calls.first_sent is None else calls.first_sent
+    record.update(latency_s=round(time.monotonic() - began, 4), queued_s=round(began - taken, 4),
+                  request_ids=[r.request_id for r in calls.responses], error=error,
+                  started_at=calls.first_sent_at or taken_at, finished_at=utc_now())
+    return SampleResult(record, calls.unrecorded)
 
 
-def _provider_error(run: RunState, e: NonRetryable | RetriesExhausted) -> dict[str, Any]:
+def _provider_error(ctx: SampleContext, e: NonRetryable | RetriesExhausted) -> dict[str, Any]:
     """The record's ``error`` for a call that failed for good; StopRun if the whole run must stop."""
-    info = e.info
-    if info.kind is ErrorKind.FATAL or (
-        isinstance(e, RetriesExhausted) and run.successes == 0 and "Connection" in info.type
-    ):
+    info, run = e.info, ctx.run
+    if info.kind is ErrorKind.FATAL or (isinstance(e, RetriesExhausted) and ctx.policy.unreachable(
+            info, run.answered, run.connect_failures, exhausted=True)):
         # Fatal: stop the whole run at once; no error record (no flood of identical errors).
         if run.fatal is None:
             run.fatal = info

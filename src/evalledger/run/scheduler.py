@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -90,12 +91,15 @@ class _Feeder:
             budget.changed.clear()
             await budget.changed.wait()
 
-    def _settled(self, fut: "asyncio.Future[None]") -> None:
+    def _settled(self, unrecorded: int, fut: "asyncio.Future[None]") -> None:
         # The record is on disk (or its write failed): only now is it out of flight, its cost in
-        # the budget's spend (on_commit ran just before), and a failed write stops dispatching.
+        # the budget's spend (on_commit ran just before), its answers recorded, and a failed
+        # write stops dispatching (its answers stay unrecorded: they are paid again on resume).
         self.run.in_flight -= 1
         if fut.cancelled() or fut.exception() is not None:
             self.run.stop.set()
+        else:
+            self.run.answered_unrecorded -= unrecorded
         if self.budget is not None:
             self.budget.changed.set()
 
@@ -117,18 +121,18 @@ class _Feeder:
         handed = False
         try:
             try:
-                record = await run_sample(self.ctx, sample)
+                result = await run_sample(self.ctx, sample)
             except StopRun:
                 return False
             except NotStarted:  # stopped before it got any answer: it stays pending
                 return False
-            self.on_record(record)
+            self.on_record(result.record)
             try:
-                handed_in = committer.submit(record)
+                handed_in = committer.submit(result.record)
             except Exception:
                 run.stop.set()  # the ledger cannot take more: stop dispatching
                 return False
-            handed_in.synced.add_done_callback(self._settled)
+            handed_in.synced.add_done_callback(functools.partial(self._settled, result.unrecorded))
             handed = True
             # On to the next sample once the record is written (a kill can no longer lose it),
             # without waiting for its fsync: the committer acknowledges it after that. Unless

@@ -241,7 +241,8 @@ class RunSession:
         label = prepared.run_id if config.shard is None else f"{prepared.run_id} [shard {config.shard[0]}/{config.shard[1]}]"
         total = len(prepared.selection)
         self.progress = Progress(total, total - len(self.pending), quiet=config.quiet,
-                                 interval=config.progress_interval, label=label, concurrency=config.concurrency)
+                                 interval=config.progress_interval, label=label, concurrency=config.concurrency,
+                                 priced=self.price is not None)
 
     def build_dispatch(self) -> None:
         """The workers' shared state, the limits, what every sample shares, and the committer."""
@@ -261,7 +262,7 @@ class RunSession:
             provider=self.provider, run=self.run, price=self.price,
             cached_calls=self.ledger.cached_calls(set(sample_ids(self.pending))) if multi_turn and self.pending else {},
             persist_call=self.persist_call if multi_turn else None, limits=self.limits,
-        )
+            on_connection_error=progress.note_connection_error)
         self.committer = GroupCommitter(self.ledger, on_commit=self.on_commit, fsync=config.fsync,
                                         max_unsynced=2 * max(config.concurrency, 1))
 

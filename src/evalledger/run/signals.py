@@ -24,7 +24,11 @@ def install_signal_handlers(run: RunState, config: RunConfig) -> Callable[[], No
     loop = asyncio.get_running_loop()
     grace_handle: list[asyncio.TimerHandle] = []
 
-    def cancel_in_flight() -> None:
+    def cancel_in_flight(why: str) -> None:
+        if run.hard_stop:
+            return
+        run.hard_stop = True
+        log.warning(f"{why}: cancelling now: {_in_flight(run)}")
         for t in run.workers:
             t.cancel()
 
@@ -33,12 +37,12 @@ def install_signal_handlers(run: RunState, config: RunConfig) -> Callable[[], No
             run.signal_received = signum
             run.stop.set()
             log.warning(f"received {signal.Signals(signum).name}: no new samples; waiting up to "
-                  f"{config.grace_seconds:g}s for {run.in_flight} in-flight sample(s)"
-                  + (" (Ctrl-C again to stop now)" if signum == signal.SIGINT else ""))
-            grace_handle.append(loop.call_later(config.grace_seconds, cancel_in_flight))
+                        f"{config.grace_seconds:g}s for {_in_flight(run)}"
+                        + (" (Ctrl-C again to stop now)" if signum == signal.SIGINT else ""))
+            grace_handle.append(loop.call_later(config.grace_seconds, cancel_in_flight,
+                                                f"grace period of {config.grace_seconds:g}s over"))
         elif signum == signal.SIGINT:
-            log.warning("second SIGINT: cancelling in-flight requests now")
-            cancel_in_flight()
+            cancel_in_flight("second SIGINT")
 
     sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
     for s in sigs:
@@ -51,4 +55,14 @@ def install_signal_handlers(run: RunState, config: RunConfig) -> Callable[[], No
             loop.remove_signal_handler(s)
 
     return restore
+
+
+def _in_flight(run: RunState) -> str:
+    """What a stop now would cut short: the requests sent and not answered yet, and the answers
+    received whose records are not written yet (samples waiting for a request slot send nothing
+    more once the run is stopping, so they are not counted)."""
+    text = f"{run.requests_in_flight} request(s) in flight"
+    if run.answered_unrecorded:
+        text += f" and {run.answered_unrecorded} answered request(s) not recorded yet"
+    return text
 
