@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -164,3 +166,29 @@ def test_kill_between_turns_resume_pays_only_turn_two(fake_server, tmp_path):
     recs = all_records(tmp_path / "o" / "tt")
     assert len(recs) == n and all(r["status"] == "ok" for r in recs)
     assert all(r["turn_usage"][0]["replayed"] is True and r["turn_usage"][1]["replayed"] is False for r in recs)
+
+
+def test_after_a_budget_stop_the_resume_command_finishes_and_agrees_with_estimate(fake_server, tmp_path):
+    """The printed resume command must not stop again at once (it raises --max-cost to what the
+    samples left need), and the stop message projects the same amount as `estimate` for them."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 30)
+    out = tmp_path / "out"
+    price = dict(price_input=1000.0, price_output=1000.0)
+    probe = run_experiment(cfg(fake_server, data, tmp_path / "probe", limit=1, **price))
+    per_sample = all_records(probe.run_dir)[0]["cost_usd"]
+    s = run_experiment(cfg(fake_server, data, out, max_cost=per_sample * 8.5, **price))
+    assert s.exit_code == 5
+    left = s.remaining
+    projected = float(re.search(r"about \$([0-9,.]+) more", s.message).group(1).replace(",", ""))
+    est = estimate_experiment(cfg(fake_server, data, out, **price))
+    assert est.pending == left
+    assert projected == pytest.approx(est.cost_usd, rel=0.01, abs=1e-4), (s.message, est.line())
+
+    argv = shlex.split(s.resume_command)
+    assert argv[:2] == ["evalledger", "run"]
+    new_cap = float(argv[argv.index("--max-cost") + 1])
+    assert new_cap > per_sample * 8.5
+    r = run_cli(argv[1:], cli_env(fake_server), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert get_stats(s.run_dir)["completed_samples"] == 30
+    assert get_stats(s.run_dir)["cost_usd"] <= new_cap + 1e-9

@@ -68,14 +68,20 @@ class Budget:
     :mod:`evalledger.records`). An unknown spend is never taken as a lower one: nothing is admitted.
     """
 
-    def __init__(self, max_cost: float, spent_before: float, per_sample: float) -> None:
+    def __init__(self, max_cost: float, spent_before: float, per_sample: float, observed: int = 0) -> None:
+        """``per_sample`` is the pre-flight estimate's cost per sample; ``observed`` the finished
+        samples it averages (0: a projection from prompts and max_tokens, not an average)."""
         self.max_cost = max_cost
         self.spent_before = spent_before
         self.spent_known = math.isfinite(spent_before)
         self.spent_now = 0.0
-        self.per_sample = per_sample  # projected cost of one sample, refined as samples finish
+        self.per_sample = per_sample  # the ceiling used to admit a sample, refined as samples finish
         self._finished = 0
         self._max_seen = 0.0
+        # The average that `estimate` would project, over the same finished samples.
+        self._avg_n = observed
+        self._avg_sum = per_sample * observed
+        self._first_guess = per_sample
         self.changed = asyncio.Event()  # set whenever spend or the projection changes
 
     @property
@@ -93,7 +99,20 @@ class Budget:
             self._finished += 1
             self._max_seen = max(self._max_seen, sample_cost)
             self.per_sample = self._max_seen
+            self._avg_n += 1
+            self._avg_sum += sample_cost
         self.changed.set()
+
+    @property
+    def average(self) -> float:
+        """The projected cost of one more sample, as ``estimate`` projects it: the average of the
+        finished samples (the pre-flight projection while there are none)."""
+        return self._avg_sum / self._avg_n if self._avg_n else self._first_guess
+
+    def enough_for(self, remaining: int) -> float:
+        """A ``--max-cost`` that admits every one of ``remaining`` samples under the admission
+        rule (each at the costliest sample so far), rounded up to a cent."""
+        return math.ceil((self.spent + remaining * self.per_sample) * 100 - 1e-9) / 100
 
     def admits(self, in_flight: int) -> bool:
         """Would one more sample, with ``in_flight`` others still unpaid, stay within the budget?"""
@@ -108,5 +127,7 @@ class Budget:
                     f"`evalledger stats` shows the cost as unknown too). {remaining} sample(s) left: continue "
                     "without --max-cost.")
         return (f"stopped: budget reached: spent ${self.spent:,.4f} of --max-cost ${self.max_cost:,.4f}; "
-                f"{remaining} sample(s) left, about ${remaining * self.per_sample:,.4f} more. "
-                "Continue with a larger --max-cost (the run resumes where it stopped).")
+                f"{remaining} sample(s) left, about ${remaining * self.average:,.4f} more at the average so far "
+                f"(up to ${remaining * self.per_sample:,.4f} at the costliest sample). The resume command below "
+                f"raises --max-cost to ${self.enough_for(remaining):,.2f}, enough for all of them; change it "
+                "as you like (the run resumes where it stopped).")

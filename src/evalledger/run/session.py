@@ -40,6 +40,7 @@ from evalledger.ledger import (
     scan_ledger,
 )
 from evalledger.providers import Provider, make_provider
+from evalledger.records import bill_of, bill_of_call
 from evalledger.run.budget import Budget, Estimate, estimate_pending
 from evalledger.run.limits import Limits
 from evalledger.run.manifest import check_or_create_manifest
@@ -233,7 +234,8 @@ class RunSession:
             announce(config.quiet, estimate.line())
         self.budget = None
         if config.max_cost is not None:
-            self.budget = Budget(config.max_cost, seen.billed_cost, estimate.per_sample_cost or 0.0)
+            observed = seen.observed[0] if estimate.basis.startswith("observed") else 0
+            self.budget = Budget(config.max_cost, seen.billed_cost, estimate.per_sample_cost or 0.0, observed)
 
     def start_progress(self) -> None:
         """The progress display (a bar on a terminal, a status line every N seconds otherwise)."""
@@ -347,9 +349,10 @@ class RunSession:
     async def persist_call(self, rec: dict[str, Any]) -> None:
         """Durably append one paid model call to the turn cache (multi-turn tasks)."""
         await asyncio.to_thread(self.ledger.append_calls, [rec])
-        self.spent += rec.get("cost_usd") or 0.0
+        call_cost = bill_of_call(rec).cost_usd or 0.0
+        self.spent += call_cost
         if self.budget is not None:
-            self.budget.add(rec.get("cost_usd") or 0.0, False)
+            self.budget.add(call_cost, False)
 
     def write_state(self) -> None:
         """Save the resume state (counters, RNG); warn once if it cannot be written."""
@@ -382,8 +385,14 @@ class RunSession:
         )
         set_outcome(summary, run, config, self.provider, self.budget, self.committer.failure, self.ledger, remaining)
         if summary.exit_code != EXIT_OK:
-            summary.resume_command = config.resume_command()
-        cost = (self.seen.billed_cost + self.spent) if self.price is not None else None
+            resume = config
+            if summary.status == "budget" and self.budget is not None and self.budget.spent_known:
+                # The same --max-cost would stop again at once: offer one that lets the rest run.
+                resume = config.replace(max_cost=self.budget.enough_for(remaining))
+            summary.resume_command = resume.resume_command()
+        # The bill so far (None while any billed tokens had no known price), never NaN.
+        known = self.price is not None and self.seen.cost_usd is not None
+        cost = self.seen.cost_usd + self.spent if known else None
         summary.stats = light_stats(summary, config.shard, self.selection_set, self.whole, self.seen, cost)
         summary.limits = {**self.limits.stats.__dict__, "final_limit": self.limits.limit}
         return summary
@@ -391,7 +400,7 @@ class RunSession:
 
 def _paid_cost(record: dict[str, Any]) -> float:
     """What a record this session wrote adds to the bill, in USD (0 when unpriced)."""
-    return (record.get("paid") or {}).get("cost_usd") or 0.0
+    return bill_of(record).cost_usd or 0.0
 
 
 def _no_signal_handlers() -> None:
