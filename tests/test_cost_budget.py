@@ -192,3 +192,20 @@ def test_after_a_budget_stop_the_resume_command_finishes_and_agrees_with_estimat
     assert r.returncode == 0, r.stderr
     assert get_stats(s.run_dir)["completed_samples"] == 30
     assert get_stats(s.run_dir)["cost_usd"] <= new_cap + 1e-9
+
+
+def test_an_unpriced_model_is_unknown_in_list_and_stats_never_zero(fake_server, tmp_path):
+    """A vllm/ model (an OpenAI-compatible server the price table knows nothing of)."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 3)
+    out = tmp_path / "out"
+    env = cli_env(fake_server)
+    r = run_cli(["run", "-d", str(data), "-m", "vllm/served-model", "--base-url", fake_server.openai_base_url,
+                 "--output-dir", str(out), "-q", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(r.stdout)["run_id"]
+    listed = run_cli(["list", "--output-dir", str(out)], env)
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(run_id))
+    assert " ? " in row and "0.0000" not in row, row
+    shown = run_cli(["stats", run_id, "--output-dir", str(out)], env).stdout
+    assert re.search(r"^cost \(USD\)\s+unknown$", shown, re.M), shown
+    assert json.loads(run_cli(["stats", run_id, "--output-dir", str(out), "--json"], env).stdout)["cost_usd"] is None
