@@ -217,7 +217,8 @@ def test_the_writer_also_indexes_while_it_runs(small_caches, fake_server, tmp_pa
     assert s.ok == 119 and s.errors == 1
     results = s.run_dir / "results.jsonl"
     during = [end for end, saved in saves[:-1] if saved]
-    assert len(during) >= 3 and during == sorted(during) and during[-1] < results.stat().st_size, saves
+    # Several saves while the run went on (the last of them may already cover the last batch).
+    assert len(during) >= 3 and during == sorted(during) and during[0] < results.stat().st_size, saves
     # When the writer stops it offers the whole file; written only if the index is well behind.
     assert saves[-1][0] == results.stat().st_size
     header, _ = cachefile.read(ledger_index.index_path(results))

@@ -9,14 +9,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalledger.datasets.parse import _Row
+from evalledger.datasets.parse import Row
 from evalledger.datasets.values import (
-    _all_present,
     _describe_json_type,
     _is_missing,
     _jsonable_fields,
     _listed,
     _plural,
+    all_present,
 )
 from evalledger.errors import DatasetError
 
@@ -34,7 +34,7 @@ def content_hash_id(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def _choose_id_column(
+def choose_id_column(
     path: Path, columns: Sequence[str], id_column: str | None, default_id_column: str | None
 ) -> str | None:
     if id_column is not None:
@@ -56,7 +56,7 @@ def _choose_id_column(
     return None
 
 
-def _id_from_value(value: Any) -> str | None:
+def id_from_value(value: Any) -> str | None:
     """The id a cell holds, or None if it is missing. Raises TypeError for non-scalar cells."""
     if _is_missing(value):
         return None
@@ -69,7 +69,7 @@ def _id_from_value(value: Any) -> str | None:
     return str(value)
 
 
-def _sample_ids(path: Path, rows: Sequence[_Row], label: str, id_col: str | None) -> list[str]:
+def assign_sample_ids(path: Path, rows: Sequence[Row], label: str, id_col: str | None) -> list[str]:
     if id_col is None:
         ids = [content_hash_id(row.fields) for row in rows]
     else:
@@ -78,10 +78,10 @@ def _sample_ids(path: Path, rows: Sequence[_Row], label: str, id_col: str | None
         for row in rows:
             value = row.fields.get(id_col)
             if type(value) is str and value and not value.isspace():
-                ids.append(value)  # the usual case, what _id_from_value gives, without the calls
+                ids.append(value)  # the usual case, what id_from_value gives, without the calls
                 continue
             try:
-                sid = _id_from_value(value)
+                sid = id_from_value(value)
             except TypeError as exc:
                 raise DatasetError(
                     f"{path} {label} {row.number}: id column {id_col!r} holds {exc}; "
@@ -120,7 +120,7 @@ def _sample_ids(path: Path, rows: Sequence[_Row], label: str, id_col: str | None
     return ids
 
 
-def _mixed_type_example(rows: Sequence[_Row], id_col: str, duplicated: set[str], ids: Sequence[str]) -> str:
+def _mixed_type_example(rows: Sequence[Row], id_col: str, duplicated: set[str], ids: Sequence[str]) -> str:
     """Explain a collision between a number and a string id (``1`` and ``"1"``), if there is one."""
     kinds: dict[str, dict[str, Any]] = {}
     for sid, row in zip(ids, rows):
@@ -136,8 +136,8 @@ def _mixed_type_example(rows: Sequence[_Row], id_col: str, duplicated: set[str],
     return ""
 
 
-def _check_required(
-    path: Path, rows: Sequence[_Row], label: str, columns: Sequence[str], required: Sequence[str]
+def check_required(
+    path: Path, rows: Sequence[Row], label: str, columns: Sequence[str], required: Sequence[str]
 ) -> None:
     if not required:
         return
@@ -148,7 +148,7 @@ def _check_required(
             f"{', '.join(map(repr, absent))} not found in any row; "
             f"columns are: {', '.join(columns)}"
         )
-    if all(_all_present(row.fields, required) for row in rows):
+    if all(all_present(row.fields, required) for row in rows):
         return
     bad: list[str] = []
     fields_hit: dict[str, None] = {}

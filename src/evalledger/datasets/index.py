@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, overload
 
 from evalledger.datasets.files import read_dataset_file
-from evalledger.datasets.ids import _id_from_value, content_hash_id
-from evalledger.datasets.parse import _parse, _parse_jsonl
+from evalledger.datasets.ids import content_hash_id, id_from_value
+from evalledger.datasets.parse import parse_jsonl_rows, parse_rows
 from evalledger.datasets.sharding import filter_shard, shard_of
-from evalledger.datasets.values import _all_present
+from evalledger.datasets.values import all_present
 from evalledger.errors import DatasetError
 from evalledger.fsio import cachefile
 from evalledger.samples import Sample
@@ -111,7 +111,7 @@ class RowSource:
                 for p in positions:
                     f.seek(starts[p])
                     line = f.readline()
-                    rows = _parse_jsonl(self.path, line[:-1] if line.endswith(b"\n") else line).rows
+                    rows = parse_jsonl_rows(self.path, line[:-1] if line.endswith(b"\n") else line).rows
                     if len(rows) != 1:
                         raise self._changed(f"{self.row_label} {self.refs.rows[p]} is no longer a row")
                     out.append(rows[0].fields)
@@ -127,7 +127,7 @@ class RowSource:
             raw, _ = read_dataset_file(self.path)
             if hashlib.sha256(raw).hexdigest() != self.sha256:
                 raise self._changed("its sha256 differs")
-            rows = _parse(self.path, raw).rows
+            rows = parse_rows(self.path, raw).rows
             if len(rows) != len(self.refs.ids):
                 raise self._changed("its number of rows differs")
             self._fields = [row.fields for row in rows]
@@ -137,12 +137,12 @@ class RowSource:
         where = f"{self.path} {self.row_label} {sample.row}"
         try:
             sid = (content_hash_id(sample.fields) if self.id_column is None
-                   else _id_from_value(sample.fields.get(self.id_column)))
+                   else id_from_value(sample.fields.get(self.id_column)))
         except TypeError:
             sid = None
         if sid != sample.id:
             raise self._changed(f"{where} no longer has id {sample.id!r}")
-        if self.required and not _all_present(sample.fields, self.required):
+        if self.required and not all_present(sample.fields, self.required):
             raise self._changed(f"{where} now lacks a required field")
         problem = self.validate(sample) if self.validate is not None else None
         if problem:

@@ -39,9 +39,9 @@ from evalledger.datasets.files import (
     read_dataset_file,
     resolve_dataset,
 )
-from evalledger.datasets.ids import _check_required, _choose_id_column, _sample_ids, content_hash_id
+from evalledger.datasets.ids import assign_sample_ids, check_required, choose_id_column, content_hash_id
 from evalledger.datasets.index import RowRefs
-from evalledger.datasets.parse import _check_field_sizes, _columns, _parse
+from evalledger.datasets.parse import check_field_sizes, columns_of, parse_rows
 from evalledger.datasets.sharding import filter_shard, parse_shard, shard_of
 from evalledger.datasets.values import DEFAULT_MAX_FIELD_CHARS, MAX_FIELD_CHARS_ENV, max_field_chars
 from evalledger.errors import DatasetError, UsageError
@@ -172,17 +172,17 @@ def load_dataset_bytes(
     if isinstance(required_fields, str):
         required_fields = (required_fields,)
     path = resolved.path
-    parsed = _parse(path, raw)
+    parsed = parse_rows(path, raw)
     rows = parsed.rows
     label = parsed.row_label
     if not rows:
         raise DatasetError(f"dataset {path} is empty: it has no rows")
 
-    _check_field_sizes(path, rows, label)
-    columns = _columns(rows)
-    id_col = _choose_id_column(path, columns, id_column, resolved.default_id_column)
-    ids = _sample_ids(path, rows, label, id_col)
-    _check_required(path, rows, label, columns, tuple(required_fields))
+    check_field_sizes(path, rows, label)
+    columns = columns_of(rows)
+    id_col = choose_id_column(path, columns, id_column, resolved.default_id_column)
+    ids = assign_sample_ids(path, rows, label, id_col)
+    check_required(path, rows, label, columns, tuple(required_fields))
 
     samples = [Sample(id=sid, row=row.number, fields=row.fields) for sid, row in zip(ids, rows)]
     if limit is not None:

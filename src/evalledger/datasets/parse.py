@@ -32,7 +32,7 @@ from evalledger.datasets.values import (
 )
 from evalledger.errors import DatasetError
 
-try:  # ~5x faster than json on large JSON-lines datasets; json stays the reference (see _parse_jsonl)
+try:  # ~5x faster than json on large JSON-lines datasets; json stays the reference (see parse_jsonl_rows)
     from orjson import loads as _orjson_loads
 except ImportError:  # pragma: no cover - orjson is a dependency
     _orjson_loads = None
@@ -40,7 +40,7 @@ _PLAIN_TYPES = frozenset({str, int, bool, type(None)})
 
 
 @dataclass(slots=True)
-class _Row:
+class Row:
     """A parsed row before validation: its 1-based number (line or record) and its fields.
 
     ``small``: its source text is shorter than the field size limit, so no field can exceed it.
@@ -56,11 +56,11 @@ class _Row:
 
 @dataclass
 class _Parsed:
-    rows: list[_Row]
+    rows: list[Row]
     row_label: str  # "line" or "record"
 
 
-def _parse(path: Path, raw: bytes) -> _Parsed:
+def parse_rows(path: Path, raw: bytes) -> _Parsed:
     fmt = dataset_format(path)
     if fmt == ".parquet":
         return _parse_parquet(path, raw)
@@ -71,7 +71,7 @@ def _parse(path: Path, raw: bytes) -> _Parsed:
             raise DatasetError(f"cannot decompress {path}: {exc}") from exc
         fmt = fmt[: -len(".gz")]
     if fmt == ".jsonl":
-        return _parse_jsonl(path, raw)
+        return parse_jsonl_rows(path, raw)
     if fmt == ".json":
         return _parse_json(path, raw)
     if fmt == ".csv":
@@ -106,8 +106,8 @@ def _not_utf8(path: Path, line: int, raw: bytes, offset: int) -> str:
     )
 
 
-def _parse_jsonl(path: Path, raw: bytes) -> _Parsed:
-    rows: list[_Row] = []
+def parse_jsonl_rows(path: Path, raw: bytes) -> _Parsed:
+    rows: list[Row] = []
     start = 0  # byte offset of the current line, for encoding errors
     size_limit = max_field_chars()
     for number, line in enumerate(raw.split(b"\n"), start=1):
@@ -124,8 +124,8 @@ def _parse_jsonl(path: Path, raw: bytes) -> _Parsed:
             # json path.
             if type(value) is dict and all(map(_PLAIN_TYPES.__contains__, map(type, value.values()))):
                 # A field cannot hold more characters than its line has bytes: short lines need
-                # no size check (_check_field_sizes).
-                rows.append(_Row(number, value, len(line) <= size_limit, start))
+                # no size check (check_field_sizes).
+                rows.append(Row(number, value, len(line) <= size_limit, start))
                 start += len(line) + 1
                 continue
         try:
@@ -146,7 +146,7 @@ def _parse_jsonl(path: Path, raw: bytes) -> _Parsed:
             raise DatasetError(
                 f"{path} line {number}: expected a JSON object, got {_describe_json_type(value)}"
             )
-        rows.append(_Row(number, _jsonable_fields(value), start=line_start))
+        rows.append(Row(number, _jsonable_fields(value), start=line_start))
     return _Parsed(rows, "line")
 
 
@@ -159,14 +159,14 @@ def _parse_json(path: Path, raw: bytes) -> _Parsed:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":
             # More than one top-level value: JSON lines in a .json file.
-            return _parse_jsonl(path, raw)
+            return parse_jsonl_rows(path, raw)
         raise DatasetError(
             f"{path} line {exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
         ) from exc
     if isinstance(value, dict):
         # A single object on one line is a one-row JSON-lines file.
         if len(text.strip().splitlines()) == 1:
-            return _parse_jsonl(path, raw)
+            return parse_jsonl_rows(path, raw)
         raise DatasetError(
             f"{path}: expected a JSON array of objects (or one object per line), got an object "
             f"with keys {', '.join(list(map(str, value))[:_MAX_LISTED])}"
@@ -175,13 +175,13 @@ def _parse_json(path: Path, raw: bytes) -> _Parsed:
         raise DatasetError(
             f"{path}: expected a JSON array of objects, got {_describe_json_type(value)}"
         )
-    rows: list[_Row] = []
+    rows: list[Row] = []
     for number, item in enumerate(value, start=1):
         if not isinstance(item, dict):
             raise DatasetError(
                 f"{path} record {number}: expected a JSON object, got {_describe_json_type(item)}"
             )
-        rows.append(_Row(number, _jsonable_fields(item)))
+        rows.append(Row(number, _jsonable_fields(item)))
     return _Parsed(rows, "record")
 
 
@@ -190,7 +190,7 @@ def _parse_csv(path: Path, raw: bytes) -> _Parsed:
     text = _decode(path, raw)
     # The csv module's own limit (128 KiB by default, process-wide) would fail long fields with
     # a message naming neither row nor column. Lift it while we parse and check field sizes
-    # ourselves (_check_field_sizes); the whole file is in memory already, so this costs nothing.
+    # ourselves (check_field_sizes); the whole file is in memory already, so this costs nothing.
     previous_limit = csv.field_size_limit()
     csv.field_size_limit(2**31 - 1)
     try:
@@ -204,7 +204,7 @@ def _parse_csv_text(path: Path, text: str) -> _Parsed:
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     header_line = 0
-    rows: list[_Row] = []
+    rows: list[Row] = []
     last_line = 0
     try:
         for record in reader:
@@ -230,7 +230,7 @@ def _parse_csv_text(path: Path, text: str) -> _Parsed:
                     f"but the header (line {header_line}) has {len(header)} columns"
                     + ("" if len(record) > len(header) else f"; missing {', '.join(map(repr, header[len(record):][:_MAX_LISTED]))}")
                 )
-            rows.append(_Row(first_line, dict(zip(header, record))))
+            rows.append(Row(first_line, dict(zip(header, record))))
     except csv.Error as exc:
         raise DatasetError(f"{path} line {reader.line_num}: invalid CSV: {exc}") from exc
     return _Parsed(rows, "line")
@@ -261,11 +261,11 @@ def _parse_parquet(path: Path, raw: bytes) -> _Parsed:
         records = table.to_pylist()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DatasetError(f"cannot read {path} as Parquet: {exc}") from exc
-    rows = [_Row(n, _jsonable_fields(rec)) for n, rec in enumerate(records, start=1)]
+    rows = [Row(n, _jsonable_fields(rec)) for n, rec in enumerate(records, start=1)]
     return _Parsed(rows, "record")
 
 
-def _check_field_sizes(path: Path, rows: Sequence[_Row], label: str) -> None:
+def check_field_sizes(path: Path, rows: Sequence[Row], label: str) -> None:
     limit = max_field_chars()
     for row in rows:
         if row.small:
@@ -276,7 +276,7 @@ def _check_field_sizes(path: Path, rows: Sequence[_Row], label: str) -> None:
                 raise _field_too_long(path, f"{label} {row.number}", name, size, limit)
 
 
-def _columns(rows: Iterable[_Row]) -> list[str]:
+def columns_of(rows: Iterable[Row]) -> list[str]:
     """Every key in any row, in order of first appearance."""
     seen: dict[str, None] = {}
     for row in rows:

@@ -85,7 +85,7 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def _all_present(fields: Mapping[str, Any], required: Sequence[str]) -> bool:
+def all_present(fields: Mapping[str, Any], required: Sequence[str]) -> bool:
     """No required field is missing (see _is_missing), checked inline for the usual text values."""
     for name in required:
         value = fields.get(name)

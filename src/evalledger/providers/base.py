@@ -16,7 +16,7 @@ import orjson
 
 
 class ErrorKind(str, Enum):
-    """How an error affects the run (DESIGN.md, "Errors")."""
+    """How an error affects the run (see docs/architecture.md, "Errors and exit codes")."""
 
     TRANSIENT = "transient"  # retry with backoff; when exhausted, an error record (retryable)
     FATAL = "fatal"  # stop the whole run at once: credentials, permissions, unknown model, bad URL
@@ -299,11 +299,11 @@ def aiohttp_client(sdk: Any, concurrency: int) -> Any | None:
     """The SDK's aiohttp transport (``sdk.DefaultAioHttpClient``), or None without ``aiohttp``.
 
     Why: the SDKs' default httpx2 transport costs 3-4 ms of CPU per request here, the aiohttp one
-    1.9-2.8 ms (FACTS.md; measured again for issue 3), and one process's CPU is what caps
+    1.9-2.8 ms (see benchmarks/README.md), and one process's CPU is what caps
     throughput. Its pool is sized to the run's concurrency: the default keeps at most 20 (aiohttp)
     or 100 (httpx2) idle connections, so at a higher concurrency every request past them would
     open a new connection. Errors still arrive as the SDK's exceptions (the transport maps aiohttp's
-    to httpx2's), so :func:`classify_sdk_error` is unchanged.
+    to httpx2's), so :func:`classify_sdk_error` handles both transports.
     """
     try:
         import aiohttp  # noqa: F401  # the transport needs it; without it the SDK raises on use
