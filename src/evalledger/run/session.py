@@ -39,13 +39,13 @@ from evalledger.ledger import (
     save_own_index,
     scan_ledger,
 )
-from evalledger.providers import Provider, make_provider
+from evalledger.providers import Provider
 from evalledger.records import bill_of, bill_of_call
 from evalledger.run.budget import Budget, Estimate, estimate_pending
 from evalledger.run.limits import Limits
 from evalledger.run.manifest import check_or_create_manifest
 from evalledger.run.outcome import EXIT_OK, RunSummary, disk_space_error, light_stats, set_outcome
-from evalledger.run.prepare import PreparedRun
+from evalledger.run.prepare import PreparedRun, provider_for
 from evalledger.run.progress import Progress, announce
 from evalledger.run.retry import RetryPolicy
 from evalledger.run.sample import RunState, SampleContext
@@ -115,9 +115,7 @@ class RunSession:
 
     def build_provider(self) -> Provider:
         """The provider for ``--model`` (no network yet)."""
-        c = self.config
-        return make_provider(c.model, base_url=c.base_url, api_key=c.resolved_api_key(),
-                             timeout=c.request_timeout, concurrency=c.concurrency)
+        return provider_for(self.config)
 
     # ----------------------------------------------------------------- the whole session
     async def run(self) -> RunSummary:
@@ -327,7 +325,7 @@ class RunSession:
         seen = self.seen
         for r in records:
             if self.budget is not None:
-                self.budget.add(_paid_cost(r), True, r.get("cost_usd"))
+                self.budget.add(bill_of(r).cost_usd or 0.0, True, r.get("cost_usd"))
             if r["status"] == "ok":
                 self.new_ok += 1
                 self.counters["ok_records"] += 1
@@ -339,7 +337,7 @@ class RunSession:
                 self.counters["error_records"] += 1
                 if r["sample_id"] not in self.completed:
                     seen.errored.add(r["sample_id"])
-            self.spent += _paid_cost(r)
+            self.spent += bill_of(r).cost_usd or 0.0
         self.progress.update(records)
         self.since_checkpoint += len(records)
         if self.since_checkpoint >= self.config.checkpoint_every:
@@ -396,11 +394,6 @@ class RunSession:
         summary.stats = light_stats(summary, config.shard, self.selection_set, self.whole, self.seen, cost)
         summary.limits = {**self.limits.stats.__dict__, "final_limit": self.limits.limit}
         return summary
-
-
-def _paid_cost(record: dict[str, Any]) -> float:
-    """What a record this session wrote adds to the bill, in USD (0 when unpriced)."""
-    return bill_of(record).cost_usd or 0.0
 
 
 def _no_signal_handlers() -> None:
