@@ -114,7 +114,7 @@ BASE_COLUMNS = (
 )
 TEXT_COLUMNS = ("response",)
 #: The DataFrame columns the stats read (plus ``sample_id``, ``in_dataset`` and the pass-through columns).
-STATS_COLUMNS = ("status", "correct", "latency_s", "started_at", "finished_at", "error_type")
+STATS_COLUMNS = ("status", "correct", "latency_s", "finished_at", "error_type")
 
 # ------------------------------------------------------------------------------ the bill
 

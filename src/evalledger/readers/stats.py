@@ -15,7 +15,6 @@ from evalledger.readers.scan import RunScan, scan_run
 from evalledger.records import CORRECT_AFTER, CORRECT_BEFORE, STATS_COLUMNS, TRANSITION, TRANSITIONS, total_cost
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
 # A gap longer than this between finished samples is a pause (the run was stopped and resumed
@@ -40,45 +39,31 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return lo, hi
 
 
-def _epoch_seconds(times: "pd.Series") -> "np.ndarray":
-    """Seconds since the epoch as floats (NaN where the time is missing)."""
-    import numpy as np
-    import pandas as pd
-
-    since = times - pd.Timestamp(0, tz="UTC")
-    return since.dt.total_seconds().to_numpy(dtype="float64", na_value=np.nan)
-
-
 def _sessions(df: "pd.DataFrame") -> list[tuple[float, float, int]]:
     """The run's working sessions: (start, end, samples finished) in epoch seconds, from each
-    sample's interval [finished_at - latency_s, finished_at]. Overlapping intervals, or ones less than
-    :data:`IDLE_GAP_S` apart, are one session; a longer gap is a pause (stopped and resumed later)."""
+    sample's interval [finished_at - latency_s, finished_at] (the finish alone when the latency is
+    unknown). Overlapping intervals, or ones less than :data:`IDLE_GAP_S` apart, are one session; a
+    longer gap is a pause (the run was stopped and resumed later)."""
     import numpy as np
 
     end = df["finished_at"].dropna()
     if not len(end):
         return []
-    t1 = _epoch_seconds(end)
+    t1 = end.dt.as_unit("us").array.asi8 / 1e6  # epoch seconds (no NaT left)
     t0 = t1.copy()
-    # The start is the finish less the measured latency (one clock, the writer's monotonic one);
-    # else started_at; a start after the finish is no start (the finish counts alone).
-    if "started_at" in df.columns:
-        s = _epoch_seconds(df.loc[end.index, "started_at"])
-        ok = ~np.isnan(s) & (s <= t1)
-        t0[ok] = s[ok]
     if "latency_s" in df.columns:
         lat = df.loc[end.index, "latency_s"].to_numpy(dtype="float64", na_value=np.nan)
         ok = np.isfinite(lat) & (lat >= 0)
         t0[ok] = t1[ok] - lat[ok]
-    order = np.argsort(t0, kind="stable")
-    sessions: list[tuple[float, float, int]] = []
-    for a, b in zip(t0[order], t1[order]):
-        if sessions and a <= sessions[-1][1] + IDLE_GAP_S:
-            s0, s1, n = sessions[-1]
-            sessions[-1] = (s0, max(s1, b), n + 1)
-        else:
-            sessions.append((a, b, 1))
-    return sessions
+    order = np.argsort(t0)
+    t0, t1 = t0[order], t1[order]
+    reach = np.maximum.accumulate(t1)  # the latest finish among the intervals started so far
+    new = np.empty(len(t0), dtype=bool)
+    new[0] = True
+    new[1:] = t0[1:] > reach[:-1] + IDLE_GAP_S
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(t0)) - 1
+    return [(float(t0[i]), float(reach[j]), int(j - i + 1)) for i, j in zip(first, last)]
 
 
 def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
