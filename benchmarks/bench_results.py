@@ -7,7 +7,7 @@
 Writes a synthetic run (records shaped like the runner's: prompt, response, usage, paid, ~0.9 kB per
 line; 1 % error records, 0.5 % samples retried after an error) with the real CheckpointManager,
 then times each reader in a fresh subprocess so that its peak RSS is its own. Targets from
-issue 6: load_results <= 10 s and <= 2 GB RSS; report <= 30 s; get_stats <= 5 s (issue 3).
+Targets: load_results <= 10 s and <= 2 GB RSS; report <= 30 s; get_stats <= 5 s.
 
 Each reader is timed three ways: "cold" with the columnar cache turned off
 (EVALLEDGER_SCAN_CACHE=off: every record parsed), "first" with the cache on but empty (a full
