@@ -22,6 +22,7 @@ samples are held as parsed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from array import array
@@ -121,9 +122,6 @@ class RowSource:
 
     def _reparse(self, positions: Sequence[int]) -> list[dict[str, Any]]:
         if self._fields is None:
-            import hashlib
-
-
             raw, _ = read_dataset_file(self.path)
             if hashlib.sha256(raw).hexdigest() != self.sha256:
                 raise self._changed("its sha256 differs")

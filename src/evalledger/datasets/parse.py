@@ -250,8 +250,8 @@ def _csv_header(path: Path, record: list[str], line: int) -> list[str]:
 
 def _parse_parquet(path: Path, raw: bytes) -> _Parsed:
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # slow to import: only when a file is parsed
+        import pyarrow.parquet as pq  # slow to import: only for a Parquet dataset
     except ImportError as exc:  # pragma: no cover - pyarrow is installed in dev
         raise DatasetError(
             f"reading {path} needs pyarrow: pip install 'evalledger[parquet]'"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,6 @@ def _decode_random_state(obj: list) -> tuple:
 
 
 def _numpy_state() -> dict[str, Any] | None:
-    import sys
-
     np = sys.modules.get("numpy")  # only if the user's task imported it; never import it ourselves
     if np is None:
         return None
@@ -137,6 +136,6 @@ def _numpy_state() -> dict[str, Any] | None:
 
 
 def _set_numpy_state(obj: dict[str, Any]) -> None:
-    import numpy as np
+    import numpy as np  # slow to import: only when a saved state holds numpy's generator
 
     np.random.set_state((obj["name"], np.array(obj["keys"], dtype=np.uint32), obj["pos"], obj["has_gauss"], obj["cached_gaussian"]))

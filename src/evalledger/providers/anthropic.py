@@ -33,7 +33,7 @@ class AnthropicProvider(Provider):
         timeout: float = 600.0,
         concurrency: int = 8,
     ) -> None:
-        import anthropic
+        import anthropic  # the SDK (~1 s to import): only once a provider is built
 
         self.model = model
         self.api_model = api_model

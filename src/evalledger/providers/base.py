@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
 
@@ -147,8 +149,6 @@ def parse_retry_after(headers: Any) -> float | None:
         return max(float(ra), 0.0)
     except ValueError:
         pass
-    from datetime import datetime, timezone
-    from email.utils import parsedate_to_datetime
 
     try:
         when = parsedate_to_datetime(ra)
@@ -307,7 +307,7 @@ def aiohttp_client(sdk: Any, concurrency: int) -> Any | None:
     """
     try:
         import aiohttp  # noqa: F401  # the transport needs it; without it the SDK raises on use
-        import httpx2
+        import httpx2  # comes with the SDK: only once a provider is built
     except ImportError:
         return None
     client_cls = getattr(sdk, "DefaultAioHttpClient", None)

@@ -69,7 +69,7 @@ class LocalProvider(Provider):
         self._inner = OpenAIProvider(self.model, self.name, base_url=base, api_key="local", timeout=self.timeout)
 
     def _start_server(self) -> Any:
-        import xllamacpp
+        import xllamacpp  # the optional [local] extra: only for the embedded model
 
         p = xllamacpp.CommonParams()
         p.model.path = self.model_path

@@ -38,7 +38,7 @@ class OpenAIProvider(Provider):
         send_seed: bool = True,
         concurrency: int = 8,
     ) -> None:
-        import openai
+        import openai  # the SDK (~1 s to import): only once a provider is built
 
         self.model = model
         self.api_model = api_model

@@ -73,7 +73,7 @@ def _objects(plain: "pa.ChunkedArray", as_json: "pa.ChunkedArray") -> list[Any]:
 
 def _score_array(bools: "pa.ChunkedArray", as_json: "pa.ChunkedArray") -> Any:
     """The score column: ``boolean`` when every score is a bool, ``Float64`` when every one is a number."""
-    import pandas as pd
+    import pandas as pd  # slow to import (~0.5 s): only when a run is read
 
     if as_json.null_count == len(as_json) and bools.null_count < len(bools):
         return pd.array(bools.to_pylist(), dtype="boolean")
@@ -94,9 +94,9 @@ def _timestamps(strings: "pa.ChunkedArray") -> Any:
     refuses a whole column for one value it cannot read (no zone, 7 decimals, garbage), and then
     pandas reads it value by value.
     """
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pandas as pd  # slow to import (~0.5 s): only when a run is read
+    import pyarrow as pa  # slow to import: only when a file is parsed
+    import pyarrow.compute as pc  # slow to import: only when a file is parsed
 
     try:
         return pd.array(pc.cast(strings, pa.timestamp("us", tz="UTC")).to_pandas())
@@ -109,7 +109,7 @@ def _timestamps(strings: "pa.ChunkedArray") -> Any:
 def _object_array(plain: "pa.ChunkedArray", as_json: "pa.ChunkedArray") -> Any:
     """prediction / target / response: pandas' ``str`` when every value is text (straight from
     Arrow, no Python objects), else Python objects (numbers, lists, dicts as the record holds them)."""
-    import pandas as pd
+    import pandas as pd  # slow to import (~0.5 s): only when a run is read
 
     if as_json.null_count == len(as_json) and plain.null_count < len(plain):
         return pd.array(plain, dtype="str")
@@ -124,8 +124,8 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[
     and so are pass-through columns): stats need a handful, not the text.
     """
     import pandas as pd  # lazily: ~0.7 s of start-up most CLI commands do not need
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # slow to import: only when a file is parsed
+    import pyarrow.compute as pc  # slow to import: only when a file is parsed
 
     order = pc.sort_indices(scan.view(["sample_id"])["sample_id"])
     wanted = set(BASE_COLUMNS + (TEXT_COLUMNS if scan.text else ())) if columns is None else {"sample_id", *columns}
@@ -227,7 +227,7 @@ def load_runs(
     (``model="openai/*"``). ``text`` includes the response text (off by default: a study's
     responses can be large). Runs are read without their locks, so running ones are included.
     """
-    import pandas as pd
+    import pandas as pd  # slow to import (~0.5 s): only when a run is read
 
     frames = []
     for d in run_dirs(output_dir):

@@ -92,7 +92,7 @@ def write_report(target: str | Path, out_path: str | Path, *, output_dir: str | 
 
 # ----------------------------------------------------------------------------- plots
 def _figure(width: float, height: float) -> "Figure":
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # slow to import (~0.4 s): only for the report
 
     # Figure without pyplot: no global state, no GUI backend, safe in any thread.
     return Figure(figsize=(width, height), dpi=96, layout="constrained")
@@ -167,7 +167,7 @@ def _plot_tokens(runs: list[RunView], why: str) -> str:
 
 def plot_latency(runs: list[RunView]) -> str:
     """Histogram of per-sample latency of ok samples, one outline per run, clipped at the 99th percentile."""
-    import numpy as np
+    import numpy as np  # slow to import: only when a run is read
 
     series = [(r.label, r.df.loc[r.df["status"] == "ok", "latency_s"].dropna().to_numpy(dtype=float)) for r in runs]
     series = [(lbl, v) for lbl, v in series if len(v)]
@@ -277,7 +277,7 @@ def run_table(runs: list[RunView]) -> str:
 
 def error_table(runs: list[RunView]) -> str:
     """Error types per run with counts and one example message."""
-    import pandas as pd
+    import pandas as pd  # slow to import (~0.5 s): only when a run is read
 
     rows = []
     for r in runs:

@@ -68,8 +68,8 @@ class FileSummary:
 
     def ok_count(self, foreign: frozenset[str] = frozenset()) -> int:
         """Samples with an ``ok`` record in this file, leaving out ``foreign`` ids."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
+        import pyarrow as pa  # slow to import: only when a file is parsed
+        import pyarrow.compute as pc  # slow to import: only when a file is parsed
 
         if self.ok_unique is None:
             return 0
@@ -152,10 +152,10 @@ def scan_run(run_dir: str | Path, *, text: bool = True) -> RunScan:
 
 
 def _scan(run_dir: Path, text: bool) -> RunScan:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # slow to import: only when a file is parsed
+    import pyarrow.compute as pc  # slow to import: only when a file is parsed
 
-    from evalledger.readers.scan_batch import SCHEMA
+    from evalledger.readers.scan_batch import SCHEMA  # imports pyarrow: only when a file is parsed
 
     files = results_files(run_dir)
     scan = RunScan(run_dir=run_dir, rows=SCHEMA.empty_table(), files=files, file_summaries=[], text=text,
@@ -198,10 +198,10 @@ def _scan_file(path: Path) -> "tuple[pa.Table, BatchSums, int, int, int]":
     Rows of the bytes a valid columnar copy covers come from it; only the rest is parsed. A new
     copy is written when the parsed part is large (see :func:`evalledger.readers.scan_cache.should_save`).
     """
-    import pyarrow as pa
+    import pyarrow as pa  # slow to import: only when a file is parsed
 
-    from evalledger.readers import scan_cache
-    from evalledger.readers.scan_batch import SCHEMA, BatchSums
+    from evalledger.readers import scan_cache  # scan_cache imports pyarrow: only when a file is parsed
+    from evalledger.readers.scan_batch import SCHEMA, BatchSums  # imports pyarrow: only when a file is parsed
 
     try:
         f = open(path, "rb")
@@ -277,12 +277,12 @@ def _parse_block(data: bytes, start: int) -> "tuple[pa.Table, BatchSums, int]":
     pyarrow's reader when it reads them exactly as parse_batch would (:mod:`.scan_arrow`), else
     parse_batch itself.
     """
-    import pyarrow as pa
+    import pyarrow as pa  # slow to import: only when a file is parsed
 
-    from evalledger.readers.scan_batch import parse_batch
+    from evalledger.readers.scan_batch import parse_batch  # imports pyarrow: only when a file is parsed
 
     if arrow_parser_enabled():
-        from evalledger.readers.scan_arrow import parse_block
+        from evalledger.readers.scan_arrow import parse_block  # imports pyarrow: only when a file is parsed
 
         fast = parse_block(data, start)
         if fast is not None:
@@ -295,13 +295,13 @@ def _parse_block(data: bytes, start: int) -> "tuple[pa.Table, BatchSums, int]":
 
 def _latest(table: "pa.Table") -> "pa.Array | None":
     """Row indices of each sample's latest ok record, else its latest record; None if all are kept."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # slow to import: only when a file is parsed
+    import pyarrow.compute as pc  # slow to import: only when a file is parsed
 
     ids = table["sample_id"]
     if pc.count_distinct(ids).as_py() == len(table):
         return None  # no sample has two records: the common case, nothing to copy
-    import numpy as np
+    import numpy as np  # slow to import: only when a run is read
 
     index = pa.array(np.arange(len(table), dtype=np.int64))
     ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
@@ -317,7 +317,7 @@ def fetch_records(scan: RunScan, rows: list[int]) -> list[dict[str, Any]]:
 
     Used by the report's sample browser so that the scan need not keep a million prompts in memory.
     """
-    import pyarrow as pa
+    import pyarrow as pa  # slow to import: only when a file is parsed
 
     out: list[dict[str, Any]] = []
     handles: dict[int, Any] = {}

@@ -44,7 +44,7 @@ def _sessions(df: "pd.DataFrame") -> list[tuple[float, float, int]]:
     sample's interval [finished_at - latency_s, finished_at] (the finish alone when the latency is
     unknown). Overlapping intervals, or ones less than :data:`IDLE_GAP_S` apart, are one session; a
     longer gap is a pause (the run was stopped and resumed later)."""
-    import numpy as np
+    import numpy as np  # slow to import: only when a run is read
 
     end = df["finished_at"].dropna()
     if not len(end):

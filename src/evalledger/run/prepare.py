@@ -302,7 +302,7 @@ def check_output_dir_usable(output_dir: Path, run_dir: Path) -> None:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+    import importlib.metadata as md  # slow-ish to import: only when a manifest is written
 
     out = {"evalledger": __version__, "python": platform.python_version()}
     for pkg in ("openai", "anthropic", "tenacity", "pandas"):

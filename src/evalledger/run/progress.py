@@ -65,7 +65,7 @@ class Progress:
         if quiet:
             return
         if _isatty(self.stream):
-            from tqdm import tqdm
+            from tqdm import tqdm  # only on a terminal
 
             self._bar = tqdm(total=total, initial=already_done, file=self.stream, desc=label or None,
                              unit="sample", dynamic_ncols=True, leave=True)
