@@ -16,8 +16,8 @@ whole file has been validated:
   hashes it (the run ID needs the hash anyway). Nothing in ``.cache`` is results: deleting it is
   always safe and costs one full validation on the next run.
 
-Small datasets (under :data:`MIN_BYTES`) keep the old behaviour: no index is written and the
-samples are held as parsed.
+Small datasets (under :data:`MIN_BYTES`) get no index: they parse in well under a second, and
+their samples are held as parsed.
 """
 
 from __future__ import annotations

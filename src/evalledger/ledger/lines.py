@@ -10,7 +10,7 @@ When is the prefix trusted instead of a full parse? Only for a block in which *e
 with that exact prefix, and which holds no NUL byte (a power loss leaves NULs) and decodes as
 UTF-8. Any other block is read line by line with
 :func:`~evalledger.ledger.parse_record_line`, the one rule every reader uses, so garbage, torn
-lines and hostile records are found and skipped exactly as before, at the old speed. The prefix's
+lines and hostile records are found and skipped exactly as a full parse would, at its speed. The prefix's
 ``sample_id`` and ``status`` are the record's own: they open the top-level object, and our writer
 never writes a key twice. The bill read from a prefix is :func:`evalledger.records.bill_of` of the
 record, whatever the values (a block with a line whose prefix has no ``paid`` is also checked for a

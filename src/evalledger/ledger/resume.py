@@ -1,9 +1,8 @@
 """One pass over a run's ledger for what ``run`` needs before sending anything.
 
 What is done, what errored, the usage and spend so far, records for ids the dataset lacks, and
-the counters of this writer's own file: everything the runner and the manifest check used to get
-from two (or three) full parses of every record, now from one pass that reads most lines by their
-prefix only (see :mod:`evalledger.ledger.lines`), and only past what each file's index under
+the counters of this writer's own file: everything the runner and the manifest check need, in one
+pass that reads most lines by their prefix only (see :mod:`evalledger.ledger.lines`), and only past what each file's index under
 ``<run_dir>/.cache/resume-v1/`` already sums up (see :mod:`evalledger.ledger.index`).
 """
 

@@ -10,8 +10,8 @@
   least half that many seen) were 429s: the run is over the provider's limit and everyone must back off. A 429 among mostly
   successful responses (a provider shedding a few requests at random) only makes *that* request
   wait its ``Retry-After`` (retry.py): pausing everyone and halving the limit for it would cost
-  far more than it saves (issue 3: 30 % of requests 429 with Retry-After 1 used to make a run
-  69x slower; the target is 1.5x).
+  far more than it saves (with 30 % of requests answered 429 and Retry-After 1, pausing everyone
+  made a run 69x slower; waiting per request keeps it within 1.5x, see benchmarks/README.md).
 
 This module decides only when a request may go; retrying is ``retry.py``'s job.
 """
