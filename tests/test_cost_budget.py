@@ -209,3 +209,4 @@ def test_an_unpriced_model_is_unknown_in_list_and_stats_never_zero(fake_server, 
     shown = run_cli(["stats", run_id, "--output-dir", str(out)], env).stdout
     assert re.search(r"^cost \(USD\)\s+unknown$", shown, re.M), shown
     assert json.loads(run_cli(["stats", run_id, "--output-dir", str(out), "--json"], env).stdout)["cost_usd"] is None
+    assert "cost ?;" in r.stderr and "$0.0000" not in r.stderr  # the run's own summary line

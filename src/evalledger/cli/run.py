@@ -61,10 +61,11 @@ def run(**opts: Any) -> None:
         click.echo(f"{e.name} before any sample was sent; run the same command again to start", err=True)
         sys.exit(143)
     stats = summary.stats
-    acc = stats.get("accuracy")
+    acc, cost = stats.get("accuracy"), stats.get("cost_usd")
     click.echo(
         f"run {summary.run_id}: {stats.get('completed_samples')}/{stats.get('total_samples')} ok, "
-        f"{stats.get('error_count')} with errors, accuracy {'-' if acc is None else f'{acc:.1%}'}; "
+        f"{stats.get('error_count')} with errors, accuracy {'-' if acc is None else f'{acc:.1%}'}, "
+        f"cost {'?' if cost is None else f'${cost:,.4f}'}; "
         f"this invocation: {summary.ok} ok, {summary.errors} errors, {summary.requests} requests, "
         f"{summary.skipped_completed} skipped as done, {summary.duration_s:.1f}s → {summary.run_dir}",
         err=True,
