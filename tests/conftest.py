@@ -17,15 +17,25 @@ from fakeserver import FakeServer  # noqa: E402
 from evalledger.cli.options import show_warnings  # noqa: E402
 
 
-@pytest.fixture
-def fake_server() -> Iterator[FakeServer]:
-    """A started FakeServer (no latency, default responder), stopped after the test."""
+def _serve() -> Iterator[FakeServer]:
     server = FakeServer()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    """A started FakeServer (no latency, default responder), stopped after the test."""
+    yield from _serve()
+
+
+@pytest.fixture
+def second_server() -> Iterator[FakeServer]:
+    """Another one, on another port: a second endpoint."""
+    yield from _serve()
 
 
 @pytest.fixture(autouse=True)

@@ -4,26 +4,14 @@ one is refused field by field unless ``--allow-endpoint-change`` says it is the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-from fakeserver import FakeServer
 from helpers import cli_env, run_cli, write_qa_dataset
 
 from evalledger import ConfigDriftError, RunConfig, run_experiment
 from evalledger.providers import endpoint_for
 
 MODEL = "openai/test-model"
-
-
-@pytest.fixture
-def second_server() -> Iterator[FakeServer]:
-    server = FakeServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _argv(data, out, *extra: str) -> list[str]:

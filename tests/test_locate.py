@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from fakeserver import FakeServer
 from helpers import write_qa_dataset
 
 from evalledger import RunConfig, UsageError, estimate_experiment, get_stats, load_results, run_experiment
@@ -45,17 +44,12 @@ def test_a_run_made_elsewhere_by_this_process_resolves_by_its_id(fake_server, tm
     assert len(load_results(s.run_id)) == 4
 
 
-def test_estimate_does_not_project_from_another_endpoints_answers(fake_server, tmp_path):
+def test_estimate_does_not_project_from_another_endpoints_answers(fake_server, second_server, tmp_path):
     data = write_qa_dataset(tmp_path / "qa.jsonl", 10)
     fake_server.responder = lambda body: "The answer is 1. " + "word " * 300  # long answers here
     assert run_experiment(_cfg(fake_server, data, tmp_path / "out", limit=4)).exit_code in (0, 1)
     same = estimate_experiment(_cfg(fake_server, data, tmp_path / "out"))
     assert "observed average of 4" in same.basis
-    other = FakeServer()
-    other.start()
-    try:
-        moved = estimate_experiment(_cfg(other, data, tmp_path / "out", allow_endpoint_change=True))
-    finally:
-        other.stop()
+    moved = estimate_experiment(_cfg(second_server, data, tmp_path / "out", allow_endpoint_change=True))
     assert "observed" not in moved.basis and "another endpoint" in moved.basis
     assert moved.output_tokens != same.output_tokens
