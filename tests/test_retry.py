@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
 
 from evalledger.providers import ErrorInfo, ErrorKind, NetworkFault
 from evalledger.run.retry import (
+    BACKOFF_GROWTH,
     NonRetryable,
     RetriesExhausted,
     RetryPolicy,
-    _RetryAfterOrFullJitter,
+    _RetryAfterOrBackoff,
     call_with_retries,
 )
 
@@ -87,9 +89,9 @@ def test_one_attempt_policy_does_not_retry():
 
 
 def test_backoff_scale_continues_across_the_fast_path(monkeypatch):
-    """Without Retry-After the wait after n failed attempts is full jitter over base * 2^(n-1)."""
+    """Without Retry-After the wait after n failed attempts is at most base * 2^(n-1), capped."""
     monkeypatch.setattr("evalledger.run.retry.random.uniform", lambda lo, hi: hi)  # the top of the range
-    waiter = _RetryAfterOrFullJitter(classify, RetryPolicy(base=0.5, max_wait=3.0), done_before=1)
+    waiter = _RetryAfterOrBackoff(classify, RetryPolicy(base=0.5, max_wait=3.0), done_before=1)
 
     class State:
         attempt_number = 2  # tenacity's 2nd attempt = the 3rd in all
@@ -102,6 +104,84 @@ def test_backoff_scale_continues_across_the_fast_path(monkeypatch):
     assert waiter.after(Boom(ErrorKind.TRANSIENT), 1) == 0.5
     assert waiter(State) == 2.0  # 0.5 * 2^(3-1)
     assert waiter.after(None, 10) == 3.0  # capped at max_wait
+
+
+def backoff_waits(policy: RetryPolicy, n: int) -> list[float]:
+    """The waits of one request after ``n`` failed attempts in a row, none with Retry-After."""
+    waiter = _RetryAfterOrBackoff(classify, policy)
+    return [waiter.after(Boom(ErrorKind.TRANSIENT, status=500), k) for k in range(1, n + 1)]
+
+
+POLICIES = [RetryPolicy(), RetryPolicy(base=0.5, max_wait=3.0), RetryPolicy(base=1.0, max_wait=0.5)]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=["defaults", "cap-3s", "cap-below-base"])
+def test_the_waits_of_one_request_grow_until_the_cap(monkeypatch, policy):
+    """Without Retry-After each wait is more than 1.1x the one before (llmock's no_backoff), at any
+    seed, until the cap; from there on it is the cap. Even a cap below the first wait's scale leaves
+    one growing step, so no request retried twice has waits that never grew."""
+    for seed in range(300):
+        monkeypatch.setattr("evalledger.run.retry.random.uniform", random.Random(seed).uniform)
+        waits = backoff_waits(policy, 12)
+        assert all(0 < w <= policy.max_wait for w in waits), (seed, waits)
+        assert waits[1] > 1.1 * waits[0], (seed, waits)
+        for before, after in zip(waits, waits[1:]):
+            if before == policy.max_wait:
+                assert after == policy.max_wait, (seed, waits)  # levelled off at the cap
+            else:
+                assert after >= BACKOFF_GROWTH * before or after == policy.max_wait, (seed, waits)
+        assert waits[-1] == policy.max_wait  # 12 attempts reach even the default 120 s
+        assert waits[0] <= policy.base  # the schedule's first scale, not more
+
+
+def test_backoff_keeps_its_jitter(monkeypatch):
+    """Two requests failing alike do not wait alike: requests that failed together spread out."""
+    a, b = backoff_waits(RetryPolicy(), 5), backoff_waits(RetryPolicy(), 5)
+    assert a != b
+    firsts, thirds = set(), set()
+    for seed in range(200):
+        monkeypatch.setattr("evalledger.run.retry.random.uniform", random.Random(seed).uniform)
+        waits = backoff_waits(RetryPolicy(), 3)
+        firsts.add(round(waits[0], 3))
+        thirds.add(round(waits[2], 3))
+    assert len(firsts) > 100 and min(firsts) < 0.6 and max(firsts) > 0.9  # equal jitter over [0.5, 1] s
+    assert len(thirds) > 100 and min(thirds) < 2.5 and max(thirds) > 3.8  # over [2, 4] s, above its floor
+
+
+def test_retry_after_overrides_the_backoff():
+    """A Retry-After wins, shorter or longer than the backoff would be (plus <= 10 % + 50 ms jitter),
+    and is not backoff: the next wait without one grows from the previous backoff wait."""
+    waiter = _RetryAfterOrBackoff(classify, RetryPolicy(base=1.0, max_wait=60.0))
+    first = waiter.after(Boom(ErrorKind.TRANSIENT, status=500), 1)
+    assert 0.5 <= first <= 1.0
+    assert 0.2 <= waiter.after(Boom(ErrorKind.TRANSIENT, 0.2, status=503), 2) <= 0.2 + 0.02 + 0.05
+    third = waiter.after(Boom(ErrorKind.TRANSIENT, status=500), 3)
+    assert max(2.0, BACKOFF_GROWTH * first) <= third <= 4.0
+    assert 30.0 <= waiter.after(Boom(ErrorKind.TRANSIENT, 30.0, status=429), 4) <= 33.05
+    assert waiter.after(Boom(ErrorKind.TRANSIENT, 600.0, status=429), 5) == 60.0  # capped like any sleep
+    assert waiter.after(Boom(ErrorKind.TRANSIENT, status=500), 6) >= BACKOFF_GROWTH * third
+
+
+def test_each_request_backs_off_on_its_own():
+    """What call_with_retries sleeps: a request's waits grow from its own previous wait, and two
+    requests' waits differ (429s without Retry-After: every wait goes through rate_limit_sleep)."""
+
+    async def waits_of_one_request() -> list[float]:
+        fn, calls = script(*[Boom(ErrorKind.TRANSIENT, status=429)] * 8, "ok")
+        slept: list[float] = []
+
+        async def rate_limit_sleep(seconds: float) -> None:
+            slept.append(seconds)
+
+        out = await call_with_retries(fn, classify, RetryPolicy(max_attempts=2), rate_limit_sleep=rate_limit_sleep)
+        assert out == ("ok", 9)
+        return slept
+
+    a, b = asyncio.run(waits_of_one_request()), asyncio.run(waits_of_one_request())
+    assert len(a) == len(b) == 8 and a != b
+    for waits in (a, b):
+        assert 0.5 <= waits[0] <= 1.0 and max(waits) <= 120.0, waits
+        assert all(y >= BACKOFF_GROWTH * x or y == 120.0 for x, y in zip(waits, waits[1:])), waits
 
 
 def test_rate_limits_do_not_use_up_the_attempts():
@@ -157,7 +237,7 @@ def test_a_wait_before_a_retry_ends_when_the_run_stops():
                                       interrupt=stop, rate_limit_sleep=asyncio.sleep)
         return out, time.monotonic() - t
 
-    for retry_after in (None, 30.0):  # full jitter over [0, 30 s], or a 30 s Retry-After
+    for retry_after in (None, 30.0):  # a backoff of 10-20 s, or a 30 s Retry-After
         out, took = asyncio.run(main(retry_after))
         assert out == ("ok", 2) and took < 1.0, (retry_after, took)
 

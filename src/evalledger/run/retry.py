@@ -1,4 +1,4 @@
-"""The one retry loop (tenacity): exponential backoff with full jitter, honouring Retry-After.
+"""The one retry loop (tenacity): growing, jittered backoff, honouring Retry-After.
 
 Providers only classify errors; this module decides whether and how long to wait. The SDK clients
 are built with ``max_retries=0`` so no second, hidden retry loop multiplies attempts (and cost).
@@ -47,8 +47,31 @@ class RetryPolicy:
                 and (exhausted or connect_failures >= self.unreachable_after))
 
 
-class _RetryAfterOrFullJitter(wait_base):
-    """Wait what the server asked (plus a little jitter so workers do not stampede), else full jitter.
+#: Without Retry-After, each backoff wait of a request is at least this many times its previous one.
+#: A server judges growth on the gap between attempts as it sees it, which also holds the client's
+#: own delays (waking up on a busy machine, waiting for a request slot: tens of milliseconds), so
+#: the floor keeps a wide margin over the "more than 1.1x" such judges ask for.
+BACKOFF_GROWTH = 1.5
+
+
+class _RetryAfterOrBackoff(wait_base):
+    """Wait what the server asked (plus a little jitter so workers do not stampede), else back off.
+
+    One instance serves one request (:func:`call_with_retries`) and remembers its previous backoff
+    wait. Without Retry-After, the wait after ``n`` failed attempts is uniform over
+    ``[max(top / 2, BACKOFF_GROWTH * previous), top]`` with ``top = min(max_wait, base * 2^(n-1))``:
+    equal jitter (half the scale fixed, half random, so requests that failed together spread out)
+    with a floor that makes each wait of the request at least ``BACKOFF_GROWTH`` times the one
+    before. Full jitter (uniform over ``[0, top]``) could make the second wait shorter than the
+    first, which looks like no backoff at all to the provider (and to llmock's ``no_backoff``
+    check). A Retry-After wait is the server's: it is neither backoff nor ``previous``.
+
+    ``max_wait`` (--max-retry-wait) caps every sleep, so the growth ends there: once the floor
+    reaches the cap, each further wait is the cap. The first backoff wait is drawn below
+    ``max_wait / BACKOFF_GROWTH``, so every request retried twice has grown at least once before
+    it levels off, which is what backing off means to a judge (llmock flags a request only when
+    none of its successive waits grew by more than 1.1x). With the defaults (base 1 s, cap 120 s,
+    6 attempts) only a request with many 429s (they do not use up attempts) reaches the cap.
 
     ``done_before`` attempts were made before tenacity's loop started (see :func:`call_with_retries`),
     so the backoff scale continues from there instead of starting over.
@@ -59,6 +82,7 @@ class _RetryAfterOrFullJitter(wait_base):
         self.policy = policy
         self.done_before = done_before
         self.rate_limited = False
+        self.previous: float | None = None  # this request's last backoff wait (not a Retry-After one)
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -74,8 +98,20 @@ class _RetryAfterOrFullJitter(wait_base):
             self.rate_limited = _rate_limited(info)
             if info.retry_after is not None:
                 return min(info.retry_after + random.uniform(0, 0.1 * info.retry_after + 0.05), self.policy.max_wait)
-        # Full jitter (AWS architecture blog): uniform over [0, min(cap, base * 2^(n-1))].
-        return random.uniform(0, min(self.policy.max_wait, self.policy.base * 2 ** min(failed_attempts - 1, 60)))
+        self.previous = self._backoff(failed_attempts)
+        return self.previous
+
+    def _backoff(self, failed_attempts: int) -> float:
+        cap = self.policy.max_wait
+        scale = self.policy.base * 2 ** min(failed_attempts - 1, 60)
+        if self.previous is None:
+            top = min(scale, cap / BACKOFF_GROWTH)  # room for one growing step below the cap
+            return random.uniform(top / 2, top)
+        top = min(scale, cap)
+        floor = BACKOFF_GROWTH * self.previous
+        # Below the cap the floor is at most 3/4 of top (previous <= half of top), so a jitter
+        # range remains; at the cap it can pass top, and the wait stays at the cap.
+        return top if floor >= top else random.uniform(max(top / 2, floor), top)
 
 
 def _rate_limited(info: ErrorInfo) -> bool:
@@ -170,7 +206,7 @@ async def call_with_retries(
         counted = 0 if _rate_limited(info) else 1
         if counted >= policy.max_attempts or time.monotonic() - started >= policy.max_total:
             raise RetriesExhausted(exc, info, 1) from exc
-        waits = _RetryAfterOrFullJitter(classify, policy, done_before=1)
+        waits = _RetryAfterOrBackoff(classify, policy, done_before=1)
         first_wait = waits.after(exc, 1)
 
     async def sleep(seconds: float) -> None:
