@@ -76,7 +76,6 @@ class Budget:
         self.spent_known = math.isfinite(spent_before)
         self.spent_now = 0.0
         self.per_sample = per_sample  # the ceiling used to admit a sample, refined as samples finish
-        self._finished = 0
         self._max_seen = 0.0
         # The average that `estimate` would project, over the same finished samples.
         self._avg_n = observed
@@ -96,7 +95,6 @@ class Budget:
         """
         self.spent_now += paid_cost
         if finished_sample and sample_cost is not None:
-            self._finished += 1
             self._max_seen = max(self._max_seen, sample_cost)
             self.per_sample = self._max_seen
             self._avg_n += 1

@@ -232,7 +232,8 @@ class RunSession:
             announce(config.quiet, estimate.line())
         self.budget = None
         if config.max_cost is not None:
-            observed = seen.observed[0] if estimate.basis.startswith("observed") else 0
+            # estimate_pending averages the finished samples exactly when some are pending and some finished
+            observed = seen.observed[0] if self.pending else 0
             self.budget = Budget(config.max_cost, seen.billed_cost, estimate.per_sample_cost or 0.0, observed)
 
     def start_progress(self) -> None:
