@@ -29,20 +29,29 @@ def _run(server, data: Path, out: Path, *extra: str):
                    cli_env(server))
 
 
-def test_total_is_the_largest_extent_and_done_never_exceeds_it(fake_server, tmp_path):
-    data = write_qa_dataset(tmp_path / "qa.jsonl", 30)
+def _first_run(server, tmp_path: Path, rows: int, limit: int) -> tuple[Path, Path, str, Path]:
+    """A finished run of the first ``limit`` of ``rows`` samples: (dataset, output dir, run ID, run dir)."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", rows)
     out = tmp_path / "out"
-    first = _run(fake_server, data, out, "--limit", "20")
+    first = _run(server, data, out, "--limit", str(limit))
     assert first.returncode == 0, first.stderr
     run_id = json.loads(first.stdout)["run_id"]
-    run_dir = out / run_id
+    return data, out, run_id, out / run_id
+
+
+def _stats(server, run_id: str, out: Path) -> dict:
+    return json.loads(run_cli(["stats", run_id, "--output-dir", str(out), "--json"], cli_env(server)).stdout)
+
+
+def test_total_is_the_largest_extent_and_done_never_exceeds_it(fake_server, tmp_path):
+    data, out, run_id, run_dir = _first_run(fake_server, tmp_path, 30, 20)
     before = _files(run_dir)
 
     again = _run(fake_server, data, out, "--limit", "3")  # a resume with nothing to do
     assert again.returncode == 0, again.stderr
     assert fake_server.request_count == 20
     assert _files(run_dir)["manifest.json"] == before["manifest.json"]
-    st = json.loads(run_cli(["stats", run_id, "--output-dir", str(out), "--json"], cli_env(fake_server)).stdout)
+    st = _stats(fake_server, run_id, out)
     assert (st["total_samples"], st["completed_samples"], st["pending_samples"]) == (20, 20, 0)
     listed = json.loads(run_cli(["list", "--output-dir", str(out), "--json"], cli_env(fake_server)).stdout)
     assert [(r["completed_samples"], r["total_samples"]) for r in listed] == [(20, 20)]
@@ -51,18 +60,13 @@ def test_total_is_the_largest_extent_and_done_never_exceeds_it(fake_server, tmp_
 
     more = _run(fake_server, data, out, "--limit", "25")  # a larger extent extends the run
     assert more.returncode == 0, more.stderr
-    st = json.loads(run_cli(["stats", run_id, "--output-dir", str(out), "--json"], cli_env(fake_server)).stdout)
+    st = _stats(fake_server, run_id, out)
     assert (st["total_samples"], st["completed_samples"], st["pending_samples"]) == (25, 25, 0)
     assert json.loads((run_dir / "manifest.json").read_text())["sample_count"] == 25
 
 
 def test_looking_and_planning_commands_change_no_run_file(fake_server, tmp_path):
-    data = write_qa_dataset(tmp_path / "qa.jsonl", 12)
-    out = tmp_path / "out"
-    first = _run(fake_server, data, out, "--limit", "8")
-    assert first.returncode == 0, first.stderr
-    run_id = json.loads(first.stdout)["run_id"]
-    run_dir = out / run_id
+    data, out, run_id, run_dir = _first_run(fake_server, tmp_path, 12, 8)
     before = _files(run_dir)
     env = cli_env(fake_server)
     base = ["-d", str(data), "-m", MODEL, "--output-dir", str(out)]
