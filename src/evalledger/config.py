@@ -50,10 +50,14 @@ class RunConfig:
     seed: int = 0
     id_column: str | None = None
     review_prompt: str | None = None  # file replacing self-correct's review prompt (identity: its text's sha256)
+    # worked examples before each question (identity when > 0: N, the source's sha256, the selection rule)
+    fewshot: int = 0
+    fewshot_from: str | None = None  # a dataset file of exemplars; None: the dataset's shipped source
     # execution knobs (not identity)
     output_dir: Path = Path("outputs")
     run_id: str | None = None
     limit: int | None = None
+    epochs: int = 1  # each sample asked this many times (not identity: raising it extends the run)
     shard: tuple[int, int] | None = None
     concurrency: int = 8
     resume: bool = True
@@ -88,7 +92,7 @@ class RunConfig:
         # Normalise so equal configs compare and hash equal whatever the caller passed: Python
         # callers naturally hand over pathlib.Path objects for the file options.
         object.__setattr__(self, "output_dir", Path(self.output_dir))
-        for name in ("dataset", "review_prompt", "prices_file"):
+        for name in ("dataset", "review_prompt", "prices_file", "fewshot_from"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
@@ -111,6 +115,12 @@ class RunConfig:
                 f"--temperature/--top-p with --model {self.model}: the Anthropic Messages API (version "
                 "2026-10-21, SDK 2.x) no longer accepts sampling parameters; leave them at their defaults"
             )
+        if type(self.epochs) is not int or self.epochs < 1:
+            raise UsageError(f"--epochs {self.epochs}: must be a whole number, at least 1")
+        if type(self.fewshot) is not int or self.fewshot < 0:
+            raise UsageError(f"--fewshot {self.fewshot}: must be a whole number, 0 (zero-shot) or more")
+        if self.fewshot_from is not None and self.fewshot == 0:
+            raise UsageError(f"--fewshot-from {self.fewshot_from}: pass --fewshot N too (how many exemplars to show)")
         if self.concurrency < 1:
             raise UsageError(f"--concurrency {self.concurrency}: must be at least 1")
         if self.limit is not None and self.limit < 1:
@@ -172,8 +182,12 @@ class RunConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
-    def identity(self, *, dataset_sha256: str, task_name: str, prompt_version: str) -> dict[str, Any]:
-        """The identity fields, canonicalised. Two runs are the same experiment iff these match."""
+    def identity(self, *, dataset_sha256: str, task_name: str, prompt_version: str,
+                 fewshot: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The identity fields, canonicalised. Two runs are the same experiment iff these match.
+
+        ``fewshot`` (with ``--fewshot N``): what identifies the exemplars, ``{"n", "source_sha256",
+        "rule"}``, made by the datasets part, which knows the source and the selection rule."""
         ident: dict[str, Any] = {
             "schema": IDENTITY_SCHEMA,
             "dataset_sha256": dataset_sha256,
@@ -192,6 +206,10 @@ class RunConfig:
             # The text, not the path: the same prompt from another path is the same experiment.
             text = self.review_prompt_text() or ""
             ident["review_prompt_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if self.fewshot > 0:
+            if fewshot is None:
+                raise ValueError("identity(): --fewshot N needs the exemplars' identity")
+            ident["fewshot"] = dict(fewshot)
         return ident
 
     def review_prompt_text(self) -> str | None:
@@ -221,9 +239,12 @@ class RunConfig:
             ("--seed", self.seed, defaults.seed),
             ("--id-column", self.id_column, defaults.id_column),
             ("--review-prompt", self.review_prompt, defaults.review_prompt),
+            ("--fewshot", self.fewshot, defaults.fewshot),
+            ("--fewshot-from", self.fewshot_from, defaults.fewshot_from),
             ("--output-dir", str(self.output_dir), str(defaults.output_dir)),
             ("--run-id", self.run_id, defaults.run_id),
             ("--limit", self.limit, defaults.limit),
+            ("--epochs", self.epochs, defaults.epochs),
             ("--concurrency", self.concurrency, defaults.concurrency),
             ("--checkpoint-every", self.checkpoint_every, defaults.checkpoint_every),
             ("--max-attempts", self.max_attempts, defaults.max_attempts),

@@ -79,6 +79,40 @@ BOOL_FIELDS = ("correct", "score")  # a score is a bool from the built-in tasks;
 #: Fields that may hold any JSON value; a single-turn task writes text (a multi-turn one a list of replies).
 OBJECT_FIELDS = ("prediction", "target", "response")
 
+# ------------------------------------------------------------------------------ repeats
+
+#: ``epoch``: which repeat of its sample a record answers (``--epochs K``: 1..K). A record without
+#: it (or with a value that is not an int >= 1) answers epoch 1, as every record did before repeats.
+EPOCH_FIELD = "epoch"
+#: Joins a sample id and an epoch into the key of one unit of work; dataset ids never contain it.
+UNIT_SEPARATOR = "\x1f"
+
+
+def epoch_of(record: dict[str, Any]) -> int:
+    """The epoch a record answers: its ``epoch`` when that is an int >= 1 (not a bool), else 1."""
+    epoch = record.get(EPOCH_FIELD)
+    return epoch if type(epoch) is int and epoch >= 1 else 1
+
+
+def unit_key(sample_id: str, epoch: int = 1) -> str:
+    """The key of one unit of work, (sample, epoch): the bare sample id for epoch 1 (so the keys
+    of a run without repeats, and of every run written before repeats, are its sample ids), else
+    ``<sample_id>\\x1f<epoch>``."""
+    return sample_id if epoch == 1 else f"{sample_id}{UNIT_SEPARATOR}{epoch}"
+
+
+def split_unit_key(key: str) -> tuple[str, int]:
+    """``(sample_id, epoch)`` of a key made by :func:`unit_key`."""
+    sample_id, sep, epoch = key.rpartition(UNIT_SEPARATOR)
+    return (sample_id, int(epoch)) if sep else (key, 1)
+
+
+def record_unit_key(record: dict[str, Any]) -> str | None:
+    """The unit key of a results record (None when its ``sample_id`` is not a string)."""
+    sample_id = record.get("sample_id")
+    return unit_key(sample_id, epoch_of(record)) if type(sample_id) is str else None
+
+
 # ------------------------------------------------------------------------------ columns
 
 #: Self-correction fields get unprefixed columns wherever a task puts them (top level or ``extra``).

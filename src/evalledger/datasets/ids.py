@@ -19,6 +19,7 @@ from evalledger.datasets.values import (
     all_present,
 )
 from evalledger.errors import DatasetError
+from evalledger.records import UNIT_SEPARATOR
 
 
 def content_hash_id(fields: Mapping[str, Any]) -> str:
@@ -77,7 +78,7 @@ def assign_sample_ids(path: Path, rows: Sequence[Row], label: str, id_col: str |
         missing: list[int] = []
         for row in rows:
             value = row.fields.get(id_col)
-            if type(value) is str and value and not value.isspace():
+            if type(value) is str and value and not value.isspace() and "\x1f" not in value:
                 ids.append(value)  # the usual case, what id_from_value gives, without the calls
                 continue
             try:
@@ -90,6 +91,12 @@ def assign_sample_ids(path: Path, rows: Sequence[Row], label: str, id_col: str |
             if sid is None:
                 missing.append(row.number)
                 sid = ""
+            elif UNIT_SEPARATOR in sid:
+                # It joins a sample id and a repeat number in the runner's keys (records.unit_key).
+                raise DatasetError(
+                    f"{path} {label} {row.number}: id column {id_col!r} holds the control character U+001F; "
+                    "ids must not contain it"
+                )
             ids.append(sid)
         if missing:
             raise DatasetError(
