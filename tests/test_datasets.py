@@ -156,6 +156,44 @@ def test_builtin_default_tasks() -> None:
     assert BUILTIN_DATASETS["humaneval"].id_column == "task_id"
 
 
+# From data/SOURCES.md: the shipped few-shot sources.
+KNOWN_FEWSHOT = {
+    "gsm8k": ("gsm8k_cot_exemplars.jsonl", "97e874ed9b68b259084ce2d9acce97c05992b7b7b996d0902e1f3c095f4610a7", 8),
+    "mmlu-elementary-math": ("mmlu_elementary_mathematics_dev.jsonl",
+                             "abc383e12913c0dcda0a5adc57e61c383626db821396ef03d069f1279460ca45", 5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))
+def test_shipped_fewshot_sources(name: str) -> None:
+    builtin = BUILTIN_DATASETS[name]
+    if name not in KNOWN_FEWSHOT:
+        assert builtin.fewshot_filename is None and resolve_dataset(name).fewshot_path is None
+        return
+    filename, sha256, rows = KNOWN_FEWSHOT[name]
+    assert builtin.fewshot_path == REPO_DATA.resolve() / filename == resolve_dataset(name).fewshot_path
+    raw = builtin.fewshot_path.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == sha256
+    sources = (REPO_DATA / "SOURCES.md").read_text("utf-8")
+    assert f"`{sha256}`" in sources and f"| {filename} | {rows} | {len(raw)} |" in sources
+    ds = load_dataset(builtin.fewshot_path, required_fields=("question", "answer"))
+    assert ds.total_rows == rows and ds.id_source == "column:id"
+    test_questions = {s["question"].strip() for s in load_dataset(name).samples}
+    assert not any(s["question"].strip() in test_questions for s in ds.samples)  # no exemplar is a test row
+
+
+def test_gsm8k_chain_of_thought_exemplars_end_in_their_answer() -> None:
+    ds = load_dataset(BUILTIN_DATASETS["gsm8k"].fewshot_path, required_fields=("question", "target", "answer"))
+    assert [s.id for s in ds.samples] == [f"gsm8k-cot-{i:04d}" for i in range(8)]
+    assert [s["answer"] for s in ds.samples] == ["6", "5", "39", "8", "9", "29", "33", "8"]
+    for s in ds.samples:
+        assert s["target"].endswith(f" The answer is {s['answer']}.")
+        assert "\n" not in s["target"] and "  " not in s["question"]
+    assert ds.samples[0]["question"] == ("There are 15 trees in the grove. Grove workers will plant trees in the grove "
+                                         "today. After they are done, there will be 21 trees. How many trees did the "
+                                         "grove workers plant today?")
+
+
 def test_data_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copy(REPO_DATA / "HumanEval.jsonl.gz", tmp_path / "HumanEval.jsonl.gz")
     monkeypatch.setenv("EVALLEDGER_DATA_DIR", str(tmp_path))

@@ -598,3 +598,87 @@ def test_task_run_propagates_generate_errors() -> None:
 
     with pytest.raises(ConnectionError):
         asyncio.run(QATask().run(sample(GSM8K_JANET), failing, random.Random(0)))
+
+
+# --- worked examples (--fewshot) ----------------------------------------------------------------
+
+COT_OLIVIA = {  # gsm8k_cot_exemplars.jsonl line 8
+    "id": "gsm8k-cot-0007",
+    "question": "Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+    "target": ("Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has "
+               "23 - 15 dollars left. 23 - 15 is 8. The answer is 8."),
+    "answer": "8",
+}
+
+
+def test_qa_puts_exemplar_pairs_between_the_system_prompt_and_the_question() -> None:
+    task = QATask()
+    shown = sample(GSM8K_JANET, sid="janet")
+    asked = Sample("josh", 3, GSM8K_JOSH, fewshot=(sample(COT_OLIVIA, sid="cot"), shown))
+    messages = task.build_messages(asked)
+    assert messages == [
+        task.build_messages(sample(GSM8K_JOSH))[0],
+        {"role": "user", "content": COT_OLIVIA["question"]},
+        {"role": "assistant", "content": COT_OLIVIA["target"]},  # a worked target wins over the bare answer
+        {"role": "user", "content": GSM8K_JANET["question"]},
+        {"role": "assistant", "content": GSM8K_JANET["answer"]},  # GSM8K's own solution, "#### 18"
+        {"role": "user", "content": GSM8K_JOSH["question"]},
+    ]
+    assert task.build_messages(sample(GSM8K_JOSH)) == [messages[0], messages[-1]]  # zero-shot unchanged
+
+
+def test_mcq_exemplars_are_formatted_like_the_question_and_answered_in_its_format() -> None:
+    task = MCQTask()
+    asked = Sample("p", 1, MMLU_P, fewshot=(sample(MMLU_SOCCER, sid="soccer"),))
+    messages = task.build_messages(asked)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[0] == task.build_messages(sample(MMLU_SOCCER))[0]
+    assert messages[1] == {"role": "assistant", "content": f"Answer: {MMLU_SOCCER['answer']}"}
+    assert messages[2] == task.build_messages(sample(MMLU_P))[0]
+    # The same question with its options reordered is the sample itself.
+    reordered = {**MMLU_P, "choices": list(reversed(MMLU_P["choices"])), "answer": "B"}
+    assert task.exemplar_key(sample(reordered)) == task.exemplar_key(sample(MMLU_P))
+
+
+def test_self_correct_first_turn_is_the_base_prompt_with_its_exemplars() -> None:
+    task = load_task("self-correct:mcq")
+    asked = Sample("p", 1, MMLU_P, fewshot=(sample(MMLU_SOCCER, sid="soccer"),))
+    assert task.build_messages(asked) == MCQTask().build_messages(asked)
+    assert task.exemplar_version == MCQTask.exemplar_version and task.exemplar_answer(asked.fewshot[0]) == "Answer: B"
+    assert task.review_messages(asked, "Answer: C")[:3] == task.build_messages(asked)
+
+
+@pytest.mark.parametrize(("task", "fields", "reply", "prediction"), [
+    (QATask(), COT_OLIVIA, "She has 23 - 15 dollars left. 23 - 15 is 8. The answer is 8.", "8"),
+    (QATask(), GSM8K_JANET, "9 eggs a day, 9 * 2 = 18 dollars.\n#### 18", "18"),
+    (MCQTask(), MMLU_SOCCER, "90 / 15.60 is about 5.8, so 5 balls.\nAnswer: B", "B"),
+])
+def test_a_reply_in_the_exemplars_format_is_read(task: Task, fields: dict, reply: str, prediction: str) -> None:
+    result = task.score(reply, sample(fields))
+    assert result.prediction == prediction and result.correct is True
+    assert task.validate_exemplar(sample(fields)) is None
+
+
+@pytest.mark.parametrize(("task", "fields", "problem"), [
+    (QATask(), {**COT_OLIVIA, "target": "So she has 9 left. The answer is 9."}, "does not score as correct"),
+    (QATask(), {"question": "q", "answer": "no number"}, "no numeric final answer"),
+    (MCQTask(), {**MMLU_P, "answer": "E"}, "does not identify exactly one"),
+])
+def test_validate_exemplar_problems(task: Task, fields: dict, problem: str) -> None:
+    message = task.validate_exemplar(sample(fields))
+    assert message is not None and problem in message
+
+
+def test_a_task_without_exemplar_support_says_so() -> None:
+    class Bare(Task):
+        name = "bare"
+
+        def build_messages(self, sample):
+            return [{"role": "user", "content": "q"}]
+
+        def score(self, response, sample):
+            return Score(prediction=None, target=None, score=False, correct=False)
+
+    assert Bare.exemplar_version == "" and QATask.exemplar_version and MCQTask.exemplar_version
+    with pytest.raises(NotImplementedError, match="bare cannot show worked examples"):
+        Bare().exemplar_answer(sample({"question": "q"}))

@@ -52,11 +52,18 @@ class BuiltinDataset:
     default_task: str
     id_column: str | None = None
     description: str = ""
+    #: The shipped worked examples ``--fewshot N`` draws from when no ``--fewshot-from`` is given.
+    fewshot_filename: str | None = None
 
     @property
     def path(self) -> Path:
         """Where the data file is expected (it may not exist)."""
         return data_dir() / self.filename
+
+    @property
+    def fewshot_path(self) -> Path | None:
+        """Where the shipped exemplars are expected (None: this dataset ships none)."""
+        return None if self.fewshot_filename is None else data_dir() / self.fewshot_filename
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
@@ -67,12 +74,14 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
             filename="gsm8k_test.jsonl",
             default_task="qa",
             description="GSM8K test split, 1319 grade-school math word problems",
+            fewshot_filename="gsm8k_cot_exemplars.jsonl",  # the 8 chain-of-thought exemplars of Wei et al., 2022
         ),
         BuiltinDataset(
             name="mmlu-elementary-math",
             filename="mmlu_elementary_mathematics_test.jsonl",
             default_task="mcq",
             description="MMLU elementary_mathematics test split, 378 four-choice questions",
+            fewshot_filename="mmlu_elementary_mathematics_dev.jsonl",  # the subject's dev split, MMLU's 5-shot source
         ),
         BuiltinDataset(
             name="humaneval",
@@ -91,8 +100,9 @@ class ResolvedDataset:
     """A dataset spec resolved to a file.
 
     ``name`` is the stem used in the run ID: the built-in name, or else the file name without its
-    format suffixes. ``sha256`` is the hash of the file's bytes. ``default_task`` and
-    ``default_id_column`` are set only for built-in datasets.
+    format suffixes. ``sha256`` is the hash of the file's bytes. ``default_task``,
+    ``default_id_column`` and ``fewshot_path`` (the shipped exemplars, if any) are set only for
+    built-in datasets.
     """
 
     name: str
@@ -100,6 +110,7 @@ class ResolvedDataset:
     sha256: str
     default_task: str | None = None
     default_id_column: str | None = None
+    fewshot_path: Path | None = None
 
 
 def dataset_stem(path: str | os.PathLike[str]) -> str:
@@ -219,6 +230,7 @@ def locate_dataset(spec: str | os.PathLike[str]) -> ResolvedDataset:
             sha256="",
             default_task=builtin.default_task,
             default_id_column=builtin.id_column,
+            fewshot_path=builtin.fewshot_path,
         )
     text = os.fspath(spec)
     if not text.strip():

@@ -70,12 +70,15 @@ class RowSource:
     ``st`` is the stat of the file when its bytes were read and hashed; a read-back refuses a file
     whose device, inode, size or mtime differ. ``id_column``: the column ids come from (None: the
     content hash). ``required`` and ``validate`` (the task's ``validate_sample``) are checked again
-    on every row read back, so a row is never sent without passing them.
+    on every row read back, so a row is never sent without passing them. ``attach`` (with
+    ``--fewshot``) gives each sample read back its exemplars, so rows read on demand carry them
+    like rows held in memory do.
     """
 
     def __init__(self, path: Path, sha256: str, st: os.stat_result, refs: RowRefs, row_label: str, *,
                  id_column: str | None, required: Sequence[str] = (),
-                 validate: Callable[[Sample], str | None] | None = None) -> None:
+                 validate: Callable[[Sample], str | None] | None = None,
+                 attach: Callable[[Sample], Sample] | None = None) -> None:
         self.path = path
         self.sha256 = sha256
         self.signature = file_signature(st)
@@ -84,6 +87,7 @@ class RowSource:
         self.id_column = id_column
         self.required = tuple(required)
         self.validate = validate
+        self.attach = attach
         self._fields: list[dict[str, Any]] | None = None  # every row's fields, for formats read in one piece
 
     def samples_at(self, positions: Sequence[int]) -> list[Sample]:
@@ -95,7 +99,7 @@ class RowSource:
         for p, f in zip(positions, fields):
             sample = Sample(id=self.refs.ids[p], row=self.refs.rows[p], fields=f)
             self._check(sample)
-            out.append(sample)
+            out.append(sample if self.attach is None else self.attach(sample))
         return out
 
     def _changed(self, detail: str) -> DatasetError:

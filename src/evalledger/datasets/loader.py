@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,7 @@ __all__ = [
     "MAX_FIELD_CHARS_ENV",
     "Dataset",
     "ResolvedDataset",
+    "check_samples",
     "content_hash_id",
     "data_dir",
     "dataset_stem",
@@ -200,3 +201,21 @@ def load_dataset_bytes(
         all_ids=frozenset(ids),
         refs=RowRefs(ids, [row.number for row in rows], [row.start for row in rows] if jsonl else None),
     )
+
+
+def check_samples(path: Path, samples: Iterable[Sample], check: Callable[[Sample], str | None], task_spec: str) -> None:
+    """A task's own check (``validate_sample``, or ``validate_exemplar`` for exemplars) of every sample
+    of ``path``: one :class:`DatasetError` listing the first ten bad rows, each with its number, id
+    and problem."""
+    problems = []
+    for sample in samples:
+        problem = check(sample)
+        if problem:
+            problems.append(f"row {sample.row} (id {sample.id}): {problem}")
+    if problems:
+        more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DatasetError(
+            f"{path}: {len(problems)} row(s) cannot be used by task '{task_spec}':\n  "
+            + "\n  ".join(problems[:10])
+            + more
+        )

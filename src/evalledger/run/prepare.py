@@ -19,15 +19,18 @@ from evalledger._version import __version__
 from evalledger.config import RunConfig, identity_hash, make_run_id
 from evalledger.datasets import (
     Dataset,
+    ExemplarSelector,
     LazySamples,
     ResolvedDataset,
     RowSource,
     ValidatedIndex,
     check_dataset_path,
+    check_samples,
     dataset_format,
     in_shard,
     index_key,
     load_dataset_bytes,
+    load_exemplar_source,
     load_index,
     locate_dataset,
     max_field_chars,
@@ -35,7 +38,7 @@ from evalledger.datasets import (
     save_index,
 )
 from evalledger.datasets import index as dataset_index
-from evalledger.errors import DatasetError, UsageError
+from evalledger.errors import UsageError
 from evalledger.fsio import paused_gc, utc_now
 from evalledger.ledger import RunPaths
 from evalledger.providers import Provider, endpoint_for, make_provider
@@ -65,6 +68,8 @@ class PreparedRun:
     selection: Sequence[Sample]  # this shard's samples
     index_key: dict[str, Any] = field(default_factory=dict)  # what the dataset's validation depended on
     new_index: ValidatedIndex | None = None  # the index this run's validation made, to save (save_dataset_index)
+    # With --fewshot: what chose each sample's exemplars (every sample above already carries them).
+    fewshot: ExemplarSelector | None = None
 
     @property
     def endpoint(self) -> str:
@@ -86,6 +91,8 @@ class PreparedRun:
         """The manifest content for a new run directory."""
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.config).items()}
         cfg.pop("api_key", None)  # never write secrets to disk
+        # Only with --fewshot, so every other manifest keeps its fields.
+        fewshot = {} if self.fewshot is None else {"fewshot": {"n": self.fewshot.n, **self.fewshot.source.describe()}}
         return {
             "run_id": self.run_id,
             "identity": self.identity,
@@ -106,6 +113,7 @@ class PreparedRun:
             "limit": self.config.limit,
             "versions": _versions(),
             "created_at": utc_now(),
+            **fewshot,
         }
 
 
@@ -125,6 +133,9 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
     (``executes_code``, e.g. humaneval) is refused unless ``allow_code_execution`` is set, and
     warned about on stderr when it is; ``validate`` runs nothing and skips that.
 
+    With ``fewshot`` > 0, the exemplar source is read and checked too, and every sample carries
+    its exemplars (``Sample.fewshot``; rows read back on demand get them as they are read).
+
     Raises :class:`DatasetError` / :class:`UsageError` with a message naming the file, row or flag.
     """
     located = locate_dataset(config.dataset)
@@ -137,28 +148,37 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
     # The file is read and hashed once: the hash names the run, and these bytes are what is parsed.
     raw, st = read_dataset_file(check_dataset_path(located.path))
     resolved = dataclasses.replace(located, sha256=hashlib.sha256(raw).hexdigest())
+    selector = _exemplar_selector(config, resolved, raw, task, task_spec)
+    # Absent without --fewshot, so every zero-shot run keeps the run ID and dataset index it had.
+    fewshot = {} if selector is None else {"fewshot": selector.identity}
     task_name = task.name or task_spec
-    identity = config.identity(dataset_sha256=resolved.sha256, task_name=task_name, prompt_version=task.prompt_version)
+    identity = config.identity(dataset_sha256=resolved.sha256, task_name=task_name, prompt_version=task.prompt_version,
+                               **fewshot)
     run_id = config.run_id or make_run_id(resolved.name, config.model, task_name, identity)
     run_dir = run_dir_inside(config.output_dir, run_id)
+    # The exemplars are in the key because the index also vouches that every sample has enough of them.
     key = index_key(sha256=resolved.sha256, format=dataset_format(resolved.path), id_column=config.id_column,
                     default_id_column=resolved.default_id_column, required=list(task.required_fields),
                     task=f"{type(task).__module__}.{type(task).__qualname__}", task_spec=task_spec,
                     task_name=task_name, prompt_version=task.prompt_version, limit=config.limit,
-                    max_field_chars=max_field_chars(), evalledger=__version__)
+                    max_field_chars=max_field_chars(), evalledger=__version__, **fewshot)
     # Millions of small dicts are built here and none is in a cycle: see gcpause.
     with paused_gc():
         index = load_index(RunPaths(run_dir).cache, key) if use_index and len(raw) >= dataset_index.MIN_BYTES else None
         if index is not None:
             del raw  # a resume of an already validated file: its rows are read back only when pending
-            dataset = _dataset_from_index(resolved, st, index, task, config.limit)
+            dataset = _dataset_from_index(resolved, st, index, task, config.limit, selector)
             new_index = None
         else:
             dataset = load_dataset_bytes(resolved, raw, id_column=config.id_column,
                                          required_fields=task.required_fields, limit=config.limit)
             del raw
-            _validate_rows(dataset, task, task_spec)
-            dataset, new_index = _lazy_if_large(dataset, st, task)
+            check_samples(dataset.path, dataset.samples, task.validate_sample, task_spec)
+            if selector is not None:
+                selector.check(dataset.samples)  # before anything is sent: every sample has enough exemplars
+            dataset, new_index = _lazy_if_large(dataset, st, task, selector)
+            if selector is not None and not isinstance(dataset.samples, LazySamples):
+                dataset = dataclasses.replace(dataset, samples=selector.attach_all(dataset.samples))
     if check_output_dir:
         check_output_dir_usable(config.output_dir, run_dir)
     return PreparedRun(
@@ -173,23 +193,26 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
         selection=in_shard(dataset.samples, config.shard),
         index_key=key,
         new_index=new_index,
+        fewshot=selector,
     )
 
 
-def _validate_rows(dataset: Dataset, task: Task, task_spec: str) -> None:
-    """The task's own check of every sample (``validate_sample``); one error listing the bad rows."""
-    problems = []
-    for sample in dataset.samples:
-        problem = task.validate_sample(sample)
-        if problem:
-            problems.append(f"row {sample.row} (id {sample.id}): {problem}")
-    if problems:
-        more = f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DatasetError(
-            f"{dataset.path}: {len(problems)} row(s) cannot be used by task '{task_spec}':\n  "
-            + "\n  ".join(problems[:10])
-            + more
+def _exemplar_selector(config: RunConfig, resolved: ResolvedDataset, raw: bytes, task: Task,
+                       task_spec: str) -> ExemplarSelector | None:
+    """With ``--fewshot N``: the exemplar source, checked like a dataset, and what picks each sample's
+    exemplars from it; None without. ``raw`` is the dataset's bytes (parsed, not read again, when
+    the source is the dataset itself)."""
+    if config.fewshot == 0:
+        return None
+    if not task.exemplar_version:
+        raise UsageError(
+            f"--fewshot {config.fewshot}: task '{task_spec}' cannot show worked examples (a task shows them "
+            "when it sets exemplar_version, implements exemplar_answer and builds its prompt with with_exemplars)"
         )
+    source = load_exemplar_source(resolved, config.fewshot_from, n=config.fewshot, dataset_raw=raw,
+                                  id_column=config.id_column, required_fields=task.required_fields,
+                                  check=task.validate_exemplar, task_spec=task_spec)
+    return ExemplarSelector(source, config.fewshot, config.seed, key=task.exemplar_key, layout=task.exemplar_version)
 
 
 def _id_column_of(id_source: str) -> str | None:
@@ -197,21 +220,23 @@ def _id_column_of(id_source: str) -> str | None:
 
 
 def _dataset_from_index(resolved: ResolvedDataset, st: os.stat_result, index: ValidatedIndex, task: Task,
-                        limit: int | None) -> Dataset:
+                        limit: int | None, selector: ExemplarSelector | None) -> Dataset:
     """The dataset of a file a previous run validated (its index matched): ids only, rows read back on demand."""
     refs = index.refs
     source = RowSource(resolved.path, resolved.sha256, st, refs, index.row_label,
                        id_column=_id_column_of(index.id_source), required=task.required_fields,
-                       validate=task.validate_sample)
+                       validate=task.validate_sample, attach=None if selector is None else selector.attach)
     n = len(refs.ids) if limit is None else min(limit, len(refs.ids))
     return Dataset(name=resolved.name, path=resolved.path, sha256=resolved.sha256,
                    samples=LazySamples(source, range(n)), total_rows=index.total_rows, id_source=index.id_source,
                    row_label=index.row_label, columns=index.columns, all_ids=frozenset(refs.ids), refs=refs)
 
 
-def _lazy_if_large(dataset: Dataset, st: os.stat_result, task: Task) -> tuple[Dataset, ValidatedIndex | None]:
-    """A large JSON-lines dataset just validated: drop the rows' fields (they are read back when sent)
-    and return the index to save once the run directory is ours. Others are kept as they are."""
+def _lazy_if_large(dataset: Dataset, st: os.stat_result, task: Task,
+                   selector: ExemplarSelector | None) -> tuple[Dataset, ValidatedIndex | None]:
+    """A large JSON-lines dataset just validated: drop the rows' fields (they are read back when sent,
+    with their exemplars) and return the index to save once the run directory is ours. Others are
+    kept as they are."""
     refs = dataset.refs
     if refs is None or st.st_size < dataset_index.MIN_BYTES:
         return dataset, None
@@ -220,7 +245,7 @@ def _lazy_if_large(dataset: Dataset, st: os.stat_result, task: Task) -> tuple[Da
         return dataset, index  # other formats: the rows stay in memory (no offsets to read them back by)
     source = RowSource(dataset.path, dataset.sha256, st, refs, dataset.row_label,
                        id_column=_id_column_of(dataset.id_source), required=task.required_fields,
-                       validate=task.validate_sample)
+                       validate=task.validate_sample, attach=None if selector is None else selector.attach)
     return dataclasses.replace(dataset, samples=LazySamples(source, range(len(dataset.samples)))), index
 
 

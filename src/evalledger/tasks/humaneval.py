@@ -142,6 +142,7 @@ class HumanEvalTask(Task):
     prompt_version = "humaneval-v1"
     required_fields = ("task_id", "prompt", "test", "entry_point")
     executes_code = True
+    exemplar_version = "humaneval-fewshot-v1"
 
     def __init__(self, limits: SandboxLimits | None = None, max_parallel: int | None = None) -> None:
         self.limits = limits or SandboxLimits()
@@ -163,9 +164,21 @@ class HumanEvalTask(Task):
         return None
 
     def build_messages(self, sample: Sample) -> list[Message]:
-        """One user message: the instruction, then the prompt in a python code block."""
+        """One user message: the instruction, then the prompt in a python code block (after the
+        sample's exemplars, if it carries any)."""
         prompt = str(sample["prompt"]).rstrip("\n")
-        return [{"role": "user", "content": f"{INSTRUCTION}\n\n```python\n{prompt}\n```"}]
+        return self.with_exemplars([{"role": "user", "content": f"{INSTRUCTION}\n\n```python\n{prompt}\n```"}],
+                                   sample)
+
+    def exemplar_answer(self, exemplar: Sample) -> str:
+        """The complete function (the prompt and its ``canonical_solution``) in a python code block,
+        the reply :data:`INSTRUCTION` asks for."""
+        solution = exemplar.fields.get("canonical_solution")
+        if not isinstance(solution, str) or not solution.strip():
+            raise ValueError("field 'canonical_solution' (the worked answer) is missing or empty")
+        prompt = str(exemplar["prompt"])
+        prompt = prompt if prompt.endswith("\n") else prompt + "\n"
+        return f"```python\n{prompt}{solution.rstrip()}\n```"
 
     def score(self, response: str, sample: Sample) -> Score:
         """Run the tests on the reply's code (blocking). Async callers use :meth:`score_with_details`."""

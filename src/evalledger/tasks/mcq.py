@@ -189,6 +189,7 @@ class MCQTask(Task):
     name = "mcq"
     prompt_version = "mcq-v1"
     required_fields = ("question", "answer")
+    exemplar_version = "mcq-fewshot-v1"
 
     def validate_sample(self, sample: Sample) -> str | None:
         """A problem if the row has no usable options or its answer maps to none of them."""
@@ -206,9 +207,23 @@ class MCQTask(Task):
         return None
 
     def build_messages(self, sample: Sample) -> list[Message]:
-        """One user message: the question, the lettered options and the answer-format instruction."""
+        """One user message: the question, the lettered options and the answer-format instruction
+        (after the sample's exemplars, if it carries any)."""
         choices = self._choices(sample)
-        return [{"role": "user", "content": format_question(str(sample["question"]), choices)}]
+        return self.with_exemplars([{"role": "user", "content": format_question(str(sample["question"]), choices)}],
+                                   sample)
+
+    def exemplar_answer(self, exemplar: Sample) -> str:
+        """``Answer: X``, the line :data:`INSTRUCTION` asks the model to end with."""
+        letter = answer_letter(exemplar["answer"], self._choices(exemplar))
+        if letter is None:
+            raise ValueError(f"answer {exemplar['answer']!r} matches no option")
+        return f"Answer: {letter}"
+
+    def exemplar_key(self, sample: Sample) -> str:
+        """The question without its options: the same question with other or reordered options is
+        still the sample itself."""
+        return str(sample["question"])
 
     def score(self, response: str, sample: Sample) -> Score:
         """Extract the chosen letter and compare it with the correct option's letter."""

@@ -184,13 +184,26 @@ class QATask(Task):
     name = "qa"
     prompt_version = "qa-v1"
     required_fields = ("question", "answer")
+    exemplar_version = "qa-fewshot-v1"
 
     def build_messages(self, sample: Sample) -> list[Message]:
-        """A system message with the answer format, then the question as the user message."""
-        return [
+        """A system message with the answer format, then the question as the user message (after
+        the sample's exemplars, if it carries any)."""
+        return self.with_exemplars([
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": str(sample["question"])},
-        ]
+        ], sample)
+
+    def exemplar_answer(self, exemplar: Sample) -> str:
+        """The worked solution: the row's ``target`` when it has one (the chain-of-thought exemplars'
+        reasoning, ending in "The answer is X."), else its ``answer`` (GSM8K's, ending in "#### X")."""
+        for name in ("target", "answer"):
+            value = exemplar.fields.get(name)
+            # An empty CSV cell arrives as None or NaN: the row has no such field.
+            text = "" if value is None or value != value else str(value).strip()
+            if text:
+                return text
+        raise ValueError("it has no 'target' or 'answer' to show")
 
     def validate_sample(self, sample: Sample) -> str | None:
         """Reject rows whose reference answer has no readable number (they could never score)."""

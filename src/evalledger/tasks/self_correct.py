@@ -99,14 +99,24 @@ class SelfCorrectTask(Task):
         self.required_fields = tuple(base.required_fields)
         # Running the base's code (HumanEval) makes this task run code too: the same refusal applies.
         self.executes_code = bool(getattr(base, "executes_code", False))
+        # Turn 1 is the base's prompt, exemplars included: they are laid out the base's way.
+        self.exemplar_version = base.exemplar_version
 
     def validate_sample(self, sample: Sample) -> str | None:
         """The base task's check."""
         return self.base.validate_sample(sample)
 
     def build_messages(self, sample: Sample) -> list[Message]:
-        """Turn 1: the base task's messages, unchanged."""
+        """Turn 1: the base task's messages, unchanged (its exemplars included)."""
         return self.base.build_messages(sample)
+
+    def exemplar_answer(self, exemplar: Sample) -> str:
+        """The base task's worked answer."""
+        return self.base.exemplar_answer(exemplar)
+
+    def exemplar_key(self, sample: Sample) -> str:
+        """The base task's question."""
+        return self.base.exemplar_key(sample)
 
     def review_messages(self, sample: Sample, first_response: str) -> list[Message]:
         """Turn 2: turn 1, the model's answer as the assistant, then the review prompt as the user."""
