@@ -104,3 +104,16 @@ def test_validate_prints_the_run_id_that_run_uses_with_the_same_flags(fake_serve
     assert fake_server.request_count == 1  # validate sent nothing
     plain = run_cli(["validate", "-d", str(data), "-m", "openai/test-model"], cli_env(fake_server))
     assert run_id not in plain.stdout  # other generation flags: another experiment, another ID
+
+
+@pytest.mark.parametrize("command", ["run", "estimate", "validate", "study"])
+def test_config_file_flag_where_a_command_runs_an_experiment(command):
+    assert parsed(command, ["--config", "exp.toml"])["config_file"] == Path("exp.toml")
+    assert parsed(command, [])["config_file"] is None
+
+
+def test_dataset_comes_from_the_flag_or_the_config_file(tmp_path):
+    r = run_cli(["run", "--model", "openai/m"], None, cwd=tmp_path)
+    assert r.returncode == 2 and "error: --dataset is required" in r.stderr
+    helptext = cli.commands["run"].get_help(click.Context(cli.commands["run"]))
+    assert "--config FILE" in helptext and "--print-config" in helptext

@@ -347,7 +347,7 @@ def test_merge_dedups_and_checks_exact_coverage(fake_server, tmp_path: Path) -> 
     # Half the shards: refused, nothing written, the missing samples named.
     r = run_cli(["merge", "r", "--output-dir", str(out), "-o", str(merged)], dict(os.environ))
     missing = sorted(f"s{i:05d}" for i in range(n) if shard_of(f"s{i:05d}", 2) == 2)
-    assert r.returncode == 1 and f"{len(missing)} of {n} samples have no ok record" in r.stderr, r.stderr
+    assert r.returncode == 1 and f"{len(missing)} of {n} sample(s) have no ok record" in r.stderr, r.stderr
     assert missing[0] in r.stderr and not merged.exists()
     rep = merge_run(run_dir, merged, allow_incomplete=True)
     assert not rep.exact and rep.missing == [s for s in (f"s{i:05d}" for i in range(n)) if s in missing]

@@ -37,7 +37,9 @@ from evalledger.records import (
     BOOL_COLUMNS,
     FLOAT_COLUMNS,
     INT_COLUMNS,
+    LIST_COLUMNS,
     OBJECT_COLUMNS,
+    OPTIONAL_COLUMNS,
     RECORD_FIELDS,
     SCORE_COLUMN,
     STRING_COLUMNS,
@@ -296,8 +298,8 @@ def test_bill_total_and_total_cost() -> None:
 
 
 def test_the_column_groups_are_the_frame_columns_once_each() -> None:
-    groups = STRING_COLUMNS + TIME_COLUMNS + INT_COLUMNS + FLOAT_COLUMNS + BOOL_COLUMNS + OBJECT_COLUMNS
-    assert sorted(groups + (SCORE_COLUMN,)) == sorted(BASE_COLUMNS + TEXT_COLUMNS)
+    groups = STRING_COLUMNS + TIME_COLUMNS + INT_COLUMNS + FLOAT_COLUMNS + BOOL_COLUMNS + OBJECT_COLUMNS + LIST_COLUMNS
+    assert sorted(groups + (SCORE_COLUMN,)) == sorted(BASE_COLUMNS + TEXT_COLUMNS + OPTIONAL_COLUMNS)
     assert set(groups) <= set(SCHEMA.names) and set(READ_SCHEMA.names) == set(RECORD_FIELDS) - {"extra"}
     assert KNOWN_KEYS == set(RECORD_FIELDS) and len(RECORD_FIELDS) == len(set(RECORD_FIELDS))
 

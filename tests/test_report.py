@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from fakeserver import answer_from_marker, last_user_text
 from helpers import cli_env, marker, run_cli, write_qa_dataset
 from PIL import Image
 from test_results import cfg, rec, write_manifest, write_records
@@ -174,6 +175,32 @@ def test_report_of_a_study_directory_with_self_correction(tmp_path):
     # --samples 2: at most two rows per group and run, and the one error is there.
     assert sum("error" in k.split() for k in page.sample_kinds) == 1
     assert sum("all" in k.split() for k in page.sample_kinds) == 4
+
+
+def _b_wrong_on_1_and_2(body):
+    m = re.search(r"\[\[ANSWER:(\d+)\]\]", last_user_text(body))
+    return "#### 999" if body.get("model") == "b" and m and int(m.group(1)) in (1, 2) else answer_from_marker(body)
+
+
+def test_report_of_a_study_shows_each_run_against_the_first_on_its_dataset(fake_server, tmp_path):
+    fake_server.responder = _b_wrong_on_1_and_2
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 5)
+    other = write_qa_dataset(tmp_path / "other.jsonl", 3, start=50)
+    env, out = cli_env(fake_server), tmp_path / "out"
+    for model, dataset in (("a", data), ("b", data), ("a", other)):
+        r = run_cli(["run", "--dataset", str(dataset), "--model", f"openai/{model}", "--output-dir", str(out),
+                     "--quiet"], env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    html_path = tmp_path / "study.html"
+    r = run_cli(["report", str(out), "-o", str(html_path)], env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    page = parse(html_path)
+    cells = {c["key"]: json.loads(c["value"]) for c in page.cells
+             if c["key"] in ("n", "accuracy_a", "accuracy_b", "difference", "p_value", "discordant")}
+    # b against a on qa.jsonl only (other.jsonl has one run): 5 paired, a 100 %, b 60 %, 2 discordant for a
+    assert cells == {"n": 5, "accuracy_a": 1.0, "accuracy_b": 0.6, "difference": pytest.approx(-0.4),
+                     "p_value": pytest.approx(0.5), "discordant": [2, 0]}
+    assert html_path.read_text().count("<tr data-compare=") == 1
 
 
 def test_self_correct_run_gets_transition_columns_stats_and_heat_map(tmp_path):

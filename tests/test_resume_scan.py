@@ -17,15 +17,16 @@ from evalledger.run import run_experiment
 MODEL = "openai/test-model"
 
 
-def record(i: int, status: str = "ok", correct: bool | None = True, priced: bool = True) -> dict:
-    """A record shaped like the runner's (keys in the runner's order, not the ledger's)."""
+def record(i: int, status: str = "ok", correct: bool | None = True, priced: bool = True, epoch: int = 1) -> dict:
+    """A record shaped like the runner's (keys not in the ledger's order: the writer puts the lead keys first)."""
     cost = round(1e-5 * (i % 7 + 1), 10) if priced else None
     return {"sample_id": f"s{i:05d}", "status": status, "attempts": 1 + i % 3, "shard": None, "model": MODEL,
             "task": "qa", "input_hash": "x", "prompt": [{"role": "user", "content": f"q{i} \"quoted\" {{x}}"}],
             "response": "r\n#### 1 é", "prediction": "1", "target": "1", "score": correct, "correct": correct,
             "usage": {"input_tokens": 10 + i, "output_tokens": 5 + i}, "cost_usd": cost,
             "paid": {"input_tokens": 10 + i, "output_tokens": 5 + i, "cost_usd": cost},
-            "latency_s": 0.1, "request_ids": ["r"], "error": None, "started_at": "t", "finished_at": "t"}
+            "latency_s": 0.1, "request_ids": ["r"], "error": None, "started_at": "t", "finished_at": "t",
+            "seed": 0, "epoch": epoch}
 
 
 def reference(run_dir):
@@ -91,7 +92,7 @@ def test_a_block_with_anything_odd_is_read_in_full(tmp_path):
 def test_old_records_without_the_lead_order_are_still_read(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    old = {k: v for k, v in record(0).items() if k != "paid"}
+    old = {k: v for k, v in record(0).items() if k not in ("paid", "epoch", "seed")}
     (run / "results.jsonl").write_text(json.dumps(dict(reversed(old.items()))) + "\n")
     assert assert_agrees(run).completed == {"s00000"}
 

@@ -77,6 +77,14 @@ HOSTILE = [
     json.dumps(runner_record(13, usage={"input_tokens": 2**62, "output_tokens": 2**62})).encode() + b"\n",
     json.dumps(runner_record(14, finished_at="")).encode() + b"\n",
     json.dumps(runner_record(15, status=None)).encode() + b"\n",
+    # repeats: epochs, seeds and few-shot ids of a type the runner never writes
+    json.dumps(runner_record(16, epoch=True)).encode() + b"\n",
+    json.dumps(runner_record(17, epoch=2.0)).encode() + b"\n",
+    json.dumps(runner_record(18, epoch="2")).encode() + b"\n",
+    json.dumps(runner_record(19, epoch=2**70)).encode() + b"\n",
+    json.dumps(runner_record(20, seed=True, fewshot_ids=["a", 1])).encode() + b"\n",
+    json.dumps(runner_record(21, seed=1.5, fewshot_ids=["a", None])).encode() + b"\n",
+    json.dumps(runner_record(22, seed=2**64, fewshot_ids="a")).encode() + b"\n",
 ]
 
 
@@ -93,6 +101,11 @@ ACCEPTED = [
     _line(runner_record(23, "error", usage={"input_tokens": -5, "output_tokens": 0})),
     _line(runner_record(24, paid={"input_tokens": 1, "output_tokens": 2, "cost_usd": -0.5})),  # no cost: unknown
     _line(runner_record(25, paid=None, cost_usd=float("-inf"))),
+    _line(runner_record(26, epoch=2, seed=2**31 - 1, fewshot_ids=["a", "b"])),
+    _line(runner_record(27, epoch=0, seed=-5, fewshot_ids=[])),  # epoch 0 reads as epoch 1
+    _line(runner_record(28, epoch=-3)),
+    _line(runner_record(29, epoch=None, seed=None, fewshot_ids=None)),
+    _line({"sample_id": "no-status", "epoch": 3}),
 ]
 
 
@@ -128,6 +141,14 @@ def test_odd_but_readable_values_match(line: bytes) -> None:
     assert_same(fast, slow)
 
 
+def test_a_block_without_any_status_matches() -> None:
+    """Every record without a status (hand-written ones): all count as error records, no crash."""
+    fast, slow = both([_line({"sample_id": f"m{i}", "epoch": 1 + i % 3}) for i in range(4)])
+    assert fast is not None
+    assert_same(fast, slow)
+    assert slow[1].error_records == 4 and slow[0]["epoch"].to_pylist() == [1, 2, 3, 1]
+
+
 @pytest.mark.parametrize("line", HOSTILE, ids=range(len(HOSTILE)))
 def test_hostile_lines_are_read_the_same_or_left_to_parse_batch(line: bytes) -> None:
     good = lines_of([runner_record(i) for i in range(5)])
@@ -156,6 +177,8 @@ def _varied_run(root: Path) -> Path:
     for k in (1, 2):
         recs = [runner_record(i, "error" if i % 17 == 0 else "ok") for i in range(k, 400, 2)]
         recs += [runner_record(i) for i in range(k, 60, 6)]  # retried: a later ok record
+        recs += [runner_record(i, "error" if i % 3 else "ok", epoch=2, seed=i) for i in range(k, 80, 4)]
+        recs += [runner_record(i, epoch=2, seed=i, fewshot_ids=[f"x{i}"]) for i in range(k, 80, 8)]  # epoch 2 retried
         sc = [runner_record(1000 + i, response=["first", "second"], score={"before": True, "after": False},
                             extra={"correct_before": True, "correct_after": i % 2 == 0, "transition": "x",
                                    "note": "ü"}, turn_usage=[{"input_tokens": 1, "replayed": True}],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from evalledger._version import __version__
 from evalledger.config import RunConfig
+from evalledger.configfile import load_run_config, load_study_config, run_config_toml, study_config_toml
 from evalledger.errors import (
     ConfigDriftError,
     DatasetError,
@@ -29,11 +30,22 @@ from evalledger.errors import (
 )
 from evalledger.ledger import RunLifecycle, run_lifecycle
 from evalledger.ops import PrunePlan, PruneResult, VerifyReport, plan_prune, prune_runs, verify_run
-from evalledger.readers import CheckpointManager, get_stats, load_results, load_runs, resolve_run_dir
+from evalledger.readers import (
+    CheckpointManager,
+    Comparison,
+    ComparisonReport,
+    compare_runs,
+    get_stats,
+    load_results,
+    load_runs,
+    resolve_run_dir,
+)
 from evalledger.run import RunSummary, estimate_experiment, run_experiment, run_experiment_async
 
 __all__ = [
     "CheckpointManager",
+    "Comparison",
+    "ComparisonReport",
     "ConfigDriftError",
     "DatasetError",
     "EvalLedgerError",
@@ -48,15 +60,20 @@ __all__ = [
     "UsageError",
     "VerifyReport",
     "__version__",
+    "compare_runs",
     "estimate_experiment",
     "get_stats",
     "load_results",
+    "load_run_config",
     "load_runs",
+    "load_study_config",
     "plan_prune",
     "prune_runs",
     "resolve_run_dir",
+    "run_config_toml",
     "run_experiment",
     "run_experiment_async",
     "run_lifecycle",
+    "study_config_toml",
     "verify_run",
 ]

@@ -13,7 +13,8 @@ or None: the sample's cost), ``paid`` (what the record adds to the run's bill: {
 ``output_tokens``, ``cost_usd``}), ``shard`` ("K/N" or None), ``model``, ``task``, ``input_hash``,
 ``prompt`` (a list of {``role``, ``content``}), ``response``, ``prediction``, ``target``, ``score``,
 ``latency_s``, ``request_ids``, ``error`` ({``type``, ``message``, ``retryable``, ``status_code``}),
-``started_at``, ``finished_at`` (ISO 8601 UTC), ``extra`` (a task's own fields). Any other field
+``started_at``, ``finished_at`` (ISO 8601 UTC), ``extra`` (a task's own fields), ``epoch`` (which
+repeat of its sample, 1..K), ``seed`` (the seed that repeat sent), ``fewshot_ids``. Any other field
 (a multi-turn task's ``turn_usage``, a self-correction task's :data:`SELF_CORRECTION_KEYS`) passes
 through to the readers as a column of its own. The writer puts :data:`LEAD_KEYS` first, in that
 order, so that resuming can read them from the start of a line without parsing it all.
@@ -55,11 +56,15 @@ from typing import Any, Iterable
 # ------------------------------------------------------------------------------ field names
 
 #: The fields the writer puts first, in this order; the rest of a record follows in its own order.
-LEAD_KEYS = ("sample_id", "status", "attempts", "correct", "usage", "cost_usd", "paid")
+#: ``epoch`` follows the id so that the resume pass reads a record's unit (sample, epoch) from the
+#: start of its line; records without it (older ones, other tools') are epoch 1 (see ``epoch_of``).
+LEAD_KEYS = ("sample_id", "epoch", "status", "attempts", "correct", "usage", "cost_usd", "paid")
 #: Every top-level field a results record can have that readers know (others pass through).
+#: ``seed`` is the seed that the record's (sample, epoch) sent (``samples.epoch_seed``);
+#: ``fewshot_ids`` (few-shot runs only) the ids of the exemplars shown before its question, a list.
 RECORD_FIELDS = LEAD_KEYS + (
     "shard", "model", "task", "input_hash", "prompt", "response", "prediction", "target", "score", "latency_s",
-    "request_ids", "error", "started_at", "finished_at", "extra", "queued_s",
+    "request_ids", "error", "started_at", "finished_at", "extra", "queued_s", "seed", "fewshot_ids",
 )
 #: The fields of ``usage`` and, with ``cost_usd``, of ``paid``.
 TOKEN_FIELDS = ("input_tokens", "output_tokens")
@@ -68,12 +73,12 @@ PAID_FIELDS = TOKEN_FIELDS + ("cost_usd",)
 ERROR_FIELDS = ("type", "message", "retryable", "status_code")
 MESSAGE_FIELDS = ("role", "content")
 #: One line of a calls file (one paid model call of a multi-turn task).
-CALL_FIELDS = ("sample_id", "call_key", "turn", "shard", "model", "response", "request_id", "usage", "cost_usd",
-               "finished_at")
+CALL_FIELDS = ("sample_id", "epoch", "call_key", "turn", "shard", "model", "response", "request_id", "usage",
+               "cost_usd", "finished_at")
 
 # Top-level fields by the JSON type the runner writes them with (single-turn tasks; any may be null).
 STRING_FIELDS = ("sample_id", "status", "shard", "model", "task", "input_hash", "started_at", "finished_at")
-INT_FIELDS = ("attempts",)
+INT_FIELDS = ("attempts", "epoch", "seed")
 FLOAT_FIELDS = ("cost_usd", "latency_s", "queued_s")
 BOOL_FIELDS = ("correct", "score")  # a score is a bool from the built-in tasks; other tasks may write anything
 #: Fields that may hold any JSON value; a single-turn task writes text (a multi-turn one a list of replies).
@@ -127,7 +132,16 @@ EXTRA_PREFIX = "extra_"
 #: objects), by type. The DataFrame's columns are :data:`BASE_COLUMNS` then :data:`TEXT_COLUMNS`.
 STRING_COLUMNS = ("sample_id", "status", "model", "task", "shard", "error_type", "error_message")
 TIME_COLUMNS = ("started_at", "finished_at")
-INT_COLUMNS = ("input_tokens", "output_tokens", "attempts", "error_status_code")
+#: The record's epoch as :func:`epoch_of` reads it (never null: 1 for records without one). Readers
+#: keep the latest record of each (sample, epoch), so a run has one row per sample and epoch.
+EPOCH_COLUMN = EPOCH_FIELD
+#: The seed a (sample, epoch) sent and the ids of its few-shot exemplars (a list of strings): columns
+#: of the scan, shown in the DataFrame only when some record has them (:data:`OPTIONAL_COLUMNS`).
+SEED_COLUMN = "seed"
+FEWSHOT_IDS_COLUMN = "fewshot_ids"
+OPTIONAL_COLUMNS = (SEED_COLUMN, FEWSHOT_IDS_COLUMN)
+INT_COLUMNS = ("input_tokens", "output_tokens", "attempts", "error_status_code", EPOCH_COLUMN, SEED_COLUMN)
+LIST_COLUMNS = (FEWSHOT_IDS_COLUMN,)  # lists of strings
 FLOAT_COLUMNS = ("cost_usd", "latency_s")
 BOOL_COLUMNS = ("correct",)
 OBJECT_COLUMNS = OBJECT_FIELDS
@@ -142,13 +156,13 @@ BILLED_COST_COLUMN = "billed_cost_usd"
 OFFSET_COLUMN = "offset"
 
 BASE_COLUMNS = (
-    "sample_id", "status", "correct", "score", "prediction", "target", "input_tokens", "output_tokens",
+    "sample_id", EPOCH_COLUMN, "status", "correct", "score", "prediction", "target", "input_tokens", "output_tokens",
     "cost_usd", "latency_s", "attempts", "model", "task", "shard", "error_type", "error_message",
     "error_status_code", "started_at", "finished_at",
 )
 TEXT_COLUMNS = ("response",)
 #: The DataFrame columns the stats read (plus ``sample_id``, ``in_dataset`` and the pass-through columns).
-STATS_COLUMNS = ("status", "correct", "latency_s", "finished_at", "error_type")
+STATS_COLUMNS = (EPOCH_COLUMN, "status", "correct", "latency_s", "finished_at", "error_type")
 
 # ------------------------------------------------------------------------------ the bill
 

@@ -14,6 +14,7 @@ import click
 
 from evalledger._version import __version__
 from evalledger.cli import cluster, integrity, results
+from evalledger.cli.compare import compare
 from evalledger.cli.options import show_warnings
 from evalledger.cli.run import estimate, run, validate
 from evalledger.cli.study import study
@@ -37,7 +38,7 @@ def cli(ctx: click.Context) -> None:
 
 for _command in (run, estimate, validate, results.stats, results.list_cmd, results.export, results.errors,
                  results.report, cluster.slurm, cluster.status, cluster.merge, integrity.verify,
-                 integrity.prune, study):
+                 integrity.prune, study, compare):
     cli.add_command(_command)
 
 

@@ -26,7 +26,7 @@ from evalledger.config import RunConfig
 from evalledger.datasets import BUILTIN_DATASETS
 from evalledger.errors import EvalLedgerError, UsageError
 from evalledger.fsio import node_local_reason
-from evalledger.ledger import lock_state
+from evalledger.ledger import lock_state, unit_noun
 from evalledger.ops import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_STALLED_AFTER,
@@ -329,11 +329,12 @@ def merge(run_ref: str, out_path: Path, output_dir: Path, allow_incomplete: bool
         click.echo(f"warning: still being written: {', '.join(rep.writers)}; this merge is a snapshot", err=True)
     problems = []
     if rep.missing:
-        problems.append(f"{len(rep.missing)} of {rep.expected} samples have no ok record "
+        problems.append(f"{len(rep.missing)} of {rep.expected} {unit_noun(rep.epochs)} have no ok record "
                         f"({len(rep.errors_only)} ended in errors, {len(rep.missing) - len(rep.errors_only)} never ran): "
                         f"{some(rep.missing)}")
     if rep.extra:
-        problems.append(f"{len(rep.extra)} ok records are for samples not in the dataset (left out): {some(rep.extra)}")
+        problems.append(f"{len(rep.extra)} ok records are for {unit_noun(rep.epochs)} not in the run (left out): "
+                        f"{some(rep.extra)}")
     if rep.misplaced:
         problems.append(f"{len(rep.misplaced)} records sit in a shard file that does not own them: {some(rep.misplaced)}")
     if rep.output is not None:

@@ -45,7 +45,9 @@ def verify(run_ref: str, output_dir: Path, repair: bool, as_json: bool) -> None:
     checked = report.checked
     what = (f"{len(checked.get('results_files', []))} results file(s), {checked.get('records', 0)} records, "
             f"{checked.get('samples_with_ok', 0)} samples with an ok record"
-            + (f" of {checked['dataset_samples']}" if "dataset_samples" in checked else ""))
+            + (f" of {checked['dataset_samples']}" if "dataset_samples" in checked else "")
+            + (f" ({checked['units_with_ok']} of {checked['dataset_units']} (sample, epoch) units)"
+               if checked.get("epochs", 1) > 1 and "dataset_units" in checked else ""))
     click.echo(f"verify {report.run_dir}: {what}")
     for note in report.notes:
         click.echo(f"note: {note}")

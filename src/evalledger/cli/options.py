@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 
 from evalledger.config import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, RunConfig
+from evalledger.configfile import load_run_config
 from evalledger.datasets import parse_shard
 from evalledger.errors import EvalLedgerError
 
@@ -57,7 +59,8 @@ def output_file_option(default: Path | None, help: str, *, required: bool = Fals
 
 # Applied bottom-up by click, so listed here in the order --help shows them.
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
-    click.option("--dataset", "-d", required=True, help="Built-in name (gsm8k, mmlu-elementary-math, humaneval) or a .jsonl/.json/.csv/.parquet file."),
+    # Not required by click: with --config FILE the file may name it (RunConfig refuses a run without one).
+    click.option("--dataset", "-d", default=None, help="Built-in name (gsm8k, mmlu-elementary-math, humaneval) or a .jsonl/.json/.csv/.parquet file. Required, here or in --config FILE."),
     click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
                   help="openai/<model>, anthropic/<model>, local/smollm2, vllm/<model>, ollama/<model>, or <model> with --base-url."),
     click.option("--task", "-t", default=None, help="qa, mcq, humaneval, self-correct[:BASE] or package.module:ClassName. Default: the dataset's own task, else qa; plain self-correct wraps that default."),
@@ -111,7 +114,8 @@ def _param_name(option: Callable[[Callable[..., Any]], Callable[..., Any]]) -> s
         """Carries the parameter so that its name can be read."""
 
     option(probe)
-    return probe.__click_params__[-1].name  # type: ignore[attr-defined]
+    # the first: --output-dir's decorator adds the hidden legacy -o after it
+    return probe.__click_params__[0].name  # type: ignore[attr-defined]
 
 
 #: Every experiment flag by its RunConfig field name, in --help order.
@@ -141,8 +145,33 @@ def run_config_fields(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_options(opts: dict[str, Any]) -> RunConfig:
-    """Build the RunConfig from parsed flags (each flag's name is its RunConfig field)."""
-    return RunConfig(**run_config_fields(opts))
+    """Build the RunConfig from parsed flags (each flag's name is its RunConfig field); with
+    ``--config FILE`` (``opts["config_file"]``), from the file, the flags given on the command line
+    over it."""
+    config_file = opts.get("config_file")
+    if config_file is None:
+        return RunConfig(**run_config_fields(opts))
+    return load_run_config(config_file, **run_config_fields(given_on_command_line(opts)))
+
+
+def given_on_command_line(opts: dict[str, Any]) -> dict[str, Any]:
+    """The parsed flags the user typed (not those left at their defaults): what overrides a config file."""
+    ctx = click.get_current_context()
+    given = {k: v for k, v in opts.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+    if "output_dir" in opts and _LEGACY_DIR in ctx.meta:  # the hidden -o DIR sets --output-dir's value
+        given["output_dir"] = opts["output_dir"]
+    return given
+
+
+def config_file_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--config FILE``: a TOML file of options; flags given on the command line override it."""
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        metavar="FILE", help=help)
+
+
+def print_config_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--print-config``: print the config file that reproduces the command, run nothing, exit 0."""
+    return click.option("--print-config", is_flag=True, help=help)
 
 
 def fail(exc: EvalLedgerError) -> None:

@@ -55,34 +55,85 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
+def _n(count: int | None, noun: str) -> str:
+    """``1 unit``, ``3 units``, ``? units``."""
+    return f"{'?' if count is None else count} {noun}{'' if count == 1 else 's'}"
+
+
+def _repeat_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The rows of a run with repeats: K, per-epoch accuracy, the vote and pass@k (see get_stats)."""
+    r = s["repeats"]
+    rows: list[tuple[str, Any]] = []
+    if r["epochs"] > 1:
+        rows.append(("accuracy by epoch", ", ".join(
+            f"{e['epoch']}: {_pct(e['accuracy'])} ({e['correct']}/{e['completed']})" for e in r["accuracy_by_epoch"])))
+    vote = r.get("majority_vote")
+    if vote is not None:
+        ties = f"; {_n(vote['ties'], 'tie')} (lowest epoch wins)" if vote["ties"] else ""
+        shown = f"{_pct(vote['accuracy'])} ({vote['correct']}/{_n(vote['samples'], 'sample')}{ties})"
+        rows.append(("majority vote", shown))
+    for p in r.get("pass_at_k", []):
+        left_out = f", {p['excluded']} with fewer than {p['k']} scored epochs left out" if p["excluded"] else ""
+        rows.append((f"pass@{p['k']}", f"{_pct(p['value'])} ({_n(p['samples'], 'sample')}{left_out})"))
+    return rows
+
+
+def _count_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Progress and accuracy rows; with repeats, counts are of (sample, epoch) units."""
+    ci = s["accuracy_ci95"]
+    epochs = s.get("epochs", 1)
+    if epochs == 1:
+        return [
+            ("samples", s["total_samples"]),
+            ("completed (ok)", s["completed_samples"]),
+            ("with errors", s["error_count"]),
+            ("pending", s["pending_samples"]),
+            ("correct", s["correct_count"]),
+            ("accuracy", _pct(s["accuracy"])),
+            ("accuracy 95% CI", "-" if ci is None else f"{ci[0]:.2%} – {ci[1]:.2%} (Wilson)"),
+        ]
+    r = s["repeats"]
+    samples = r.get("samples")
+    return [
+        ("epochs", epochs),
+        ("samples × epochs", f"{'?' if samples is None else samples} × {epochs} = {_n(s['total_samples'], 'unit')}"),
+        ("completed (ok)", _n(s["completed_samples"], "unit")),
+        ("with errors", _n(s["error_count"], "unit")),
+        ("pending", "-" if s["pending_samples"] is None else _n(s["pending_samples"], "unit")),
+        ("correct", _n(s["correct_count"], "unit")),
+        ("accuracy", f"{_pct(s['accuracy'])} (mean over epochs of each sample's accuracy)"),
+        ("accuracy 95% CI", "-" if ci is None else
+         f"{ci[0]:.2%} – {ci[1]:.2%} (± 1.96 SE over {r['scored_samples']} samples)"),
+    ]
+
+
 @click.command()
 @click.argument("run_ref", metavar="RUN")
 @_OUTPUT_DIR
 @click.option("--json", "as_json", is_flag=True, help="Print get_stats() as JSON.")
-def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
+@click.option("--majority-vote/--no-majority-vote", "vote", default=None,
+              help="Show the majority vote over epochs for any task (default: qa and mcq runs with repeats).")
+@click.option("--pass-at-k/--no-pass-at-k", "pass_k", default=None,
+              help="Show pass@k for every k up to the epochs, for any task (default: humaneval runs with repeats).")
+def stats(run_ref: str, output_dir: Path, as_json: bool, vote: bool | None, pass_k: bool | None) -> None:
     """Show a run's progress and results (RUN is a run ID under --output-dir or a run directory)."""
     try:
-        s = get_stats(run_ref, output_dir)
+        s = get_stats(run_ref, output_dir, vote=vote, pass_k=pass_k)
     except EvalLedgerError as e:
         fail(e)
     if as_json:
         click.echo(json.dumps(s, indent=2, default=str))
         return
-    ci = s["accuracy_ci95"]
     rows: list[tuple[str, Any]] = [
         ("run", s["run_id"]),
         ("model", s["model"]),
         ("dataset", s["dataset"]),
         ("task", s["task"]),
         ("status", s["state_label"]),
-        ("samples", s["total_samples"]),
-        ("completed (ok)", s["completed_samples"]),
-        ("with errors", s["error_count"]),
-        ("pending", s["pending_samples"]),
-        ("correct", s["correct_count"]),
-        ("accuracy", _pct(s["accuracy"])),
-        ("accuracy 95% CI", "-" if ci is None else f"{ci[0]:.2%} – {ci[1]:.2%} (Wilson)"),
+        *_count_rows(s),
     ]
+    if "repeats" in s:
+        rows += _repeat_rows(s)
     if "transitions" in s:
         rows.append(("accuracy before→after", f"{_pct(s.get('accuracy_before'))} → {_pct(s.get('accuracy_after'))}"))
         rows.append(("transitions", ", ".join(f"{k} {v}" for k, v in s["transitions"].items())))
@@ -95,7 +146,8 @@ def stats(run_ref: str, output_dir: Path, as_json: bool) -> None:
         ("output tokens", s["output_tokens"]),
         ("cost (USD)", _usd(s["cost_usd"])),
         ("cost per correct", _usd(s["cost_per_correct_usd"]) if s["cost_usd"] is not None else "unknown"),
-        ("throughput", "-" if s["throughput_per_min"] is None else f"{s['throughput_per_min']:.1f} samples/min"),
+        ("throughput", "-" if s["throughput_per_min"] is None
+         else f"{s['throughput_per_min']:.1f} {'samples' if s.get('epochs', 1) == 1 else 'units'}/min"),
     ]
     if s["running"]:
         rows.append(("ETA", _duration(s["eta_s"])))
@@ -147,12 +199,15 @@ def list_cmd(output_dir: Path, as_json: bool) -> None:
 @_OUTPUT_DIR_LONG
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
 @output_file_option(None, "File to write. Default: <run_id>.<format> in the current directory.")
-def export(run_ref: str, output_dir: Path, fmt: str, out_path: Path | None) -> None:
-    """Export one row per sample (the load_results() DataFrame) to CSV, Parquet or JSONL."""
+@click.option("--per-sample", is_flag=True,
+              help="One row per sample over its epochs (load_results(per_sample=True)), "
+                   "not one per sample and epoch.")
+def export(run_ref: str, output_dir: Path, fmt: str, out_path: Path | None, per_sample: bool) -> None:
+    """Export one row per sample and epoch (the load_results() DataFrame) to CSV, Parquet or JSONL."""
     try:
         run_dir = resolve_run_dir(run_ref, output_dir)
         path = out_path or Path(f"{run_dir.name}.{fmt}")
-        n = export_results(run_dir, path, fmt)
+        n = export_results(run_dir, path, fmt, per_sample=per_sample)
     except EvalLedgerError as e:
         fail(e)
     click.echo(f"wrote {n} rows to {path}", err=True)

@@ -9,8 +9,14 @@ from typing import Any
 
 import click
 
-from evalledger.cli.options import config_from_options, experiment_options, fail
-from evalledger.datasets import parse_shard
+from evalledger.cli.options import (
+    config_file_option,
+    config_from_options,
+    experiment_options,
+    fail,
+    print_config_option,
+)
+from evalledger.configfile import run_config_toml
 from evalledger.errors import EvalLedgerError
 from evalledger.run import estimate_experiment, prepare_run, run_experiment
 
@@ -34,19 +40,25 @@ def _stop_on_early_signals() -> None:
         signal.signal(s, handler)
 
 
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-
-    return parse_shard(value)
+_CONFIG_HELP = ("A TOML file of run options, keys named as the long flags (max-tokens = 256, shard = \"2/4\", "
+                "overwrite = true); flags given here override it. Relative paths in it are read from its directory.")
 
 
 @click.command()
 @experiment_options
+@config_file_option(_CONFIG_HELP)
+@print_config_option("Print the TOML config file that reproduces this run (for --config) and exit without running.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 def run(**opts: Any) -> None:
     """Run (or resume) an experiment: every sample of DATASET through MODEL, scored, into the ledger."""
     as_json = opts.pop("as_json")
+    print_config = opts.pop("print_config")
+    if print_config:
+        try:
+            click.echo(run_config_toml(config_from_options(opts)), nl=False)
+        except EvalLedgerError as e:
+            fail(e)
+        sys.exit(0)
     _stop_on_early_signals()
     try:
         config = config_from_options(opts)
@@ -83,6 +95,7 @@ def run(**opts: Any) -> None:
 
 @click.command()
 @experiment_options
+@config_file_option(_CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON on stdout.")
 def estimate(**opts: Any) -> None:
     """Project tokens and cost for the samples `run` would send now, with the same flags as `run`."""
@@ -99,6 +112,7 @@ def estimate(**opts: Any) -> None:
 
 @click.command()
 @experiment_options
+@config_file_option(_CONFIG_HELP)
 def validate(**opts: Any) -> None:
     """Check a dataset for a task without sending anything; print the sample count and the run ID
     that `evalledger run` with the same flags would use.

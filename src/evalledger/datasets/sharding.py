@@ -93,7 +93,9 @@ def _slurm_shard(environ: Mapping[str, str]) -> tuple[int, int]:
 def shard_of(sample_id: str, n: int) -> int:
     """The 1-based shard (of ``n``) that ``sample_id`` belongs to.
 
-    The result depends only on the id: ``int(sha256(id)[:16], 16) % n + 1``.
+    The result depends only on the id: ``int(sha256(id)[:16], 16) % n + 1``. With ``--epochs K``
+    every epoch of a sample belongs to the sample's shard (give this the sample id, never a unit
+    key), so raising K keeps each sample, and all its repeats, in one shard.
     """
     if n < 1:
         raise UsageError(f"number of shards must be at least 1 (got {n})")

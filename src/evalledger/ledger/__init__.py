@@ -53,7 +53,7 @@ from evalledger.ledger.probe import (
 )
 from evalledger.ledger.repair import move_garbage_lines_aside, move_run_aside, repair_torn_tail
 from evalledger.ledger.resume import FileCounts, LedgerScan, note_committed, save_own_index, scan_ledger
-from evalledger.ledger.run_ledger import RunLedger, encode_lines
+from evalledger.ledger.run_ledger import RunLedger, encode_lines, manifest_epochs
 from evalledger.ledger.status import (
     COMPLETE,
     INCOMPLETE,
@@ -68,6 +68,7 @@ from evalledger.ledger.status import (
     marker_state,
     read_status,
     run_lifecycle,
+    unit_noun,
 )
 
 __all__ = [
@@ -110,6 +111,7 @@ __all__ = [
     "lock_state",
     "lock_status",
     "locks_held",
+    "manifest_epochs",
     "marker_state",
     "move_garbage_lines_aside",
     "move_run_aside",
@@ -132,5 +134,6 @@ __all__ = [
     "shard_of_status",
     "shard_suffix",
     "status_files",
+    "unit_noun",
     "writer_locks",
 ]

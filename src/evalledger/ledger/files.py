@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from evalledger.ledger.layout import calls_files, results_files
-from evalledger.records import BillTotal, bill_of_call
+from evalledger.records import BillTotal, bill_of_call, epoch_of, unit_key
 
 try:  # optional: ~3.5x faster parsing on the passes over the results made at every open
     import orjson
@@ -120,14 +120,16 @@ def iter_run_records(run_dir: Path, report: ReadReport | None = None) -> Iterato
 
 
 def latest_records(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per sample: the latest ``ok`` record, or the latest error record if it has no ``ok``.
+    """Per unit of work (sample, epoch): the latest ``ok`` record, or the latest error record if it
+    has no ``ok``, by unit key (:func:`evalledger.records.unit_key`: the bare sample id for epoch
+    1, so a run without repeats is keyed by its sample ids).
 
-    The merged ledger view: each sample at most once, the last ``ok`` wins.
+    The merged ledger view: each unit at most once, the last ``ok`` wins.
     """
     view: dict[str, dict[str, Any]] = {}
     for rec in records:
-        sid = rec["sample_id"]
-        cur = view.get(sid)
+        key = unit_key(rec["sample_id"], epoch_of(rec))
+        cur = view.get(key)
         if cur is None or rec.get("status") == "ok" or cur.get("status") != "ok":
-            view[sid] = rec
+            view[key] = rec
     return view

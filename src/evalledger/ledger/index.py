@@ -1,8 +1,9 @@
 """What one results file holds as far as resuming cares, summed up and kept under ``<run_dir>/.cache/``.
 
-A resume needs, of each results file, the ids with an ok record (and whether the last one is
-correct), the ids with error records, how many records each id has (for ids the dataset lacks)
-and a few sums. Rescanning a million records for that costs seconds; this index keeps it for the
+A resume needs, of each results file, the units of work (sample, epoch) with an ok record (and
+whether the last one is correct), the units with error records, how many records each unit has
+(for ids the dataset lacks) and a few sums. A unit is stored by its key
+(:func:`evalledger.records.unit_key`: the bare sample id for epoch 1). Rescanning a million records for that costs seconds; this index keeps it for the
 file's first ``end`` bytes, so a resume scans only what was appended since (:mod:`.resume_scan`).
 
 ``<run_dir>/.cache/resume-v1/<results file name>.idx`` (see :mod:`.cachefile` for the layout and
@@ -29,7 +30,9 @@ from evalledger.fsio import cachefile
 from evalledger.ledger.layout import RunPaths
 
 SUBDIR = "resume-v1"  # bump when the content or meaning of an index changes: old ones are then ignored
-FORMAT = 2  # bump when a sum changes meaning (billed_cost: NaN when unknown): other formats are ignored
+# Bump when a sum or a key changes meaning: other formats are ignored. 3: keys are unit keys. An
+# index of format 2 may come from a version that could not tell a record's epoch and merged them.
+FORMAT = 3
 MIN_BYTES = 1 << 20  # smaller results files scan in milliseconds: no index, no files left behind
 REWRITE_FRACTION = 0.10  # rewrite an index once the unindexed tail is this share of what it covers
 _SUMS = ("records", "ok_records", "error_records", "requests", "input_tokens", "output_tokens", "billed_cost")
@@ -39,10 +42,10 @@ _SUMS = ("records", "ok_records", "error_records", "requests", "input_tokens", "
 class FilePart:
     """What the records of one stretch of a results file add up to, in file order.
 
-    ``last_ok``: id -> whether its last ok record is correct (or, as loaded from an index, ``ok_lists``:
-    the ids whose last ok record is correct and the others; :meth:`materialise` turns them into
-    ``last_ok``). ``errored``: ids with a non-ok record. ``counts``: records per id, only for ids with
-    more than one (every other id has one).
+    Keyed by unit key (see the module docstring). ``last_ok``: key -> whether its last ok record is
+    correct (or, as loaded from an index, ``ok_lists``: the keys whose last ok record is correct
+    and the others; :meth:`materialise` turns them into ``last_ok``). ``errored``: keys with a
+    non-ok record. ``counts``: records per key, only for keys with more than one (every other has one).
     """
 
     last_ok: dict[str, bool] = field(default_factory=dict)

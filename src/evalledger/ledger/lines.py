@@ -1,7 +1,7 @@
 """Read a results file for what resuming needs, without parsing every record in full.
 
-Resuming a run needs, per record, only its sample id, status, attempts, ``correct`` and the token
-and cost counts; a full ``orjson.loads`` of a ~1 kB record (prompt, response, timestamps) costs
+Resuming a run needs, per record, only its sample id and epoch, status, attempts, ``correct`` and the
+token and cost counts; a full ``orjson.loads`` of a ~1 kB record (prompt, response, timestamps) costs
 ~4 µs, i.e. 4 s on a million records. Our writer (:func:`evalledger.ledger.encode_lines`) puts
 those fields first, in a fixed order and format, so a line it wrote starts with a prefix one
 regular expression can read, on a whole ~8 MB block of lines at a time.
@@ -16,6 +16,9 @@ never writes a key twice. The bill read from a prefix is :func:`evalledger.recor
 record, whatever the values (a block with a line whose prefix has no ``paid`` is also checked for a
 ``paid`` further on, which bill_of would bill instead); only a line that repeats a key of the bill
 after its prefix, which JSON leaves undefined and no writer of ours produces, is billed by the first.
+The same holds for ``epoch``: a line whose prefix has none is epoch 1 (records written before
+repeats, other tools'), unless its block holds an ``"epoch":`` key further on, which sends the
+block to the full parse (:func:`evalledger.records.epoch_of` reads a top-level ``epoch`` anywhere).
 
 What the fast path does not see is damage *after* a well-formed prefix that leaves the line's
 newline in place (a hand edit, bit rot, a lone ``\\ud800`` escape in a response): such a line is
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from evalledger.ledger.files import parse_record_line
-from evalledger.records import LEAD_KEYS, TOKEN_FIELDS
+from evalledger.records import LEAD_KEYS, TOKEN_FIELDS, UNIT_SEPARATOR
 
 # JSON as our writer writes it. A whole number up to 19 digits (no leading zero, which JSON
 # forbids): so every token count read here is below records.COUNT_LIMIT and read alike by every
@@ -40,9 +43,11 @@ from evalledger.records import LEAD_KEYS, TOKEN_FIELDS
 # takes other scripts' digits, and is slower.
 _INT = r"(?:0|[1-9][0-9]{0,18})"
 _NUM = r"(null|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
-_SID, _STATUS, _ATTEMPTS, _CORRECT, _USAGE, _COST, _PAID = LEAD_KEYS
+_SID, _EPOCH, _STATUS, _ATTEMPTS, _CORRECT, _USAGE, _COST, _PAID = LEAD_KEYS
+_OPTIONAL = (_EPOCH, _PAID)  # lead keys a line may lack (records older than them, other tools')
 _VALUES = {  # each lead key's value as our writer writes it
     _SID: r'"([^"\\\n]*)"',
+    _EPOCH: f"({_INT})",
     _STATUS: r'"(ok|error)"',
     _ATTEMPTS: f"({_INT})",
     _CORRECT: r"(true|false|null)",
@@ -50,20 +55,29 @@ _VALUES = {  # each lead key's value as our writer writes it
     _COST: _NUM,
 }
 _PAID_VALUE = r"\{" + ",".join(f'"{name}":{_INT}' for name in TOKEN_FIELDS) + f',"{_COST}":{_NUM}' + r"\}"
-PREFIX_RE = re.compile(
-    r"\n\{" + ",".join(f'"{key}":{_VALUES[key]}' for key in LEAD_KEYS if key != _PAID)
-    # ``paid`` (what the record adds to the bill) when present; a ``paid`` of another shape must
-    # not be mistaken for an absent one, hence the look-ahead.
-    + f'(?:,"{_PAID}":{_PAID_VALUE}|(?!,"{_PAID}":))[,}}]'
-)
-"""One line's prefix as our writer makes it. Groups: sample id, status, attempts, correct, usage
-input and output tokens, cost, paid cost (``""`` without ``paid``; ``null`` when unpriced)."""
+_VALUES[_PAID] = _PAID_VALUE
 
-_KEY_PAID = f'"{_PAID}":'
+
+def _lead(key: str) -> str:
+    """The pattern of one lead key after the first. ``epoch`` and ``paid`` may be absent; one of
+    another shape must not be mistaken for an absent one, hence the look-ahead."""
+    pattern = f',"{key}":{_VALUES[key]}'
+    return f'(?:{pattern}|(?!,"{key}":))' if key in _OPTIONAL else pattern
+
+
+PREFIX_RE = re.compile(r"\n\{" + f'"{_SID}":{_VALUES[_SID]}' + "".join(map(_lead, LEAD_KEYS[1:])) + "[,}]")
+"""One line's prefix as our writer makes it. Groups: sample id, epoch (``""`` without ``epoch``),
+status, attempts, correct, usage input and output tokens, cost, paid cost (``""`` without
+``paid``; ``null`` when unpriced)."""
+
+#: Where each optional lead key's value is in a :data:`Prefix`, and the key as it opens a value.
+_OPTIONAL_GROUPS = ((1, f'"{_EPOCH}":'), (8, f'"{_PAID}":'))
+#: The ``epoch`` values of a prefix that mean epoch 1 (absent, or not >= 1: ``records.epoch_of``).
+EPOCH_ONE = frozenset(("", "0", "1"))
 
 BLOCK_BYTES = 8 << 20
 
-Prefix = tuple[str, str, str, str, str, str, str, str]
+Prefix = tuple[str, str, str, str, str, str, str, str, str]
 
 
 @dataclass
@@ -131,7 +145,7 @@ def read_block(data: bytes, first_line: int) -> Block:
         # The pattern starts with "\n" and never crosses one, so each match is one line's start,
         # and n matches means every line has the prefix.
         prefixes = PREFIX_RE.findall(text)
-        if len(prefixes) == n and _no_paid_after_the_prefix(text, prefixes):
+        if len(prefixes) == n and _no_lead_key_after_the_prefix(text, prefixes):
             block.prefixes = prefixes
             return block
 
@@ -147,12 +161,24 @@ def read_block(data: bytes, first_line: int) -> Block:
     return block
 
 
-def _no_paid_after_the_prefix(text: str, prefixes: list[Prefix]) -> bool:
-    """Whether no line whose prefix has no ``paid`` holds one further on (bill_of would bill it).
-    (A string cannot hold the key ``"paid":``: its closing quote would be escaped.) Costs one scan
-    of the block, and only when some line has no ``paid`` (records older than ``paid``)."""
-    with_paid = len(prefixes) - [p[7] for p in prefixes].count("")
-    return with_paid == len(prefixes) or text.count(_KEY_PAID) == with_paid
+def _no_lead_key_after_the_prefix(text: str, prefixes: list[Prefix]) -> bool:
+    """Whether no line whose prefix lacks ``paid`` (or ``epoch``) holds one further on (bill_of
+    would bill it; epoch_of would read it). (A string cannot hold the key ``"paid":``: its closing
+    quote would be escaped.) Costs one scan of the block per such key, and only when some line
+    lacks it (records older than ``paid`` or ``epoch``)."""
+    for group, key in _OPTIONAL_GROUPS:
+        with_key = len(prefixes) - [p[group] for p in prefixes].count("")
+        if with_key != len(prefixes) and text.count(key) != with_key:
+            return False
+    return True
+
+
+def prefix_unit_keys(prefixes: list[Prefix]) -> list[str]:
+    """The unit key (:func:`evalledger.records.unit_key`) of each prefix, in C-level loops: the bare
+    id of every line when the block holds only epoch 1 (every run without repeats)."""
+    if EPOCH_ONE.issuperset([p[1] for p in prefixes]):
+        return [p[0] for p in prefixes]
+    return [p[0] if p[1] in EPOCH_ONE else p[0] + UNIT_SEPARATOR + p[1] for p in prefixes]
 
 
 def lead_first(record: dict[str, Any]) -> dict[str, Any]:

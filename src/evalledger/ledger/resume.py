@@ -1,6 +1,7 @@
 """One pass over a run's ledger for what ``run`` needs before sending anything.
 
-What is done, what errored, the usage and spend so far, records for ids the dataset lacks, and
+What is done, what errored (by unit of work, (sample, epoch): :func:`evalledger.records.unit_key`,
+the bare sample id for epoch 1), the usage and spend so far, records for ids the dataset lacks, and
 the counters of this writer's own file: everything the runner and the manifest check need, in one
 pass that reads most lines by their prefix only (see :mod:`evalledger.ledger.lines`), and only past what each file's index under
 ``<run_dir>/.cache/resume-v1/`` already sums up (see :mod:`evalledger.ledger.index`).
@@ -12,7 +13,8 @@ import math
 import os
 from collections.abc import Container
 from dataclasses import dataclass, field
-from itertools import chain, filterfalse
+from itertools import chain, compress, filterfalse
+from operator import not_
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,8 @@ from evalledger.ledger import index as ledger_index
 from evalledger.ledger.files import calls_bill
 from evalledger.ledger.index import FilePart, multi_counts
 from evalledger.ledger.layout import results_files
-from evalledger.ledger.lines import Prefix, iter_blocks
-from evalledger.records import BillTotal, bill_of, count_of, total_cost
+from evalledger.ledger.lines import Prefix, iter_blocks, prefix_unit_keys
+from evalledger.records import UNIT_SEPARATOR, BillTotal, bill_of, count_of, epoch_of, total_cost, unit_key
 
 
 @dataclass
@@ -36,18 +38,22 @@ class FileCounts:
 
 @dataclass
 class LedgerScan:
-    """What every results file of a run holds, as far as resuming cares (garbage lines skipped)."""
+    """What every results file of a run holds, as far as resuming cares (garbage lines skipped).
 
-    completed: set[str] = field(default_factory=set)  # ids with an ok record
-    correct: set[str] = field(default_factory=set)  # ids whose last ok record is correct
-    errored: set[str] = field(default_factory=set)  # ids with error records and no ok record
+    ``completed``, ``correct`` and ``errored`` hold unit keys (:func:`evalledger.records.unit_key`):
+    the bare sample id for epoch 1, so for a run without repeats they are its sample ids.
+    """
+
+    completed: set[str] = field(default_factory=set)  # units with an ok record
+    correct: set[str] = field(default_factory=set)  # units whose last ok record is correct
+    errored: set[str] = field(default_factory=set)  # units with error records and no ok record
     ok_records: int = 0
     input_tokens: int = 0  # over ok records
     output_tokens: int = 0
     billed_cost: float = 0.0  # what every record (and the calls files) added to the bill; NaN: unknown
     records: int = 0
-    in_dataset: int = 0  # records whose id is in ``known_ids``
-    foreign: dict[str, int] = field(default_factory=dict)  # id not in ``known_ids`` -> records
+    in_dataset: int = 0  # records whose sample id is in ``known_ids``
+    foreign: dict[str, int] = field(default_factory=dict)  # sample id not in ``known_ids`` -> records
     files: dict[Path, FileCounts] = field(default_factory=dict)
     own: FilePart | None = None  # the ``own`` file's part (see scan_ledger), kept up to date by the writer
     own_end: int = 0  # the bytes of the own file that ``own`` covers
@@ -108,15 +114,15 @@ def _scan_file(path: Path) -> tuple[FilePart, int, int]:
         cached = ledger_index.load(path, f, st) if use_index and st.st_size >= ledger_index.MIN_BYTES else None
         start = cached[1] if cached is not None else 0
         tail = FilePart()
-        ids: list[str] = []
+        keys: list[str] = []  # the unit key of every record, in file order
         end = start
         for block in iter_blocks(path, start=start):
             end += block.nbytes
             if block.prefixes:
-                _add_prefixes(tail, ids, block.prefixes)
+                _add_prefixes(tail, keys, block.prefixes)
             else:
-                _add_records(tail, ids, block.records)
-        tail.counts = multi_counts(ids)
+                _add_records(tail, keys, block.records)
+        tail.counts = multi_counts(keys)
         if cached is None:
             part = tail
         else:
@@ -130,9 +136,9 @@ def note_committed(part: FilePart, records: list[dict[str, Any]]) -> None:
     """Add records just appended to the file ``part`` describes (the writer's own file)."""
     part.materialise()
     for rec in records:
-        sid = rec["sample_id"]
-        if sid in part.last_ok or sid in part.errored:
-            part.counts[sid] = part.counts.get(sid, 1) + 1
+        key = unit_key(rec["sample_id"], epoch_of(rec))
+        if key in part.last_ok or key in part.errored:
+            part.counts[key] = part.counts.get(key, 1) + 1
     _add_records(part, [], records)
 
 
@@ -177,34 +183,41 @@ def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePa
     counts.requests += part.requests
     if known_ids is None:
         return
-    # Records for ids the dataset lacks (rare: results copied in, a recreated manifest).
-    foreign = list(filterfalse(known_ids.__contains__, chain(correct, other)))
+    # Records for ids the dataset lacks (rare: results copied in, a recreated manifest). A key that
+    # is not a dataset id is a later epoch's or a foreign one: only those are split (ids never
+    # hold the separator, so the id is what comes before it).
+    keys = list(filterfalse(known_ids.__contains__, chain(correct, other)))
+    foreign = [k for k in keys if k.partition(UNIT_SEPARATOR)[0] not in known_ids]
     foreign_ok = set(foreign)
-    foreign += [sid for sid in part.errored if sid not in known_ids and sid not in foreign_ok]
+    foreign += [k for k in part.errored if k not in known_ids and k not in foreign_ok
+                and k.partition(UNIT_SEPARATOR)[0] not in known_ids]
     n_foreign = 0
-    for sid in foreign:
-        n = part.record_count(sid)
+    for key in foreign:
+        n = part.record_count(key)
         n_foreign += n
+        sid = key.partition(UNIT_SEPARATOR)[0]
         scan.foreign[sid] = scan.foreign.get(sid, 0) + n
     scan.in_dataset += part.records - n_foreign
 
 
-def _add_prefixes(part: FilePart, ids: list[str], prefixes: list[Prefix]) -> None:
+def _add_prefixes(part: FilePart, keys: list[str], prefixes: list[Prefix]) -> None:
     # Hot path (a million records should take about a second): comprehensions and C-level sums,
     # no per-record function calls.
-    ok_rows = [p for p in prefixes if p[1] == "ok"]
-    # the last ok record of a sample decides whether it is correct, as in the merged view
-    part.last_ok.update({p[0]: p[3] == "true" for p in ok_rows})
-    part.errored.update([p[0] for p in prefixes if p[1] != "ok"])
-    ids.extend([p[0] for p in prefixes])
+    units = prefix_unit_keys(prefixes)
+    is_ok = [p[2] == "ok" for p in prefixes]
+    ok_rows = list(compress(prefixes, is_ok))
+    # the last ok record of a unit decides whether it is correct, as in the merged view
+    part.last_ok.update(zip(compress(units, is_ok), [p[4] == "true" for p in ok_rows]))
+    part.errored.update(compress(units, map(not_, is_ok)))
+    keys.extend(units)
     ok, n = len(ok_rows), len(prefixes)
     part.records += n
     part.ok_records += ok
     part.error_records += n - ok
-    part.input_tokens += sum(map(int, [p[4] for p in ok_rows]))
-    part.output_tokens += sum(map(int, [p[5] for p in ok_rows]))
-    part.billed_cost += _prefix_cost([p[7] or p[6] for p in prefixes])
-    part.requests += sum(map(int, [p[2] for p in prefixes]))
+    part.input_tokens += sum(map(int, [p[5] for p in ok_rows]))
+    part.output_tokens += sum(map(int, [p[6] for p in ok_rows]))
+    part.billed_cost += _prefix_cost([p[8] or p[7] for p in prefixes])
+    part.requests += sum(map(int, [p[3] for p in prefixes]))
 
 
 def _prefix_cost(costs: list[str]) -> float:
@@ -225,22 +238,22 @@ def _as_sum(cost: float | None) -> float:
     return math.nan if cost is None else cost
 
 
-def _add_records(part: FilePart, ids: list[str], records: list[dict[str, Any]]) -> None:
+def _add_records(part: FilePart, keys: list[str], records: list[dict[str, Any]]) -> None:
     bill = BillTotal()
     for rec in records:
-        sid = rec["sample_id"]
-        ids.append(sid)
+        key = unit_key(rec["sample_id"], epoch_of(rec))
+        keys.append(key)
         part.records += 1
         part.requests += count_of(rec.get("attempts"))
         if rec.get("status") == "ok":
             part.ok_records += 1
-            part.last_ok[sid] = rec.get("correct") is True
+            part.last_ok[key] = rec.get("correct") is True
             usage = rec.get("usage")
             if type(usage) is dict:
                 part.input_tokens += count_of(usage.get("input_tokens"))
                 part.output_tokens += count_of(usage.get("output_tokens"))
         else:
             part.error_records += 1
-            part.errored.add(sid)
+            part.errored.add(key)
         bill.add(bill_of(rec))
     part.billed_cost += _as_sum(bill.cost_usd)

@@ -36,6 +36,7 @@ from evalledger.ledger.lines import iter_blocks, lead_first
 from evalledger.ledger.locks import WriterLocks
 from evalledger.ledger.repair import move_garbage_lines_aside, repair_torn_tail
 from evalledger.ledger.state import build_resume_state, restore_random_state, resume_state_problem
+from evalledger.records import epoch_of, unit_key
 
 
 class RunLedger:
@@ -240,13 +241,16 @@ class RunLedger:
             view = view[os.write(self._calls_fd, view):]
         os.fsync(self._calls_fd)
 
-    def cached_calls(self, sample_ids: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
-        """Turn cache for the given samples: sample id → call key → the call record (latest wins)."""
+    def cached_calls(self, units: set[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """Turn cache for the given units of work: unit key (:func:`evalledger.records.unit_key`;
+        a call record without ``epoch`` is epoch 1's) → call key → the call record (latest wins).
+        Two epochs of a sample never share a call."""
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for path in calls_files(self.run_dir):
             for rec in iter_file_records(path):
-                if rec["sample_id"] in sample_ids and "call_key" in rec and "response" in rec:
-                    out.setdefault(rec["sample_id"], {})[rec["call_key"]] = rec
+                key = unit_key(rec["sample_id"], epoch_of(rec))
+                if key in units and "call_key" in rec and "response" in rec:
+                    out.setdefault(key, {})[rec["call_key"]] = rec
         return out
 
     def _append_error_log(self, records: list[dict[str, Any]]) -> None:
@@ -254,8 +258,9 @@ class RunLedger:
         blocks = []
         for r in records:
             err = r.get("error") or {}
+            epoch = f" epoch {r['epoch']}" if epoch_of(r) > 1 else ""
             blocks.append(
-                f"[{r.get('finished_at')}] sample {r.get('sample_id')} (attempts {r.get('attempts')})\n"
+                f"[{r.get('finished_at')}] sample {r.get('sample_id')}{epoch} (attempts {r.get('attempts')})\n"
                 f"  {err.get('type')}: {err.get('message')}\n"
                 f"  status_code={err.get('status_code')} retryable={err.get('retryable')}\n\n"
             )
@@ -342,7 +347,7 @@ class RunLedger:
         return iter_run_records(self.run_dir, report)
 
     def completed_ids(self, report: ReadReport | None = None) -> set[str]:
-        """Sample IDs with an ``ok`` record in any results file of the run.
+        """Sample IDs with an ``ok`` record (of any epoch) in any results file of the run.
 
         Streams each file once, reading our writer's records by their prefix (see
         :mod:`evalledger.ledger.lines`); ``report`` counts lines as :func:`iter_file_records` does.
@@ -354,14 +359,22 @@ class RunLedger:
             for block in iter_blocks(path, tail):
                 report.lines += block.lines
                 report.skipped_lines += len(block.garbage)
-                done.update([p[0] for p in block.prefixes if p[1] == "ok"])
+                done.update([p[0] for p in block.prefixes if p[2] == "ok"])
                 done.update([r["sample_id"] for r in block.records if r.get("status") == "ok"])
             report.partial_tail_bytes += sum(tail)
         return done
 
     def latest_records(self) -> dict[str, dict[str, Any]]:
-        """The merged view: per sample the latest ok record, else the latest error."""
+        """The merged view: per unit (sample, epoch) the latest ok record, else the latest error."""
         return latest_records(self.iter_records())
+
+
+def manifest_epochs(manifest: dict[str, Any] | None) -> int:
+    """How many epochs a run holds, from its manifest: its ``epochs`` (the largest ``--epochs``
+    ever asked) when that is an int >= 1, else 1 (every run made before repeats). The run's
+    total is its ``sample_count`` × this many units of work."""
+    epochs = (manifest or {}).get("epochs")
+    return epochs if type(epochs) is int and epochs >= 1 else 1
 
 
 def encode_lines(records: list[dict[str, Any]]) -> bytes:

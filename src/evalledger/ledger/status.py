@@ -107,9 +107,10 @@ class StatusWriter:
         self._warned = False
         self.begun = False  # begin() was called: a final marker is owed
 
-    def begin(self, *, total: int, pending: int, command: str | None = None) -> dict[str, Any] | None:
+    def begin(self, *, total: int, pending: int, command: str | None = None, epochs: int = 1) -> dict[str, Any] | None:
         """Write ``running``; returns the previous marker (with a stale ``running`` already
-        read as :data:`PROCESS_GONE`, since we hold the lock now), or None."""
+        read as :data:`PROCESS_GONE`, since we hold the lock now), or None. ``total`` and
+        ``pending`` count units of work: samples × ``epochs``."""
         prev = read_status(self.path)
         if prev is not None and prev.get("state") == RUNNING:
             prev = {**prev, "state": INTERRUPTED, "reason": "process gone",
@@ -119,6 +120,8 @@ class StatusWriter:
         self._started_at = utc_now()
         doc = self._base(RUNNING)
         doc.update(total_samples=total, pending_at_start=pending, command=command)
+        if epochs > 1:
+            doc["epochs"] = epochs
         self._make_reserve()
         self._write(doc)
         return prev
@@ -146,6 +149,8 @@ class StatusWriter:
         counts = {"total_samples": summary.total_samples, "completed_samples": st.get("completed_samples"),
                   "error_samples": st.get("error_count"), "pending_samples": summary.remaining,
                   "correct_samples": st.get("correct_count"), "requests_this_run": summary.requests}
+        if getattr(summary, "epochs", 1) > 1:
+            counts["epochs"] = summary.epochs  # the counts are of units of work: samples × epochs
         self.finish(state, reason=reason, exit_code=summary.exit_code, message=summary.message, counts=counts,
                     files=files)
 
@@ -266,11 +271,20 @@ def _label(doc: dict[str, Any], state: str) -> str:
                 "budget": "budget reached"}.get(what, what)
         return f"interrupted ({what}{'' if code is None else f', exit {code}'})"
     if state == INCOMPLETE:
-        n = (doc.get("counts") or {}).get("pending_samples")
-        return f"incomplete ({n} sample(s) with errors)" if n is not None else "incomplete (samples with errors)"
+        counts = doc.get("counts") or {}
+        n = counts.get("pending_samples")
+        epochs = counts.get("epochs")
+        what = unit_noun(epochs if type(epochs) is int else 1)
+        return f"incomplete ({n} {what} with errors)" if n is not None else "incomplete (samples with errors)"
     if state == UNKNOWN and doc.get("problem"):
         return f"unknown ({doc['problem']})"
     return state
+
+
+def unit_noun(epochs: int) -> str:
+    """What a run counts, for messages: samples, or units of work when each is asked several times
+    (``--epochs K``: (sample, epoch) units)."""
+    return "sample(s)" if epochs == 1 else "(sample, epoch) unit(s)"
 
 
 def _changed_files(run_dir: Path, doc: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ from evalledger.ops.status import (
     expected_sample_ids,
     run_status,
 )
+from evalledger.ops.units import expected_units, unit_label
 from evalledger.ops.verify import VerifyReport, verify_run
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "VerifyReport",
     "execute_prune",
     "expected_sample_ids",
+    "expected_units",
     "log_path_pattern",
     "merge_run",
     "plan_prune",
@@ -47,6 +49,7 @@ __all__ = [
     "run_status",
     "slurm_dir",
     "submit_script",
+    "unit_label",
     "verify_run",
     "write_script",
 ]

@@ -12,9 +12,10 @@ that
 
 * is a live run directory (only ``.corrupt-*`` files inside one can go),
 * belongs to a run whose lock a process holds right now (checked again just before removal),
-* holds the only ``ok`` record of a sample: an old run goes only if every sample it has an ok
-  record for also has one in a copy that stays (the live run or a kept old copy); a corrupt
-  leftover goes only if no line in it is an ok record missing from the run's results.
+* holds the only ``ok`` record of a unit of work (a sample, or with ``--epochs`` one epoch of a
+  sample): an old run goes only if every unit it has an ok record for also has one in a copy
+  that stays (the live run or a kept old copy); a corrupt leftover goes only if no line in it is
+  an ok record of a unit missing from the run's results.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ from evalledger.ledger import (
     moved_aside_of,
     parse_record_line,
     results_files,
+    unit_noun,
 )
+from evalledger.ops.units import unit_label
+from evalledger.records import epoch_of, split_unit_key, unit_key
 
 # A directory execute_prune renamed before deleting it (only prune makes and reads these).
 _PRUNING_RE = re.compile(rf"^\.(?P<name>.+)\.pruning-{STAMP_PATTERN}$")
@@ -97,27 +101,35 @@ class PruneResult:
 
 
 def _ok_ids(run_dir: Path) -> set[str]:
-    """Sample IDs with an ok record in any results file of ``run_dir`` (streaming, all shards).
+    """Unit keys (:func:`evalledger.records.unit_key`) with an ok record in any results file of
+    ``run_dir`` (streaming, all shards): two epochs of a sample are two results to keep.
 
     Every line fully parsed, on purpose: ``RunLedger.completed_ids`` trusts a line's prefix
     (see :mod:`evalledger.ledger.lines`), and a line damaged after its prefix must not count as the copy that lets
     another one be deleted.
     """
-    return {r["sample_id"] for p in results_files(run_dir) for r in iter_file_records(p) if r.get("status") == "ok"}
+    return {unit_key(r["sample_id"], epoch_of(r)) for p in results_files(run_dir) for r in iter_file_records(p)
+            if r.get("status") == "ok"}
 
 
 def _ok_ids_in_leftover(path: Path) -> set[str]:
-    """Sample IDs of complete ok record lines inside a moved-aside file (usually none)."""
+    """Unit keys of complete ok record lines inside a moved-aside file (usually none)."""
     ids: set[str] = set()
     try:
         with open(path, "rb") as f:
             for raw in f:
                 rec = parse_record_line(raw if raw.endswith(b"\n") else raw + b"\n")
                 if rec is not None and rec.get("status") == "ok":
-                    ids.add(rec["sample_id"])
+                    ids.add(unit_key(rec["sample_id"], epoch_of(rec)))
     except OSError:
         pass
     return ids
+
+
+def _count(keys: set[str]) -> str:
+    """``keys`` (unit keys) for a reason: "3 sample(s) (e.g. s1)", or in units when some is a later epoch's."""
+    epochs = 1 if all(split_unit_key(k)[1] == 1 for k in keys) else 2
+    return f"{len(keys)} {unit_noun(epochs)} (e.g. {unit_label(min(keys), epochs)})"
 
 
 def _age_days(path: Path, now: float) -> float:
@@ -225,8 +237,7 @@ class _Planner:
                     others |= ok_of[o]
             only_here = ok_of[c] - others
             if only_here:
-                plan.kept.append(KeptItem(c, "old run", f"holds the only ok record of {len(only_here)} sample(s) "
-                                                        f"(e.g. {sorted(only_here)[0]})"))
+                plan.kept.append(KeptItem(c, "old run", f"holds the only ok record of {_count(only_here)}"))
                 continue
             removed.add(c)
             plan.remove.append(PruneItem(c, "old run", rid, dir_size(c), _age_days(c, self.now)))
@@ -254,7 +265,7 @@ class _Planner:
                 lost -= ok_here
             if lost:
                 plan.kept.append(KeptItem(p, "corrupt leftover", f"holds an ok record found nowhere else "
-                                                                 f"({len(lost)} sample(s), e.g. {sorted(lost)[0]})"))
+                                                                 f"({_count(lost)})"))
                 continue
             rid = aside[0] if (aside := moved_aside_of(d.name)) else d.name
             plan.remove.append(PruneItem(p, "corrupt leftover", rid, dir_size(p), _age_days(p, self.now)))

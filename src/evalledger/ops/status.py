@@ -1,5 +1,8 @@
 """Where a (sharded) run stands: per-shard progress, locks seen from outside, missing and stalled shards.
 
+Progress counts units of work, (sample, epoch): a run asked with ``--epochs K`` (its manifest's
+``epochs``) has K per sample, all in the sample's shard; a run without repeats, one per sample.
+
 The library side of ``evalledger status`` (the click command is in :mod:`evalledger.cli.cluster`). Reads
 only and never takes a lock, so it is safe while tasks are writing.
 """
@@ -22,6 +25,7 @@ from evalledger.ledger import (
     RunLedger,
     iter_file_records,
     lock_state,
+    manifest_epochs,
     marker_state,
     results_files,
     resume_state_files,
@@ -31,7 +35,9 @@ from evalledger.ledger import (
     writer_locks,
 )
 from evalledger.ops.slurm import read_submissions
+from evalledger.ops.units import expected_units
 from evalledger.ops.verify import run_dataset_ids
+from evalledger.records import split_unit_key
 
 #: A running shard with no new record or checkpoint for this long is reported as stalled.
 DEFAULT_STALLED_AFTER = 600.0
@@ -59,13 +65,13 @@ def expected_sample_ids(run_dir: Path) -> list[str]:
 
 @dataclass
 class ShardStatus:
-    """Progress of one shard. ``total`` is None when the dataset could not be read."""
+    """Progress of one shard, in units of work. ``total`` is None when the dataset could not be read."""
 
     shard: int
     shards: int
     total: int | None
     done: int
-    errors: int  # samples of this shard whose latest record is an error (no ok record yet)
+    errors: int  # units of this shard whose latest record is an error (no ok record yet)
     records: int  # lines in the shard's own results file
     last_activity: str | None  # UTC, the later of its results file's and resume state's mtimes
     idle_seconds: float | None
@@ -83,7 +89,8 @@ class ShardStatus:
 
 @dataclass
 class RunStatus:
-    """Progress of a run over all its shards (``shards`` None: an unsharded run)."""
+    """Progress of a run over all its shards (``shards`` None: an unsharded run), in units of work
+    (samples × ``epochs``)."""
 
     run_id: str
     run_dir: str
@@ -103,6 +110,7 @@ class RunStatus:
     complete: bool = False
     state: str = "unknown"  # the status markers' verdict: running | complete | incomplete | interrupted | unknown
     state_label: str = "unknown"  # e.g. "interrupted (process gone)"
+    epochs: int = 1  # the run's --epochs (its manifest's): each sample is asked this many times
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (what ``status --json`` prints)."""
@@ -193,12 +201,16 @@ def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float
         expected: list[str] | None = expected_sample_ids(run_dir)
     except EvalLedgerError as e:
         expected, dataset_problem = None, e.message
-    # The merged view over every file: a sample is done once any writer recorded it ok.
+    # The merged view over every file: a unit is done once any writer recorded it ok.
     latest = RunLedger(run_dir).latest_records()
-    ok_ids = {sid for sid, r in latest.items() if r.get("status") == "ok"}
-    err_ids = {sid for sid, r in latest.items() if r.get("status") != "ok"}
+    ok_ids = {key for key, r in latest.items() if r.get("status") == "ok"}
+    err_ids = {key for key, r in latest.items() if r.get("status") != "ok"}
     manifest = RunLedger(run_dir).read_manifest() or {}
-    total = len(expected) if expected is not None else manifest.get("sample_count")
+    epochs = manifest_epochs(manifest)
+    if expected is not None:
+        expected = expected_units(expected, epochs)
+    count = manifest.get("sample_count")
+    total = len(expected) if expected is not None else (count * epochs if type(count) is int else None)
     universe = set(expected) if expected is not None else None
 
     other_files = [p.name for p in results_files(run_dir) if (sh := shard_of_file(p)) is None or sh[1] != n]
@@ -209,8 +221,8 @@ def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float
     shard_rows: list[ShardStatus] = []
     if n is not None:
         members: dict[int, set[str]] = {k: set() for k in range(1, n + 1)}
-        for sid in (expected if expected is not None else ok_ids | err_ids):
-            members[shard_of(sid, n)].add(sid)
+        for key in (expected if expected is not None else ok_ids | err_ids):
+            members[shard_of(split_unit_key(key)[0], n)].add(key)  # a unit is in its sample's shard
         shard_rows = [_shard_status(run_dir, (k, n), members[k], expected is not None, ok_ids, err_ids,
                                     slurm_states.get(k), stalled_after, now) for k in range(1, n + 1)]
     done_all = len(ok_ids & universe) if universe is not None else len(ok_ids)
@@ -236,12 +248,13 @@ def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float
         complete=total is not None and done_all >= total,
         state=life.state,
         state_label=life.label,
+        epochs=epochs,
     )
 
 
 def _shard_status(run_dir: Path, shard: tuple[int, int], mine: set[str], known: bool, ok_ids: set[str],
                   err_ids: set[str], slurm_state: str | None, stalled_after: float, now: float) -> ShardStatus:
-    """One shard's row. ``mine``: its sample IDs (``known``: from the dataset, so its total is known)."""
+    """One shard's row. ``mine``: its unit keys (``known``: from the dataset, so its total is known)."""
     k, n = shard
     cm = RunLedger(run_dir, shard)
     lock, owner = lock_state(cm.lock_path, cm.owner_path)

@@ -3,13 +3,16 @@
 Checks, each reported with the file and where in it:
 
 * lines that do not parse as records (file, line number, byte offset), and a torn last line;
-* samples with more than one ``ok`` record, and which one readers use (the last);
+* units of work (sample, epoch) with more than one ``ok`` record, and which one readers use (the last);
 * records whose sample id is not in the dataset (when the dataset is still at its recorded path
-  with its recorded sha256; otherwise a note says the check could not be made);
+  with its recorded sha256; otherwise a note says the check could not be made), and records for
+  an epoch beyond the run's (its manifest's ``epochs``);
 * a ``resume_state*.json`` that fails its checksum or is malformed;
 * results files that no longer match a ``complete`` marker's sha256;
-* shards that overlap (a sample ok in two files, a record in the wrong shard's file) or leave
-  samples uncovered (no ok record anywhere: a shard that never ran, errors left, a run cut short).
+* shards that overlap (a unit ok in two files, a record in the wrong shard's file) or leave
+  units uncovered (no ok record anywhere: a shard that never ran, errors left, a run cut short).
+  A run asked with ``--epochs K`` must have every (sample, epoch) for epochs 1..K; missing ones are
+  named by id and epoch. A sample's epochs all belong to its shard.
 
 Exit codes: 0 clean, 1 findings, 2 the run cannot be read. It changes nothing; ``repair=True``
 moves torn tails and garbage lines aside exactly as ``run`` does (under the same lock), and
@@ -33,6 +36,7 @@ from evalledger.ledger import (
     calls_files,
     file_fingerprint,
     lock_status,
+    manifest_epochs,
     move_garbage_lines_aside,
     parse_record_line,
     read_status,
@@ -44,8 +48,11 @@ from evalledger.ledger import (
     shard_of_resume_state,
     shard_of_status,
     status_files,
+    unit_noun,
 )
+from evalledger.ops.units import expected_units, unit_dict, unit_label
 from evalledger.readers import resolve_run_dir
+from evalledger.records import epoch_of, split_unit_key, unit_key
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNREADABLE = 0, 1, 2
 _SHOW = 5  # examples per finding
@@ -112,10 +119,10 @@ def _examples(items: list[str]) -> str:
 
 @dataclass
 class _Seen:
-    """Per file and per sample, what the record pass saw (only what the checks need)."""
+    """Per file and per unit (sample, epoch), what the record pass saw (only what the checks need)."""
 
     records: int = 0
-    ok_at: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # sid -> [(file, line)]
+    ok_at: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # unit key -> [(file, line)]
     any_ids: set[str] = field(default_factory=set)
     misplaced: Counter = field(default_factory=Counter)  # file -> records of another shard
     misplaced_ex: dict[str, list[str]] = field(default_factory=dict)
@@ -148,7 +155,7 @@ def _scan_file(path: Path, live: bool, report: VerifyReport, seen: _Seen | None)
                 sid = rec["sample_id"]
                 seen.any_ids.add(sid)
                 if rec.get("status") == "ok":
-                    seen.ok_at.setdefault(sid, []).append((path.name, number))
+                    seen.ok_at.setdefault(unit_key(sid, epoch_of(rec)), []).append((path.name, number))
                 if shard is not None and shard_of(sid, shard[1]) != shard[0]:
                     seen.misplaced[path.name] += 1
                     seen.misplaced_ex.setdefault(path.name, []).append(sid)
@@ -222,11 +229,14 @@ def _verify(run_dir: Path) -> VerifyReport:
     except OSError as e:
         report.unreadable = f"{e.filename or run_dir}: cannot be read ({e.strerror or e})"
         return report
+    epochs = manifest_epochs(manifest)
     report.checked = {"results_files": [p.name for p in files], "records": seen.records,
-                      "samples_with_ok": len(seen.ok_at)}
+                      "samples_with_ok": len({split_unit_key(key)[0] for key in seen.ok_at}), "epochs": epochs}
+    if epochs > 1:
+        report.checked["units_with_ok"] = len(seen.ok_at)
 
-    _check_duplicates(run_dir, seen, report)
-    _check_shards(seen, report)
+    _check_duplicates(run_dir, seen, report, epochs)
+    _check_shards(seen, report, epochs)
     _check_states(run_dir, report)
     markers = _check_markers(run_dir, report)
     if manifest is not None:
@@ -234,8 +244,8 @@ def _verify(run_dir: Path) -> VerifyReport:
     return report
 
 
-def _check_duplicates(run_dir: Path, seen: _Seen, report: VerifyReport) -> None:
-    dup = {sid: where for sid, where in seen.ok_at.items() if len(where) > 1}
+def _check_duplicates(run_dir: Path, seen: _Seen, report: VerifyReport, epochs: int) -> None:
+    dup = {key: where for key, where in seen.ok_at.items() if len(where) > 1}
     if not dup:
         return
     # A second pass, only for the duplicated samples: their scores, to say whether they disagree.
@@ -249,20 +259,20 @@ def _check_duplicates(run_dir: Path, seen: _Seen, report: VerifyReport) -> None:
                     scores[(p.name, number)] = json.dumps([rec.get("score"), rec.get("prediction")], default=str)
     lines = []
     disagree = 0
-    for sid, where in sorted(dup.items()):
+    for key, where in sorted(dup.items()):
         differ = len({scores.get(w) for w in where}) > 1
         disagree += differ
         if len(lines) < _SHOW:
             at = ", ".join(f"{f} line {n}" for f, n in where)
-            lines.append(f"{sid} ({at}; readers use {where[-1][0]} line {where[-1][1]}"
+            lines.append(f"{unit_label(key, epochs)} ({at}; readers use {where[-1][0]} line {where[-1][1]}"
                          + ("; they disagree on score/prediction" if differ else "") + ")")
     more = f" and {len(dup) - _SHOW} more" if len(dup) > _SHOW else ""
     report.findings.append(Finding(
-        "duplicate_ok", f"{len(dup)} sample(s) have more than one ok record ({disagree} with different "
+        "duplicate_ok", f"{len(dup)} {unit_noun(epochs)} have more than one ok record ({disagree} with different "
         f"scores or predictions); readers use the last one: {'; '.join(lines)}{more}"))
 
 
-def _check_shards(seen: _Seen, report: VerifyReport) -> None:
+def _check_shards(seen: _Seen, report: VerifyReport, epochs: int) -> None:
     pairs: Counter = Counter()
     for where in seen.ok_at.values():
         names = sorted({f for f, _ in where})
@@ -270,8 +280,8 @@ def _check_shards(seen: _Seen, report: VerifyReport) -> None:
             for b in names[i + 1:]:
                 pairs[(a, b)] += 1
     for (a, b), n in sorted(pairs.items()):
-        report.findings.append(Finding("shard_overlap", f"{a} and {b} both have ok records for {n} sample(s): the "
-                                                        "shards overlap (different shard layouts, or files copied in)"))
+        report.findings.append(Finding("shard_overlap", f"{a} and {b} both have ok records for {n} {unit_noun(epochs)}: "
+                                                        "the shards overlap (different shard layouts, or files copied in)"))
     for name, n in sorted(seen.misplaced.items()):
         report.findings.append(Finding("shard_overlap", f"{name}: {n} record(s) for samples of another shard "
                                                         f"(e.g. {_examples(seen.misplaced_ex[name])})", name))
@@ -321,31 +331,51 @@ def _check_dataset(run_dir: Path, manifest: dict[str, Any], seen: _Seen,
     except EvalLedgerError as e:
         report.notes.append(f"could not check sample ids and coverage against the dataset: {e.message}")
         return
+    epochs = manifest_epochs(manifest)
     unknown = sorted(seen.any_ids - all_ids)
     if unknown:
         report.findings.append(Finding("unknown_id", f"{len(unknown)} sample id(s) in the results are not in the "
                                                      f"dataset: {_examples(unknown)}"))
+    beyond = sorted(key for key in seen.ok_at if split_unit_key(key)[1] > epochs)
+    if beyond:
+        report.findings.append(Finding("unknown_epoch", f"{len(beyond)} ok record(s) are for epochs beyond the run's "
+                                                        f"{epochs} (the manifest's epochs): "
+                                                        f"{_examples([unit_label(k, 2) for k in beyond])}"))
+    units = expected_units(selection, epochs)
+    missing = [key for key in units if key not in seen.ok_at]
+    # A sample counts as covered once every one of its epochs has an ok record.
+    incomplete = {split_unit_key(key)[0] for key in missing}
     report.checked["dataset_samples"] = len(selection)
-    report.checked["samples_with_ok"] = sum(1 for sid in selection if sid in seen.ok_at)
-    missing = [sid for sid in selection if sid not in seen.ok_at]
-    if not missing:
-        return
+    report.checked["samples_with_ok"] = len(selection) - len(incomplete)
+    if epochs > 1:
+        report.checked["dataset_units"] = len(units)
+        report.checked["units_with_ok"] = len(units) - len(missing)
+    if missing:
+        report.checked["missing"] = [unit_dict(key) for key in missing]
+        report.findings.append(Finding("uncovered", _uncovered_text(run_dir, markers, missing, len(units), epochs)))
+
+
+def _uncovered_text(run_dir: Path, markers: dict[tuple[int, int] | None, dict[str, Any]], missing: list[str],
+                    total: int, epochs: int) -> str:
+    """What ``missing`` (unit keys without an ok record) says: how many, which, in which shards."""
+    sids = [split_unit_key(key)[0] for key in missing]
     layouts = {k[1] for k in markers if k is not None} | {sh[1] for p in results_files(run_dir)
                                                             if (sh := shard_of_file(p)) is not None}
-    # Markers that say complete although one of their samples has no ok record.
+    # Markers that say complete although one of their units has no ok record (a unit is in its sample's shard).
     claims = [RunPaths(run_dir, k).status.name for k, d in markers.items() if d.get("state") == COMPLETE
-              and any(k is None or shard_of(sid, k[1]) == k[0] for sid in missing)]
-    text = f"{len(missing)} of {len(selection)} sample(s) have no ok record: {_examples(missing)}"
+              and any(k is None or shard_of(sid, k[1]) == k[0] for sid in sids)]
+    shown = _examples([unit_label(key, epochs) for key in missing])
+    text = f"{len(missing)} of {total} {unit_noun(epochs)} have no ok record: {shown}"
     if len(layouts) == 1 and None not in markers:
         n = layouts.pop()
-        by_shard = Counter(shard_of(sid, n) for sid in missing)
+        by_shard = Counter(shard_of(sid, n) for sid in sids)
         never = [k for k in sorted(by_shard) if not RunPaths(run_dir, (k, n)).results.exists()]
         text += "; by shard: " + ", ".join(f"{k}/{n}: {c}" for k, c in sorted(by_shard.items()))
         if never:
             text += f" (shard{'s' if len(never) > 1 else ''} {', '.join(map(str, never))} never ran)"
     if claims:
         text += f". Yet {', '.join(claims)} say{'s' if len(claims) == 1 else ''} complete"
-    report.findings.append(Finding("uncovered", text))
+    return text
 
 
 __all__ = ["Finding", "VerifyReport", "run_dataset_ids", "verify_run"]

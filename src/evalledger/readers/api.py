@@ -21,15 +21,16 @@ class CheckpointManager(RunLedger):
     """One run directory (:class:`~evalledger.ledger.RunLedger`: the writer side with the lock, the
     reader side without) plus :meth:`get_stats`, the readers' view of it."""
 
-    def get_stats(self) -> dict[str, Any]:
+    def get_stats(self, *, vote: bool | None = None, pass_k: bool | None = None) -> dict[str, Any]:
         """Counts, accuracy (with a Wilson interval), errors, latency, tokens, cost and progress, all
         shards: the same dict as :func:`get_stats`, so that the CLI, the report and this method never
         disagree. Errors are counted apart from wrong answers (accuracy is over ``ok`` records only);
         tokens and cost are the run's bill, as ``--max-cost`` counts it."""
-        return run_stats(self.run_dir)
+        return run_stats(self.run_dir, vote=vote, pass_k=pass_k)
 
 
-def get_stats(run: RunRef, output_dir: str | Path | None = None) -> dict[str, Any]:
+def get_stats(run: RunRef, output_dir: str | Path | None = None, *, vote: bool | None = None,
+              pass_k: bool | None = None) -> dict[str, Any]:
     """Stats of a run, all shards, in one pass over its ledger. ``run`` is a ``RunSummary``, a run
     directory, or a run ID under ``output_dir`` (default ``outputs``; see :func:`resolve_run_dir`).
 
@@ -40,8 +41,14 @@ def get_stats(run: RunRef, output_dir: str | Path | None = None) -> dict[str, An
     ``cost_per_correct_usd``, ``throughput_per_min``, ``running`` (a process holds a lock now),
     ``eta_s`` (while running), per-shard progress under ``shards``, and for self-correction tasks
     ``transitions`` with ``accuracy_before``/``accuracy_after``. See :mod:`evalledger.readers.stats`.
+
+    Repeats (``--epochs K``): counts are of (sample, epoch) units, ``epochs`` is K, and with K > 1
+    ``repeats`` holds the accuracy per epoch, the mean over epochs with its 95 % interval over
+    samples (also ``accuracy`` / ``accuracy_ci95``), the majority vote (``qa``, ``mcq``) and pass@k
+    for every k <= K (``humaneval``); ``vote=True`` / ``pass_k=True`` ask for those two for any task
+    (and with one epoch), False turns them off. See :mod:`evalledger.readers.repeats`.
     """
-    return run_stats(resolve_run_dir(run, output_dir))
+    return run_stats(resolve_run_dir(run, output_dir), vote=vote, pass_k=pass_k)
 
 
 __all__ = ["get_stats", "load_results", "load_runs", "resolve_run_dir"]

@@ -1,5 +1,10 @@
 """pandas DataFrames of results: one run (:func:`load_results`) or many (:func:`load_runs`).
 
+One row per unit of work, a (sample, epoch): its latest ``ok`` record, else its latest error.
+``epoch`` is 1 for records without one, so a run without repeats has one row per sample.
+``load_results(run, per_sample=True)`` folds the epochs into one row per sample
+(:func:`evalledger.readers.repeats.per_sample_frame`).
+
 Typed columns so that analysis code does not have to clean them: errors have ``correct`` = NA
 (never False: an error is not a wrong answer), counts are nullable integers, timestamps are UTC.
 A value of the wrong type in a hand-edited record (text where a number belongs, ``NaN`` or
@@ -19,17 +24,21 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from evalledger.readers.locate import RunRef, resolve_run_dir, run_dirs
 from evalledger.readers.manifest import read_manifest_facts
+from evalledger.readers.repeats import per_sample_frame
 from evalledger.readers.scan import RunScan, scan_run
 from evalledger.records import (
     BASE_COLUMNS,
     BOOL_COLUMNS,
     CORRECT_AFTER,
     CORRECT_BEFORE,
+    EPOCH_COLUMN,
     EXTRAS_COLUMN,
     FLOAT_COLUMNS,
     INT_COLUMNS,
     JSON_SUFFIX,
+    LIST_COLUMNS,
     OBJECT_COLUMNS,
+    OPTIONAL_COLUMNS,
     SCORE_BOOL_COLUMN,
     SCORE_COLUMN,
     SELF_CORRECTION_KEYS,
@@ -116,20 +125,36 @@ def _object_array(plain: "pa.ChunkedArray", as_json: "pa.ChunkedArray") -> Any:
     return pd.Series(_objects(plain, as_json), dtype=object).array
 
 
+def _present(scan: RunScan, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (optional columns) that some row of the view holds a value in."""
+    present = []
+    for name in names:
+        values = scan.view([name])[name]
+        if values.null_count < len(values):
+            present.append(name)
+    return present
+
+
 def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[str] | None = None) -> "pd.DataFrame":
-    """The typed DataFrame of a :class:`RunScan`, sorted by ``sample_id``.
+    """The typed DataFrame of a :class:`RunScan`, one row per (sample, epoch), sorted by ``sample_id``
+    and ``epoch``.
 
     ``keep_row`` adds ``_row``, the row's position in the scan (for :func:`scan.fetch_records`).
     ``columns`` limits the base columns built (``sample_id`` and ``in_dataset`` are always there,
-    and so are pass-through columns): stats need a handful, not the text.
+    and so are pass-through columns): stats need a handful, not the text. Without ``columns``,
+    ``seed`` and ``fewshot_ids`` follow ``epoch`` when some record has them.
     """
     import pandas as pd  # lazily: ~0.7 s of start-up most CLI commands do not need
     import pyarrow as pa  # slow to import: only when a file is parsed
     import pyarrow.compute as pc  # slow to import: only when a file is parsed
 
-    order = pc.sort_indices(scan.view(["sample_id"])["sample_id"])
-    wanted = set(BASE_COLUMNS + (TEXT_COLUMNS if scan.text else ())) if columns is None else {"sample_id", *columns}
-    names = [c for c in BASE_COLUMNS + TEXT_COLUMNS if c in wanted and (scan.text or c not in TEXT_COLUMNS)]
+    order = pc.sort_indices(scan.view(["sample_id", EPOCH_COLUMN]),
+                            sort_keys=[("sample_id", "ascending"), (EPOCH_COLUMN, "ascending")])
+    base = list(BASE_COLUMNS)
+    if columns is None:
+        base[base.index(EPOCH_COLUMN) + 1:base.index(EPOCH_COLUMN) + 1] = _present(scan, OPTIONAL_COLUMNS)
+    wanted = set(base + list(TEXT_COLUMNS if scan.text else ())) if columns is None else {"sample_id", *columns}
+    names = [c for c in base + list(TEXT_COLUMNS) if c in wanted and (scan.text or c not in TEXT_COLUMNS)]
     sources = {SCORE_COLUMN: [SCORE_BOOL_COLUMN, SCORE_COLUMN + JSON_SUFFIX],
                **{c: [c, c + JSON_SUFFIX] for c in OBJECT_COLUMNS}}
     t = scan.view([src for c in names for src in sources.get(c, [c])] + [EXTRAS_COLUMN], order)  # one copy
@@ -138,6 +163,10 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[
     for name in names:
         if name in STRING_COLUMNS:
             data[name] = pd.array(t[name], dtype="string")
+        elif name == EPOCH_COLUMN:  # never null: a plain int64
+            data[name] = t[name].to_numpy()
+        elif name in LIST_COLUMNS:
+            data[name] = pd.Series(t[name].to_pylist(), dtype=object).array
         elif name in INT_COLUMNS or name in FLOAT_COLUMNS or name in BOOL_COLUMNS:
             data[name] = t[name].to_pandas(types_mapper=nullable.get).array
         elif name in TIME_COLUMNS:
@@ -177,19 +206,45 @@ def frame_from_scan(scan: RunScan, *, keep_row: bool = False, columns: Iterable[
     return df
 
 
-def load_results(run: RunRef, output_dir: str | Path | None = None, *, text: bool = True) -> "pd.DataFrame":
-    """One row per sample of a run: its latest ``ok`` record, or its latest error. All shards merged.
+def load_results(run: RunRef, output_dir: str | Path | None = None, *, text: bool = True,
+                 per_sample: bool = False) -> "pd.DataFrame":
+    """One row per sample and epoch of a run: its latest ``ok`` record, or its latest error. All
+    shards merged. A record without ``epoch`` answers epoch 1, so a run without repeats (and every
+    run written before them) has one row per sample.
 
-    ``run`` is a run ID under ``output_dir`` or a run directory. Columns: ``sample_id, status,
-    correct, score, prediction, target, input_tokens, output_tokens, cost_usd, latency_s, attempts,
-    model, task, shard, error_type, error_message, error_status_code, started_at, finished_at,
-    response`` (left out with ``text=False``), then any self-correction columns (``correct_before``,
+    ``run`` is a run ID under ``output_dir`` or a run directory. Columns: ``sample_id, epoch,
+    status, correct, score, prediction, target, input_tokens, output_tokens, cost_usd, latency_s,
+    attempts, model, task, shard, error_type, error_message, error_status_code, started_at,
+    finished_at, response`` (left out with ``text=False``; ``seed`` and ``fewshot_ids`` follow
+    ``epoch`` when the records have them), then any self-correction columns (``correct_before``,
     ``correct_after``, ``transition``) and other per-record fields (``extra_<key>``) when present,
     and ``in_dataset``: False for a sample id the manifest lists as ``ids_not_in_dataset`` (results
     kept from another dataset, not part of this run; :func:`get_stats` leaves them out), else True.
+
+    ``per_sample=True`` gives one row per sample instead (:func:`~evalledger.readers.repeats.per_sample_frame`:
+    its epochs, ok epochs, correct epochs, mean correctness, the majority-vote prediction for
+    ``qa``/``mcq`` and pass@k for ``humaneval``).
     Safe while the run is writing: never takes the lock, ignores a partial last line.
     """
-    return frame_from_scan(scan_run(resolve_run_dir(run, output_dir), text=text))
+    scan = scan_run(resolve_run_dir(run, output_dir), text=text and not per_sample)
+    if not per_sample:
+        return frame_from_scan(scan)
+    df = frame_from_scan(scan, columns=(EPOCH_COLUMN, "status", "correct", "prediction", "task"))
+    return per_sample_frame(df, task_of(scan, df), epochs_of(scan))
+
+
+def task_of(scan: RunScan, df: "pd.DataFrame") -> str | None:
+    """The run's task: the manifest's, else the one its records name most often."""
+    if scan.manifest.task is not None:
+        return scan.manifest.task
+    named = df["task"].dropna() if "task" in df.columns else ()
+    return str(named.mode().iloc[0]) if len(named) else None
+
+
+def epochs_of(scan: RunScan) -> int:
+    """The run's K: the largest number of epochs its manifest asked for, or the highest epoch a
+    record answers if that is higher (1 for a run without repeats)."""
+    return max(scan.manifest.epochs, scan.max_epoch)
 
 
 def run_meta(run_dir: Path) -> dict[str, Any]:

@@ -8,57 +8,31 @@ million prompts in memory.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from evalledger._version import __version__
 from evalledger.errors import UsageError
 from evalledger.fsio import utc_now
+from evalledger.readers.compare import DEFAULT_RESAMPLES, compare_scored, dataset_key, scored_samples
 from evalledger.readers.frames import frame_from_scan
 from evalledger.readers.locate import resolve_run_dir, run_dirs
-from evalledger.readers.scan import RunScan, fetch_records, scan_run
+from evalledger.readers.plots import (
+    RunView,
+    plot_accuracy,
+    plot_cost,
+    plot_errors,
+    plot_latency,
+    plot_self_correction,
+    unique_labels,
+)
+from evalledger.readers.scan import fetch_records, scan_run
 from evalledger.readers.stats import add_lifecycle, stats_from_scan
-
-if TYPE_CHECKING:
-    import pandas as pd
-    from matplotlib.figure import Figure
+from evalledger.records import epoch_of
 
 TEXT_LIMIT = 1500  # characters of prompt/response per cell: enough to judge, small enough at N rows
-
-
-@dataclass
-class RunView:
-    """One run as the report sees it."""
-
-    scan: RunScan
-    df: "pd.DataFrame"
-    stats: dict[str, Any]
-
-    label: str = ""  # set by unique_labels(): "model · dataset", longer where that is ambiguous
-
-
-def unique_labels(runs: list[RunView]) -> None:
-    """Give each run a plot label: ``model · dataset``, plus the task, then the run ID, if needed.
-
-    Plots use labels as categories, so two runs with one label would be drawn as one bar.
-    """
-    def base(r: RunView) -> str:
-        return f"{r.stats['model'] or '?'} · {r.stats['dataset'] or '?'}"
-
-    for r in runs:
-        r.label = base(r)
-    for extend in (lambda r: f"{base(r)} · {r.stats['task']}", lambda r: r.stats["run_id"]):
-        seen: dict[str, int] = {}
-        for r in runs:
-            seen[r.label] = seen.get(r.label, 0) + 1
-        for r in runs:
-            if seen[r.label] > 1:
-                r.label = extend(r)
 
 
 def _load(run_dir: Path) -> RunView:
@@ -88,150 +62,6 @@ def write_report(target: str | Path, out_path: str | Path, *, output_dir: str | 
     doc = render_report(runs, title=str(target), n_samples=n_samples)
     Path(out_path).write_text(doc, encoding="utf-8")
     return len(runs)
-
-
-# ----------------------------------------------------------------------------- plots
-def _figure(width: float, height: float) -> "Figure":
-    from matplotlib.figure import Figure  # slow to import (~0.4 s): only for the report
-
-    # Figure without pyplot: no global state, no GUI backend, safe in any thread.
-    return Figure(figsize=(width, height), dpi=96, layout="constrained")
-
-
-def _png(fig: "Figure", alt: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def plot_accuracy(runs: list[RunView]) -> str:
-    """Horizontal bars of accuracy per model × dataset with 95 % Wilson error bars."""
-    rows = [(r.label, r.stats["accuracy"], r.stats["accuracy_ci95"]) for r in runs if r.stats["accuracy"] is not None]
-    if not rows:
-        return "<p class='muted'>No completed samples yet.</p>"
-    fig = _figure(8, 1.3 + 0.45 * len(rows))
-    ax = fig.add_subplot()
-    ys = range(len(rows))
-    acc = [a for _, a, _ in rows]
-    err = [[a - ci[0] for _, a, ci in rows], [ci[1] - a for _, a, ci in rows]]
-    ax.barh(list(ys), acc, xerr=err, color="#4c78a8", capsize=4)
-    ax.set_yticks(list(ys), [lbl for lbl, _, _ in rows])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy (ok samples), 95% Wilson interval")
-    for y, a in zip(ys, acc):
-        # Inside the bar's base so it never collides with the error bar near 100 %.
-        ax.text(0.01, y, f"{a:.1%}", va="center", fontsize=8, color="white" if a > 0.08 else "black")
-    return _png(fig, "accuracy per model and dataset")
-
-
-def plot_cost(runs: list[RunView]) -> str:
-    """Cost per run and per correct answer; tokens instead where no run has a non-zero cost (every
-    price unknown, or only free models such as the embedded one), since zero-length bars say nothing."""
-    known = [r for r in runs if r.stats["cost_usd"] is not None]
-    if not any(r.stats["cost_usd"] > 0 for r in known):
-        why = "cost $0: free models" if known and len(known) == len(runs) else (
-            "cost unknown: no prices recorded" if not known else "no run has a non-zero cost")
-        return _plot_tokens(runs, why)
-    fig = _figure(8, 1.5 + 0.4 * len(known))
-    ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    labels = [r.label for r in known]
-    costs = [r.stats["cost_usd"] for r in known]
-    ax1.barh(labels, costs, color="#f58518")
-    ax1.set_xlabel("cost per run (USD)")
-    ax2.barh(labels, [r.stats["cost_per_correct_usd"] or 0 for r in known], color="#e45756")
-    ax2.set_xlabel("cost per correct answer (USD)")
-    for y, cost in enumerate(costs):
-        if cost == 0:
-            ax1.text(0, y, " free", va="center", fontsize=8)
-    ax1.invert_yaxis()
-    missing = len(runs) - len(known)
-    if missing:
-        fig.suptitle(f"{missing} run(s) of unknown price not shown", fontsize=8)
-    return _png(fig, "cost per run and per correct answer")
-
-
-def _plot_tokens(runs: list[RunView], why: str) -> str:
-    fig = _figure(8, 1.5 + 0.4 * len(runs))
-    ax = fig.add_subplot()
-    labels = [r.label for r in runs]
-    ax.barh(labels, [r.stats["input_tokens"] for r in runs], color="#72b7b2", label="input tokens")
-    ax.barh(labels, [r.stats["output_tokens"] for r in runs], left=[r.stats["input_tokens"] for r in runs],
-            color="#54a24b", label="output tokens")
-    ax.invert_yaxis()
-    ax.set_xlabel(f"tokens ({why})")
-    ax.legend(fontsize=8)
-    return _png(fig, f"tokens per run ({why})")
-
-
-def plot_latency(runs: list[RunView]) -> str:
-    """Histogram of per-sample latency of ok samples, one outline per run, clipped at the 99th percentile."""
-    import numpy as np  # slow to import: only when a run is read
-
-    series = [(r.label, r.df.loc[r.df["status"] == "ok", "latency_s"].dropna().to_numpy(dtype=float)) for r in runs]
-    series = [(lbl, v) for lbl, v in series if len(v)]
-    if not series:
-        return "<p class='muted'>No latencies yet.</p>"
-    hi = max(float(np.percentile(v, 99)) for _, v in series) or 1.0
-    bins = np.linspace(0, hi, 50)
-    fig = _figure(8, 3)
-    ax = fig.add_subplot()
-    for lbl, v in series:
-        ax.hist(np.clip(v, 0, hi), bins=bins, histtype="step" if len(series) > 1 else "stepfilled",
-                label=lbl, linewidth=1.5, color=None if len(series) > 1 else "#4c78a8")
-    ax.set_xlabel("latency per sample (s), incl. retries; last bin holds everything above p99")
-    ax.set_ylabel("samples")
-    if len(series) > 1:
-        ax.legend(fontsize=7)
-    return _png(fig, "latency histogram")
-
-
-def plot_errors(runs: list[RunView]) -> str:
-    """Stacked bars: samples whose latest record is an error, by error type, per run."""
-    types = sorted({t for r in runs for t in r.stats["errors_by_type"]})
-    if not types:
-        return "<p class='muted'>No samples with errors.</p>"
-    fig = _figure(8, 1.5 + 0.4 * len(runs))
-    ax = fig.add_subplot()
-    left = [0] * len(runs)
-    labels = [r.label for r in runs]
-    for t in types:
-        vals = [r.stats["errors_by_type"].get(t, 0) for r in runs]
-        ax.barh(labels, vals, left=left, label=t)
-        left = [a + b for a, b in zip(left, vals)]
-    ax.invert_yaxis()
-    ax.set_xlabel("samples with an error as their latest record")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8)
-    return _png(fig, "error breakdown")
-
-
-def plot_self_correction(run: RunView) -> str:
-    """The 2×2 transition matrix as a heat map, and accuracy before → after."""
-    t = run.stats["transitions"]
-    grid = [[t.get("correct→correct", 0), t.get("correct→incorrect", 0)],
-            [t.get("incorrect→correct", 0), t.get("incorrect→incorrect", 0)]]
-    fig = _figure(8, 3)
-    ax1, ax2 = fig.subplots(1, 2)
-    im = ax1.imshow(grid, cmap="Blues")
-    ax1.set_xticks([0, 1], ["correct after", "incorrect after"])
-    ax1.set_yticks([0, 1], ["correct before", "incorrect before"])
-    peak = max(max(r) for r in grid) or 1
-    for i in range(2):
-        for j in range(2):
-            ax1.text(j, i, str(grid[i][j]), ha="center", va="center",
-                     color="white" if grid[i][j] > peak / 2 else "black")
-    fig.colorbar(im, ax=ax1, shrink=0.8)
-    ax1.set_title("transitions", fontsize=9)
-    before, after = run.stats.get("accuracy_before"), run.stats.get("accuracy_after")
-    if before is not None and after is not None:
-        ax2.bar(["before", "after"], [before, after], color=["#bab0ac", "#4c78a8"])
-        ax2.set_ylim(0, 1)
-        for x, v in enumerate([before, after]):
-            ax2.text(x, v + 0.02, f"{v:.1%}", ha="center", fontsize=8)
-    ax2.set_title("accuracy before → after", fontsize=9)
-    return _png(fig, f"self-correction {run.stats['run_id']}")
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -275,6 +105,90 @@ def run_table(runs: list[RunView]) -> str:
     return f"<table class='runs'>{head}{''.join(rows)}</table>"
 
 
+def _points(x: float) -> str:
+    return f"{x * 100:+.1f}"
+
+
+def comparison_table(runs: list[RunView]) -> str:
+    """Each run against the first run on the same dataset (the same sha256 and ids), paired by
+    sample, as ``evalledger compare`` computes it; empty when no two runs share a dataset."""
+    groups: dict[tuple[str, str | None], list[RunView]] = {}
+    for r in runs:
+        key = dataset_key(r.scan.run_dir)
+        if key is not None:
+            groups.setdefault(key, []).append(r)
+    rows = []
+    for base, *others in (g for g in groups.values() if len(g) > 1):
+        first = scored_samples(base.df)
+        for r in others:
+            paired = compare_scored(first, scored_samples(r.df)) if len(first.table) else None
+            cells = f"<td>{_e(r.label)}</td><td>{_e(base.label)}</td>"
+            if paired is None:
+                rows.append(f"<tr>{cells}<td colspan='7'>not compared: no sample scored by both</td></tr>")
+                continue
+            lo, hi = paired.difference_ci95
+            sc = paired.self_correction
+            sc_cell = ("–" if sc is None or sc.difference is None or sc.difference_ci95 is None else
+                       f"{_points(sc.difference)} [{_points(sc.difference_ci95[0])}, {_points(sc.difference_ci95[1])}]")
+            rows.append(
+                f"<tr data-compare='{_e(r.stats['run_id'])}'>{cells}" + _num("n", paired.n, str(paired.n))
+                + _num("accuracy_a", paired.accuracy_a, _pct(paired.accuracy_a))
+                + _num("accuracy_b", paired.accuracy_b, _pct(paired.accuracy_b))
+                + _num("difference", paired.difference, f"{_points(paired.difference)} [{_points(lo)}, {_points(hi)}]")
+                + _num("p_value", paired.p_value, f"{paired.p_value:.3g}")
+                + _num("discordant", [paired.a_right_b_wrong, paired.a_wrong_b_right],
+                       f"{paired.a_right_b_wrong} / {paired.a_wrong_b_right}")
+                + f"<td class='num'>{sc_cell}</td></tr>")
+    if not rows:
+        return ""
+    head = ("<tr><th>run</th><th>against</th><th>n</th><th>accuracy (against)</th><th>accuracy (run)</th>"
+            "<th>Δ points [95% CI]</th><th>p (McNemar)</th><th>only against ✓ / only run ✓</th>"
+            "<th>Δ(turn 2 − turn 1) difference</th></tr>")
+    return ("<h2>Paired comparisons</h2><p class='muted'>Each run against the first run on the same dataset, on "
+            f"the samples both scored: paired bootstrap 95% CI ({DEFAULT_RESAMPLES} resamples, seed 0) and McNemar's "
+            "exact test, as <code>evalledger compare</code> gives them.</p>"
+            f"<table class='compare'>{head}{''.join(rows)}</table>")
+
+
+def _pct_list(items: list[dict[str, Any]], key: str, value: str) -> str:
+    return ", ".join(f"{x[key]}: {_pct(x[value])}" for x in items)
+
+
+def repeats_table(runs: list[RunView]) -> str:
+    """Runs with repeats: accuracy per epoch, the mean over epochs with its interval over samples,
+    the majority vote and pass@k (the ``repeats`` entry of get_stats)."""
+    rows = []
+    for r in runs:
+        rep = r.stats.get("repeats")
+        if rep is None:
+            continue
+        ci = rep["mean_accuracy_ci95"]
+        vote = rep.get("majority_vote")
+        passes = rep.get("pass_at_k")
+        rows.append(
+            f'<tr data-run="{_e(r.stats["run_id"])}"><td>{_e(r.stats["run_id"])}</td>'
+            + _num("epochs", rep["epochs"], str(rep["epochs"]))
+            + _num("scored_samples", rep["scored_samples"], str(rep["scored_samples"]))
+            + _num("accuracy_by_epoch", [e["accuracy"] for e in rep["accuracy_by_epoch"]],
+                   _pct_list(rep["accuracy_by_epoch"], "epoch", "accuracy"))
+            + _num("mean_accuracy", rep["mean_accuracy"], _pct(rep["mean_accuracy"]))
+            + _num("mean_accuracy_ci95", ci, "–" if ci is None else f"{ci[0]:.1%} – {ci[1]:.1%}")
+            + _num("majority_vote", None if vote is None else vote["accuracy"],
+                   "–" if vote is None else f"{_pct(vote['accuracy'])} ({vote['ties']} ties)")
+            + _num("pass_at_k", None if passes is None else [p["value"] for p in passes],
+                   "–" if passes is None else ", ".join(f"pass@{p['k']} {_pct(p['value'])}" for p in passes))
+            + "</tr>")
+    if not rows:
+        return ""
+    return ("<h2>Repeats</h2><p class='muted'>Each sample asked K times. The mean over epochs averages each "
+            "sample's accuracy; its 95% interval is ± 1.96 standard errors over samples. The majority vote "
+            "takes the most frequent prediction (ties: the one given at the lowest epoch); pass@k is the "
+            "unbiased estimator of Chen et al. (2021).</p>"
+            "<table class='repeats'><tr><th>run</th><th>epochs</th><th>samples</th><th>accuracy by epoch</th>"
+            "<th>mean over epochs</th><th>95% CI (samples)</th><th>majority vote</th><th>pass@k</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def error_table(runs: list[RunView]) -> str:
     """Error types per run with counts and one example message."""
     import pandas as pd  # slow to import (~0.5 s): only when a run is read
@@ -305,6 +219,11 @@ def _text(value: Any) -> str:
     return value if len(value) <= TEXT_LIMIT else value[:TEXT_LIMIT] + f" … [{len(value) - TEXT_LIMIT} more chars]"
 
 
+def _epoch_note(run: RunView, rec: dict[str, Any]) -> str:
+    """`` · epoch e`` in a run with repeats (nothing in a run without)."""
+    return f" · epoch {epoch_of(rec)}" if run.stats.get("epochs", 1) > 1 else ""
+
+
 def sample_browser(runs: list[RunView], n: int) -> str:
     """The first ``n`` samples of each group (all, incorrect, errors) per run, with a filter."""
     picked: dict[tuple[int, int], set[str]] = {}
@@ -320,14 +239,15 @@ def sample_browser(runs: list[RunView], n: int) -> str:
     for ri, r in enumerate(runs):
         mine = sorted(row for (i, row) in picked if i == ri)
         records = fetch_records(r.scan, mine)
-        for row, rec in sorted(zip(mine, records), key=lambda x: str(x[1].get("sample_id"))):
+        for row, rec in sorted(zip(mine, records), key=lambda x: (str(x[1].get("sample_id")), epoch_of(x[1]))):
             kinds = picked[(ri, row)]
             status = rec.get("status")
             verdict = ("error" if status != "ok" else "correct" if rec.get("correct") else "incorrect")
             err = rec.get("error") if isinstance(rec.get("error"), dict) else {}
             rows_html.append(
                 f'<tr class="{verdict}" data-kinds="{" ".join(sorted(kinds))}"><td>{_e(r.stats["run_id"])}</td>'
-                f"<td>{_e(rec.get('sample_id'))}</td><td>{verdict}</td><td>{_e(rec.get('prediction'))}</td>"
+                f"<td>{_e(rec.get('sample_id'))}{_epoch_note(r, rec)}</td><td>{verdict}</td>"
+                f"<td>{_e(rec.get('prediction'))}</td>"
                 f"<td>{_e(rec.get('target'))}</td><td>{_e(json.dumps(rec.get('score')))}</td>"
                 f"<td class='text'>{_e(_text(rec.get('prompt')))}</td>"
                 f"<td class='text'>{_e(_text(rec.get('response')))}</td>"
@@ -368,6 +288,8 @@ def render_report(runs: list[RunView], *, title: str, n_samples: int = 100) -> s
         "accuracy is over ok samples; errors are counted apart, never as wrong answers</p>",
         "<h2>Runs</h2>", run_table(runs),
         "<h2>Accuracy per model × dataset</h2>", plot_accuracy(runs),
+        repeats_table(runs),
+        comparison_table(runs),
     ]
     sc = [r for r in runs if "transitions" in r.stats]
     if sc:

@@ -28,8 +28,10 @@ def list_runs(output_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def export_results(run: RunRef, path: str | Path, fmt: str, output_dir: str | Path | None = None) -> int:
-    """Write ``load_results(run)`` to ``path`` as csv, parquet or jsonl; returns the row count.
+def export_results(run: RunRef, path: str | Path, fmt: str, output_dir: str | Path | None = None, *,
+                   per_sample: bool = False) -> int:
+    """Write ``load_results(run, per_sample=per_sample)`` to ``path`` as csv, parquet or jsonl;
+    returns the row count.
 
     Lists and dicts (a multi-turn response, a dict score) become JSON text in CSV and Parquet,
     which need one type per column. Parquet needs pyarrow: the ``[parquet]`` extra.
@@ -40,7 +42,7 @@ def export_results(run: RunRef, path: str | Path, fmt: str, output_dir: str | Pa
         except ImportError:
             raise UsageError("--format parquet needs pyarrow: pip install 'evalledger[parquet]' "
                              "(or use --format csv / jsonl)") from None
-    df = load_results(run, output_dir)
+    df = load_results(run, output_dir, per_sample=per_sample)
     if fmt == "jsonl":
         df.to_json(path, orient="records", lines=True, date_format="iso", force_ascii=False)
         return len(df)
@@ -59,7 +61,8 @@ def export_results(run: RunRef, path: str | Path, fmt: str, output_dir: str | Pa
 
 
 def error_groups(run: RunRef, output_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """Samples whose latest record is an error, grouped by error type (largest group first)."""
+    """Samples whose latest record is an error, grouped by error type (largest group first). With
+    repeats, ``count`` is of (sample, epoch) units and ``sample_ids`` names each sample once."""
     import pandas as pd  # slow to import: only when a run is read
 
     df = load_results(run, output_dir, text=False)
@@ -72,5 +75,5 @@ def error_groups(run: RunRef, output_dir: str | Path | None = None) -> list[dict
         groups.append({"type": str(etype), "count": len(g), "status_codes": codes,
                        "example_sample_id": str(first["sample_id"]),
                        "example_message": None if pd.isna(first["error_message"]) else str(first["error_message"]),
-                       "sample_ids": [str(x) for x in g["sample_id"].head(20)]})
+                       "sample_ids": list(dict.fromkeys(str(x) for x in g["sample_id"]))[:20]})  # once per epoch
     return sorted(groups, key=lambda x: -x["count"])

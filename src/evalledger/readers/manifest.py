@@ -1,5 +1,5 @@
-"""What readers take from a run's manifest: model, task, dataset, sample count, creation time and the
-ids that are not in the dataset, each field checked so that a hand-edited manifest never crashes a
+"""What readers take from a run's manifest: model, task, dataset, sample count, epochs, creation time
+and the ids that are not in the dataset, each field checked so that a hand-edited manifest never crashes a
 reader (a field of the wrong type reads as unknown, and the problem is said)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from evalledger.errors import LedgerCorruptError
-from evalledger.ledger import RunLedger, RunPaths
+from evalledger.ledger import RunLedger, RunPaths, manifest_epochs
 
 
 @dataclass
@@ -23,6 +23,7 @@ class ManifestFacts:
     task: str | None = None
     dataset: str | None = None
     sample_count: int | None = None
+    epochs: int = 1  # the largest --epochs K ever asked for (1: a run without repeats)
     created_at: str | None = None
     ids_not_in_dataset: frozenset[str] = frozenset()
     problem: str | None = None
@@ -51,6 +52,9 @@ def read_manifest_facts(run_dir: str | Path) -> ManifestFacts:
     if count is not None and (type(count) is not int or count < 0):
         problems.append("sample_count is not a whole number")
         count = None
+    raw_epochs = m.get("epochs")
+    if raw_epochs is not None and (type(raw_epochs) is not int or raw_epochs < 1):
+        problems.append("epochs is not a whole number of at least 1")
     foreign = m.get("ids_not_in_dataset")
     if foreign is None:
         foreign = []
@@ -64,6 +68,7 @@ def read_manifest_facts(run_dir: str | Path) -> ManifestFacts:
         task=_text_or_none(m.get("task"), "task", problems),
         dataset=_text_or_none(dataset.get("name") if isinstance(dataset, dict) else None, "dataset.name", problems),
         sample_count=count,
+        epochs=manifest_epochs(m),
         created_at=_text_or_none(m.get("created_at"), "created_at", problems),
         ids_not_in_dataset=frozenset(i for i in foreign if type(i) is str),
     )

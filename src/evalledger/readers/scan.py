@@ -1,4 +1,7 @@
-"""One streaming pass over a run's ledger: the per-sample view as Arrow columns, plus run-wide sums.
+"""One streaming pass over a run's ledger: the latest-record view as Arrow columns, plus run-wide sums.
+
+The view holds one row per unit of work, a (sample, epoch) (:func:`evalledger.records.record_unit_key`;
+a record without ``epoch`` answers epoch 1, so a run without repeats has one row per sample).
 
 Everything that reads results for people (``get_stats``, ``load_results``, ``report``, ``list``)
 builds on :func:`scan_run`, so the DataFrame and the stats can never disagree, and a report needs
@@ -34,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 from evalledger.errors import UsageError
 from evalledger.ledger import parse_record_line, results_files, shard_of_file
 from evalledger.readers.manifest import ManifestFacts, read_manifest_facts
-from evalledger.records import BILLED_COST_COLUMN, total_cost
+from evalledger.records import BILLED_COST_COLUMN, EPOCH_COLUMN, total_cost
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -63,25 +66,25 @@ class FileSummary:
     records: int = 0
     error_records: int = 0
     last_finished: str | None = None
-    ok_unique: "pa.Array | None" = None  # the ids of samples with an ok record in this file
+    ok_units: "pa.Table | None" = None  # (sample_id, epoch) of each unit with an ok record in this file
     from_cache: int = 0  # bytes of the file whose rows came from the columnar copy
 
     def ok_count(self, foreign: frozenset[str] = frozenset()) -> int:
-        """Samples with an ``ok`` record in this file, leaving out ``foreign`` ids."""
+        """Units (samples × epochs) with an ``ok`` record in this file, leaving out ``foreign`` sample ids."""
         import pyarrow as pa  # slow to import: only when a file is parsed
         import pyarrow.compute as pc  # slow to import: only when a file is parsed
 
-        if self.ok_unique is None:
+        if self.ok_units is None:
             return 0
         if not foreign:
-            return len(self.ok_unique)
-        inside = pc.is_in(self.ok_unique, value_set=pa.array(sorted(foreign), type=pa.string()))
-        return len(self.ok_unique) - (pc.sum(inside).as_py() or 0)
+            return len(self.ok_units)
+        inside = pc.is_in(self.ok_units["sample_id"], value_set=pa.array(sorted(foreign), type=pa.string()))
+        return len(self.ok_units) - (pc.sum(inside).as_py() or 0)
 
     @property
     def ok_ids(self) -> set[str]:
-        """The ids of samples with an ``ok`` record in this file (a Python set: small runs, tests)."""
-        return set() if self.ok_unique is None else set(self.ok_unique.to_pylist())
+        """The ids of samples with an ``ok`` record (in any epoch) in this file (a Python set: small runs, tests)."""
+        return set() if self.ok_units is None else set(self.ok_units["sample_id"].to_pylist())
 
 
 @dataclass
@@ -97,7 +100,7 @@ class RunScan:
     ``rows`` holds every record of every results file, in ledger order, with the columns of
     :data:`evalledger.readers.scan_batch.SCHEMA` plus ``file`` (an index into ``files``); ``offset`` and
     ``file`` locate a record for :func:`fetch_records`. ``keep`` picks the view out of it: one row
-    per sample, its latest ok record, else its latest record (None: every row, no sample has two).
+    per (sample, epoch), its latest ok record, else its latest record (None: every row, no unit has two).
     """
 
     run_dir: Path
@@ -124,15 +127,23 @@ class RunScan:
 
     @property
     def sample_ids(self) -> list[str]:
-        """The view's sample ids, in ledger order."""
+        """The view's sample ids, in ledger order (a sample appears once per epoch)."""
         return self.view(["sample_id"])["sample_id"].to_pylist()
+
+    @property
+    def max_epoch(self) -> int:
+        """The highest epoch any record answers (1 for a run without repeats, or without records)."""
+        import pyarrow.compute as pc  # slow to import: only when a file is parsed
+
+        return pc.max(self.rows[EPOCH_COLUMN]).as_py() or 1
 
 
 def scan_run(run_dir: str | Path, *, text: bool = True) -> RunScan:
     """Read every results file of a run once (all shards) and return a :class:`RunScan`.
 
-    Per sample the view holds its latest ``ok`` record, or its latest error if it has none
-    (an ok record is never replaced by a later error). ``text=False`` tells the DataFrame builder to leave out the response text.
+    Per unit of work, a (sample, epoch), the view holds its latest ``ok`` record, or its latest
+    error if it has none (an ok record is never replaced by a later error); a record without
+    ``epoch`` answers epoch 1. ``text=False`` tells the DataFrame builder to leave out the response text.
     The manifest's facts are read too (:func:`read_manifest_facts`), so that every reader of the
     scan sees the same sample count and the same ``ids_not_in_dataset``.
     """
@@ -176,8 +187,10 @@ def _scan(run_dir: Path, text: bool) -> RunScan:
         fs.records, fs.error_records, fs.last_finished = sums.records, sums.error_records, sums.last_finished
         if sums.last_finished:
             lasts.append(sums.last_finished)
-        ok = pc.equal(table["status"], "ok")
-        fs.ok_unique = pc.unique(pc.filter(table["sample_id"], ok)) if len(table) else fs.ok_unique
+        if len(table):
+            ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
+            fs.ok_units = (table.select(["sample_id", EPOCH_COLUMN]).filter(ok)
+                           .group_by(["sample_id", EPOCH_COLUMN], use_threads=False).aggregate([]))
         tables.append(table.append_column("file", pa.array([fi] * len(table), type=pa.int32())))
     scan.last_finished = max(lasts) if lasts else None
     if tables:
@@ -294,19 +307,27 @@ def _parse_block(data: bytes, start: int) -> "tuple[pa.Table, BatchSums, int]":
 
 
 def _latest(table: "pa.Table") -> "pa.Array | None":
-    """Row indices of each sample's latest ok record, else its latest record; None if all are kept."""
+    """Row indices of each unit's (sample, epoch) latest ok record, else its latest record; None if
+    all are kept."""
     import pyarrow as pa  # slow to import: only when a file is parsed
     import pyarrow.compute as pc  # slow to import: only when a file is parsed
 
-    ids = table["sample_id"]
-    if pc.count_distinct(ids).as_py() == len(table):
-        return None  # no sample has two records: the common case, nothing to copy
+    ids, epochs = table["sample_id"], table[EPOCH_COLUMN]
+    if (pc.max(epochs).as_py() or 1) == 1:  # no repeats: the sample id alone is the unit
+        keys, units = ["sid"], pc.count_distinct(ids).as_py()
+    else:
+        keys = ["sid", "epoch"]
+        units = len(table.select(["sample_id", EPOCH_COLUMN]).group_by(["sample_id", EPOCH_COLUMN],
+                                                                        use_threads=False).aggregate([]))
+    if units == len(table):
+        return None  # no unit has two records: the common case, nothing to copy
     import numpy as np  # slow to import: only when a run is read
 
     index = pa.array(np.arange(len(table), dtype=np.int64))
     ok = pc.fill_null(pc.equal(table["status"], "ok"), False)
-    rows = pa.table({"sid": ids, "i": index, "ok_i": pc.if_else(ok, index, pa.scalar(None, pa.int64()))})
-    grouped = rows.group_by("sid", use_threads=False).aggregate([("i", "max"), ("ok_i", "max")])
+    rows = pa.table({"sid": ids, "epoch": epochs, "i": index,
+                     "ok_i": pc.if_else(ok, index, pa.scalar(None, pa.int64()))})
+    grouped = rows.group_by(keys, use_threads=False).aggregate([("i", "max"), ("ok_i", "max")])
     # An ok record is never replaced by a later error. Sorted: ledger order.
     picked = pc.coalesce(grouped["ok_i_max"], grouped["i_max"])
     return pc.take(picked, pc.sort_indices(picked))

@@ -18,7 +18,8 @@ then parses that block with ``parse_batch``. Taken are blocks in which
 * every ``sample_id`` is a string, and the few sums that a struct cannot answer exactly (an
   empty ``usage``/``paid`` object against one of nulls) are not needed.
 
-Values are then cleaned as ``parse_batch`` cleans them (NaN and ±Infinity costs are null), and the
+Values are then cleaned as ``parse_batch`` cleans them (NaN and ±Infinity costs are null, a missing
+or non-positive ``epoch`` is epoch 1, a null among ``fewshot_ids`` sends the block there), and the
 bill is read as :func:`evalledger.records.bill_of` reads it (a negative cost is no cost either).
 ``tests/test_scan_arrow.py`` compares the two paths on a hostile ledger.
 """
@@ -30,12 +31,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from evalledger.readers.scan_batch import SCHEMA, SCORE_JSON, BatchSums
+from evalledger.readers.scan_batch import SCHEMA, SCORE_JSON, STRING_LIST, BatchSums
 from evalledger.records import (
     BILLED_COST_COLUMN,
     BOOL_FIELDS,
+    EPOCH_COLUMN,
+    EPOCH_FIELD,
     ERROR_FIELDS,
     EXTRAS_COLUMN,
+    FEWSHOT_IDS_COLUMN,
     FLOAT_FIELDS,
     INT_FIELDS,
     JSON_SUFFIX,
@@ -60,7 +64,7 @@ READ_SCHEMA = pa.schema(
     + [(n, pa.bool_()) for n in BOOL_FIELDS]
     + [(n, pa.float64()) for n in FLOAT_FIELDS]
     + [("usage", _USAGE), ("paid", _PAID), ("request_ids", pa.list_(pa.string())), ("prompt", pa.list_(_MESSAGE)),
-       ("error", _ERROR)]
+       ("error", _ERROR), (FEWSHOT_IDS_COLUMN, STRING_LIST)]
 )
 """Every field of a record as the runner writes it (single-turn tasks); any other field fails the block."""
 
@@ -94,6 +98,11 @@ def parse_block(data: bytes, start: int) -> tuple[pa.Table, BatchSums] | None:
     for name in FLOAT_FIELDS:
         cols[name] = _finite(t[name])
     cols[SCORE_BOOL_COLUMN] = t[SCORE_COLUMN]
+    # records.epoch_of: an epoch below 1 or none at all is epoch 1 (other types failed the read).
+    epoch = t[EPOCH_FIELD]
+    cols[EPOCH_COLUMN] = pc.fill_null(pc.if_else(pc.greater_equal(epoch, 1), epoch, 1), 1)
+    if pc.list_flatten(t[FEWSHOT_IDS_COLUMN]).null_count:  # a null among the ids: parse_batch drops the list
+        return None
     for name in (SCORE_JSON, EXTRAS_COLUMN, *(c + JSON_SUFFIX for c in OBJECT_COLUMNS)):
         cols[name] = pa.nulls(n, pa.string())
     starts = np.empty(n, dtype=np.int64)
@@ -119,7 +128,7 @@ def parse_block(data: bytes, start: int) -> tuple[pa.Table, BatchSums] | None:
         if not pc.all(pc.filter(not_empty, unpriced)).as_py():
             return None
         sums.cost_known = False
-    sums.error_records = n - pc.sum(pc.equal(cols["status"], "ok")).as_py() if n else 0
+    sums.error_records = n - (pc.sum(pc.equal(cols["status"], "ok")).as_py() or 0)  # None: no status at all
     last = pc.max(cols["finished_at"]).as_py()
     sums.last_finished = last or None  # "" is no time (parse_batch filters it out too)
     return pa.table([cols[f.name] for f in SCHEMA], schema=SCHEMA), sums

@@ -33,20 +33,26 @@ from evalledger.ledger import parse_record_line
 from evalledger.records import (
     BILLED_COST_COLUMN,
     BOOL_COLUMNS,
+    EPOCH_COLUMN,
+    EPOCH_FIELD,
     EXTRA_PREFIX,
     EXTRAS_COLUMN,
+    FEWSHOT_IDS_COLUMN,
     FLOAT_COLUMNS,
     INT_COLUMNS,
     JSON_SUFFIX,
+    LIST_COLUMNS,
     OBJECT_COLUMNS,
     OFFSET_COLUMN,
     RECORD_FIELDS,
     SCORE_BOOL_COLUMN,
     SCORE_COLUMN,
+    SEED_COLUMN,
     SELF_CORRECTION_KEYS,
     STRING_COLUMNS,
     TIME_COLUMNS,
     bill_of,
+    epoch_of,
 )
 
 try:  # the fast parser; json is ~3.5x slower (orjson is a dependency, this only guards odd installs)
@@ -59,10 +65,12 @@ except ImportError:  # pragma: no cover - depends on the environment
 # Fields of a record that have their own column (or are deliberately left out of the frame).
 KNOWN_KEYS = frozenset(RECORD_FIELDS)
 SCORE_JSON = SCORE_COLUMN + JSON_SUFFIX
+STRING_LIST = pa.list_(pa.string())
 
 SCHEMA = pa.schema(
     [(n, pa.string()) for n in STRING_COLUMNS + TIME_COLUMNS]
     + [(n, pa.int64()) for n in INT_COLUMNS]
+    + [(n, STRING_LIST) for n in LIST_COLUMNS]
     + [(n, pa.float64()) for n in FLOAT_COLUMNS + (BILLED_COST_COLUMN,)]
     + [(n, pa.bool_()) for n in BOOL_COLUMNS]
     + [(SCORE_BOOL_COLUMN, pa.bool_()), (SCORE_JSON, pa.string())]
@@ -186,6 +194,22 @@ def _finite_float(v: Any) -> float | None:
     return None
 
 
+def _epochs(values: list[Any]) -> pa.Array:
+    """Epochs as :func:`evalledger.records.epoch_of` reads them (1 for a missing or invalid one); an
+    epoch an int64 cannot hold is read as missing too."""
+    if set(map(type, values)) <= {int} and (not values or (min(values) >= 1 and max(values) < 2**63)):
+        return pa.array(values, type=pa.int64())
+    return pa.array([e if e < 2**63 else 1 for e in (epoch_of({EPOCH_FIELD: v}) for v in values)], type=pa.int64())
+
+
+def _string_lists(values: list[Any]) -> pa.Array:
+    """Lists of strings (few-shot ids); any other value is missing."""
+    if _only(values):
+        return pa.nulls(len(values), STRING_LIST)
+    return pa.array([v if type(v) is list and _only(v, str) and None not in v else None for v in values],
+                    type=STRING_LIST)
+
+
 def _floats(values: list[Any]) -> pa.Array:
     if _only(values, float):
         arr = pa.array(values, type=pa.float64())
@@ -279,6 +303,9 @@ def parse_batch(lines: list[bytes], offsets: list[int]) -> tuple[pa.RecordBatch,
         "error_status_code": _ints([e.get("status_code") for e in errs]),
         "cost_usd": _floats(costs),
         "attempts": _ints(raw["attempts"]),
+        EPOCH_COLUMN: _epochs([r.get(EPOCH_FIELD) for r in recs]),
+        SEED_COLUMN: _ints([r.get(SEED_COLUMN) for r in recs]),
+        FEWSHOT_IDS_COLUMN: _string_lists([r.get(FEWSHOT_IDS_COLUMN) for r in recs]),
         "latency_s": _floats(raw["latency_s"]),
         "correct": _bools(raw["correct"]),
     }

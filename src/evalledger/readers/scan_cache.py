@@ -39,7 +39,7 @@ from evalledger.ledger.layout import RunPaths
 from evalledger.readers.scan_batch import SCHEMA, BatchSums
 
 SUBDIR = "scan-v2"
-FORMAT = 2  # bump when a column or a sum changes meaning: copies of another format are ignored (and replaced)
+FORMAT = 3  # bump when a column or a sum changes meaning: copies of another format are ignored (and replaced)
 MIN_BYTES = 8 << 20  # smaller results files parse in well under a second: no copy, no files left behind
 REWRITE_FRACTION = 0.10  # rewrite a copy once the uncached tail is this share of what it covers
 MIN_FREE_BYTES = 1 << 30

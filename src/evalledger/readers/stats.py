@@ -1,16 +1,21 @@
-"""The stats dict of a run: counts, accuracy with a Wilson interval, errors, latency, cost, speed."""
+"""The stats dict of a run: counts, accuracy with a Wilson interval, errors, latency, cost, speed,
+and for a run with repeats (``--epochs K``) the metrics of :mod:`.repeats`.
+
+Counts are of units of work, a (sample, epoch): with one epoch (every run without repeats) a unit
+is a sample."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalledger.fsio import dir_size
 from evalledger.ledger import calls_bill, lock_name, lock_status, resume_state_files, run_lifecycle, shard_of_file
-from evalledger.readers.frames import frame_from_scan
+from evalledger.readers.frames import epochs_of, frame_from_scan, task_of
+from evalledger.readers.intervals import wilson_interval
+from evalledger.readers.repeats import default_metrics, repeat_stats
 from evalledger.readers.scan import RunScan, scan_run
 from evalledger.records import CORRECT_AFTER, CORRECT_BEFORE, STATS_COLUMNS, TRANSITION, TRANSITIONS, total_cost
 
@@ -20,23 +25,6 @@ if TYPE_CHECKING:
 # A gap longer than this between finished samples is a pause (the run was stopped and resumed
 # later), not slow progress: it is left out of throughput and ETA.
 IDLE_GAP_S = 300.0
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
-    """The Wilson score interval for a proportion (95 % by default); None when ``n`` is 0.
-
-    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0 % and 100 %.
-    """
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # Exact ends at 0 % and 100 % (floating point would give 0.9999999…).
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return lo, hi
 
 
 def _sessions(df: "pd.DataFrame") -> list[tuple[float, float, int]]:
@@ -66,17 +54,25 @@ def _sessions(df: "pd.DataFrame") -> list[tuple[float, float, int]]:
     return [(float(t0[i]), float(reach[j]), int(j - i + 1)) for i, j in zip(first, last)]
 
 
-def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
+def stats_from_scan(scan: RunScan, df: "pd.DataFrame", *, vote: bool | None = None,
+                    pass_k: bool | None = None) -> dict[str, Any]:
     """The stats dict of a scanned run; ``df`` is ``frame_from_scan(scan)`` (passed in, not rebuilt),
-    or one with at least :data:`~evalledger.records.STATS_COLUMNS`.
+    or one with at least :data:`~evalledger.records.STATS_COLUMNS` (and ``prediction`` and
+    ``task`` for the majority vote).
 
     Samples the manifest lists as ``ids_not_in_dataset`` are not part of the run: they are left
     out of every count, accuracy, latency and throughput, and listed under ``unknown_sample_ids``.
     Tokens and cost are the run's bill, as ``--max-cost`` counts it (:func:`run_bill`).
+
+    Counts are of units, (sample, epoch): ``total_samples`` is the manifest's sample count × K.
+    With K > 1 epochs (or when ``vote``/``pass_k`` ask for those metrics) ``repeats`` holds
+    :func:`~evalledger.readers.repeats.repeat_stats`, and ``accuracy`` / ``accuracy_ci95`` are the
+    mean over epochs and its interval over samples (with one epoch: correct / completed and Wilson).
     """
     manifest = scan.manifest
-    total = manifest.sample_count
-    unknown = sorted(df.loc[~df["in_dataset"].fillna(True).astype(bool), "sample_id"].astype(str))
+    epochs = epochs_of(scan)
+    total = None if manifest.sample_count is None else manifest.sample_count * epochs
+    unknown = sorted(set(df.loc[~df["in_dataset"].fillna(True).astype(bool), "sample_id"].astype(str)))
     if unknown:
         df = df[df["in_dataset"].fillna(True).astype(bool)]
     foreign = manifest.ids_not_in_dataset
@@ -99,6 +95,7 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
         "task": manifest.task,
         "dataset": manifest.dataset,
         "total_samples": total,
+        "epochs": epochs,
         "completed_samples": completed,
         "error_count": len(errs),
         "pending_samples": pending,
@@ -127,7 +124,23 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame") -> dict[str, Any]:
     if manifest.problem:
         stats["manifest_problem"] = manifest.problem
     stats.update(_self_correction(ok))
+    _add_repeats(stats, scan, df, epochs, vote, pass_k)
     return stats
+
+
+def _add_repeats(stats: dict[str, Any], scan: RunScan, df: "pd.DataFrame", epochs: int, vote: bool | None,
+                 pass_k: bool | None) -> None:
+    """``repeats`` for a run with K > 1 epochs (or when the vote or pass@k is asked for), and then
+    ``accuracy`` / ``accuracy_ci95`` as the mean over epochs with its interval over samples."""
+    task = task_of(scan, df)
+    vote, pass_k = default_metrics(task, epochs, vote, pass_k, single=False)
+    if epochs == 1 and not vote and not pass_k:
+        return
+    stats["repeats"] = {"samples": scan.manifest.sample_count,
+                        **repeat_stats(df, task, epochs, vote=vote, pass_k=pass_k)}
+    if epochs > 1:  # the sample is the unit: its repeats are not independent answers
+        stats["accuracy"] = stats["repeats"]["mean_accuracy"]
+        stats["accuracy_ci95"] = stats["repeats"]["mean_accuracy_ci95"]
 
 
 def run_bill(scan: RunScan) -> tuple[int, int, float | None]:
@@ -202,10 +215,13 @@ def _self_correction(ok: "pd.DataFrame") -> dict[str, Any]:
     return out
 
 
-def run_stats(run_dir: str | Path) -> dict[str, Any]:
-    """Stats of the run in ``run_dir`` (one pass over its ledger, all shards)."""
+def run_stats(run_dir: str | Path, *, vote: bool | None = None, pass_k: bool | None = None) -> dict[str, Any]:
+    """Stats of the run in ``run_dir`` (one pass over its ledger, all shards); ``vote`` and
+    ``pass_k`` ask for (True) or turn off (False) the majority vote and pass@k (None: by task)."""
     scan = scan_run(run_dir, text=False)
-    stats = stats_from_scan(scan, frame_from_scan(scan, columns=STATS_COLUMNS))
+    repeated = vote or pass_k or epochs_of(scan) > 1
+    columns = STATS_COLUMNS + (("prediction", "task") if repeated else ())  # the vote reads predictions
+    stats = stats_from_scan(scan, frame_from_scan(scan, columns=columns), vote=vote, pass_k=pass_k)
     add_lifecycle(stats, run_dir)
     return stats
 

@@ -1,7 +1,9 @@
-"""Projected tokens and cost for pending samples, and the ``--max-cost`` budget.
+"""Projected tokens and cost for pending units of work, and the ``--max-cost`` budget.
 
-The projection uses prompt lengths (about four characters a token) and ``max_tokens`` until the run
-has finished samples; then it uses their observed average tokens per sample instead.
+A unit is one ask of a sample ((sample, epoch), see :mod:`evalledger.run.units`); without repeats
+it is a sample. The projection uses prompt lengths (about four characters a token) and
+``max_tokens`` until the run has finished units; then it uses their observed average tokens per
+unit instead.
 """
 
 from __future__ import annotations
@@ -21,32 +23,37 @@ _PROMPT_SAMPLE = 500  # samples whose prompts are measured; the rest are extrapo
 
 @dataclass(frozen=True)
 class Estimate:
-    """What the pending samples will cost, projected."""
+    """What the pending units will cost, projected (``pending`` units: samples × their epochs)."""
 
     pending: int
     input_tokens: int
     output_tokens: int
     cost_usd: float | None  # None: no known price for the model
-    per_sample_cost: float | None
+    per_sample_cost: float | None  # per unit
     basis: str
+    epochs: int = 1  # --epochs: each sample is asked this many times
 
     def line(self) -> str:
         """One human-readable pre-flight line."""
         cost = "unknown (no price for this model; see --prices)" if self.cost_usd is None else f"~${self.cost_usd:,.4f}"
-        return (f"estimate: {self.pending} pending samples, ~{self.input_tokens:,} input + ~{self.output_tokens:,} "
+        what = "samples" if self.epochs == 1 else f"(sample, epoch) units ({self.epochs} epochs)"
+        return (f"estimate: {self.pending} pending {what}, ~{self.input_tokens:,} input + ~{self.output_tokens:,} "
                 f"output tokens, cost {cost} ({self.basis})")
 
 
 def estimate_pending(task: Task, pending: Sequence[Sample], max_tokens: int, price: Price | None,
-                     observed: tuple[int, int, int] = (0, 0, 0)) -> Estimate:
-    """Project tokens and cost for ``pending``: observed averages when there are any, else prompt + max_tokens."""
+                     observed: tuple[int, int, int] = (0, 0, 0), *, units: int | None = None,
+                     epochs: int = 1) -> Estimate:
+    """Project tokens and cost for ``units`` pending units (default: one per sample of ``pending``,
+    whose prompts are measured): observed averages when there are any, else prompt + max_tokens."""
     calls = max(1, int(task.calls_per_sample))
     n_obs, in_obs, out_obs = observed
-    if not pending:
-        return Estimate(0, 0, 0, 0.0 if price else None, None, "nothing pending")
+    k = len(pending) if units is None else units
+    if not k or not pending:
+        return Estimate(0, 0, 0, 0.0 if price else None, None, "nothing pending", epochs)
     if n_obs:
         per_in, per_out = in_obs / n_obs, out_obs / n_obs
-        basis = f"observed average of {n_obs} finished samples"
+        basis = f"observed average of {n_obs} finished {'samples' if epochs == 1 else 'units'}"
     else:
         step = max(1, len(pending) // _PROMPT_SAMPLE)
         measured = pending[::step][:_PROMPT_SAMPLE]
@@ -56,8 +63,8 @@ def estimate_pending(task: Task, pending: Sequence[Sample], max_tokens: int, pri
         per_out = calls * max_tokens
         basis = f"prompt lengths + max_tokens {max_tokens} × {calls} call(s); an upper bound on output"
     per_cost = price.cost(int(per_in), int(per_out)) if price else None
-    k = len(pending)
-    return Estimate(k, int(per_in * k), int(per_out * k), None if per_cost is None else per_cost * k, per_cost, basis)
+    return Estimate(k, int(per_in * k), int(per_out * k), None if per_cost is None else per_cost * k, per_cost, basis,
+                    epochs)
 
 
 class Budget:
@@ -116,16 +123,16 @@ class Budget:
         """Would one more sample, with ``in_flight`` others still unpaid, stay within the budget?"""
         return self.spent_known and self.spent + (in_flight + 1) * self.per_sample <= self.max_cost + 1e-12
 
-    def message(self, remaining: int) -> str:
-        """Why the run stopped, for its summary."""
+    def message(self, remaining: int, noun: str = "sample(s)") -> str:
+        """Why the run stopped, for its summary (``remaining`` ``noun``: samples, or units of work)."""
         if not self.spent_known:
             return ("stopped: budget: what this run has spent so far is unknown, so --max-cost "
                     f"${self.max_cost:,.4f} cannot be kept: its ledger holds tokens billed without a valid cost "
                     "(null, as when the model had no price then, or NaN, Infinity, negative, not a number; "
-                    f"`evalledger stats` shows the cost as unknown too). {remaining} sample(s) left: continue "
+                    f"`evalledger stats` shows the cost as unknown too). {remaining} {noun} left: continue "
                     "without --max-cost.")
         return (f"stopped: budget reached: spent ${self.spent:,.4f} of --max-cost ${self.max_cost:,.4f}; "
-                f"{remaining} sample(s) left, about ${remaining * self.average:,.4f} more at the average so far "
-                f"(up to ${remaining * self.per_sample:,.4f} at the costliest sample). The resume command below "
+                f"{remaining} {noun} left, about ${remaining * self.average:,.4f} more at the average so far "
+                f"(up to ${remaining * self.per_sample:,.4f} at the costliest one). The resume command below "
                 f"raises --max-cost to ${self.enough_for(remaining):,.2f}, enough for all of them; change it "
                 "as you like (the run resumes where it stopped).")

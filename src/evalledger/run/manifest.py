@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from evalledger.config import diff_identity
 from evalledger.errors import ConfigDriftError
 from evalledger.fsio import create_json_exclusive, utc_now, write_json_atomic
-from evalledger.ledger import MANIFEST, LedgerScan, RunLedger, parse_record_line, results_files
+from evalledger.ledger import MANIFEST, LedgerScan, RunLedger, manifest_epochs, parse_record_line, results_files
+from evalledger.records import epoch_of
 from evalledger.run.sample import input_hash as _input_hash
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class _ResultsSeen:
     in_dataset: int = 0  # records whose sample id is in the dataset
     foreign: dict[str, int] = field(default_factory=dict)  # sample id not in the dataset -> records
     mismatch: str | None = None  # the first record that contradicts this command, described
+    max_epoch: int = 1  # the latest epoch a record answers (a recreated manifest must hold it)
 
 
 def _scan_results(prepared: PreparedRun, *, check_records: bool) -> _ResultsSeen:
@@ -55,6 +57,7 @@ def _scan_results(prepared: PreparedRun, *, check_records: bool) -> _ResultsSeen
                 if rec is None:
                     continue
                 seen.records += 1
+                seen.max_epoch = max(seen.max_epoch, epoch_of(rec))
                 sid = rec["sample_id"]
                 if sid not in all_ids:
                     seen.foreign[sid] = seen.foreign.get(sid, 0) + 1
@@ -79,8 +82,9 @@ def check_or_create_manifest(prepared: PreparedRun, scan: LedgerScan | None = No
     """Create the manifest, or check an existing one against this run's identity.
 
     A resume whose identity fields differ is refused with a field-by-field diff (it would mix
-    two experiments in one ledger). A changed ``--limit`` is not identity: the sample count is
-    updated. A manifest that is not a JSON object is refused (:class:`LedgerCorruptError`).
+    two experiments in one ledger). A changed ``--limit`` or ``--epochs`` is not identity: the
+    manifest keeps the largest extent ever asked (``sample_count``, ``epochs``; the run's total is
+    their product, in units of work). A manifest that is not a JSON object is refused (:class:`LedgerCorruptError`).
 
     A *missing* manifest beside existing results (deleted by hand, or results copied in) is
     recreated from this command only if the results agree with it; see
@@ -99,6 +103,8 @@ def check_or_create_manifest(prepared: PreparedRun, scan: LedgerScan | None = No
         seen = _ResultsSeen(records=scan.records, in_dataset=scan.in_dataset, foreign=dict(scan.foreign))
     if existing is None:
         fresh = prepared.manifest()
+        # The run's epochs: this command's, or (a manifest recreated beside results) the latest recorded.
+        fresh["epochs"] = max(prepared.config.epochs, seen.max_epoch)
         if seen.records:
             fresh["recreated"] = _recreate_manifest_or_refuse(prepared, seen)
         if create_json_exclusive(path, fresh):
@@ -113,6 +119,10 @@ def check_or_create_manifest(prepared: PreparedRun, scan: LedgerScan | None = No
         # fewer samples now, but what is done stays part of the run and "done" never exceeds it.
         existing["sample_count"] = len(prepared.samples)
         existing["limit"] = prepared.config.limit
+        changed = True
+    if prepared.config.epochs > manifest_epochs(existing):
+        # Likewise for repeats: raising --epochs extends the run; a smaller one removes nothing.
+        existing["epochs"] = prepared.config.epochs
         changed = True
     if changed:
         existing["updated_at"] = utc_now()

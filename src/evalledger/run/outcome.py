@@ -8,12 +8,14 @@ API looks down), 4 the disk, 5 the budget, 130/143 interrupted by SIGINT/SIGTERM
 from __future__ import annotations
 
 import signal
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalledger.errors import DiskSpaceError
 from evalledger.fsio import describe_free, disk_failure_message, is_disk_error
+from evalledger.ledger import unit_noun
 from evalledger.providers import NetworkFault, endpoint_for
 
 if TYPE_CHECKING:
@@ -35,20 +37,25 @@ EXIT_SIGTERM = 143
 
 @dataclass
 class RunSummary:
-    """What one ``run`` did. ``exit_code`` is what the CLI exits with."""
+    """What one ``run`` did. ``exit_code`` is what the CLI exits with.
+
+    The counts are of units of work, (sample, epoch): with ``epochs`` 1 (no ``--epochs``) a unit
+    is a sample; with ``--epochs K`` the selection holds samples × K units.
+    """
 
     run_id: str
     run_dir: Path
     exit_code: int
     status: str  # complete | errors | interrupted | fatal | outage | disk | budget
-    total_samples: int  # in this invocation's selection (the shard, after --limit)
+    total_samples: int  # units in this invocation's selection (the shard, after --limit, × epochs)
     skipped_completed: int  # already ok in the ledger: no request sent
     attempted: int
     ok: int  # acknowledged ok records written by this invocation
     errors: int  # acknowledged error records written by this invocation
     requests: int  # HTTP requests sent (every attempt)
-    remaining: int  # samples of the selection still without an ok record
+    remaining: int  # units of the selection still without an ok record
     duration_s: float
+    epochs: int = 1  # --epochs: each sample asked this many times
     message: str = ""
     resume_command: str | None = None
     moved_aside: Path | None = None
@@ -70,7 +77,7 @@ def set_outcome(summary: RunSummary, run: "RunState", config: "RunConfig", provi
         summary.message = _fatal_message(run.fatal, config, provider)
     elif run.budget_hit and budget is not None:
         summary.exit_code, summary.status = EXIT_BUDGET, "budget"
-        summary.message = budget.message(remaining)
+        summary.message = budget.message(remaining, unit_noun(config.epochs))
     elif run.outage is not None:
         summary.exit_code, summary.status = EXIT_OUTAGE, "outage"
         summary.message = (
@@ -82,12 +89,14 @@ def set_outcome(summary: RunSummary, run: "RunState", config: "RunConfig", provi
         # (A signal that lands after the last sample was committed interrupted nothing: complete, exit 0.)
         summary.exit_code = EXIT_SIGINT if run.signal_received == signal.SIGINT else EXIT_SIGTERM
         summary.status = "interrupted"
-        summary.message = f"interrupted by {signal.Signals(run.signal_received).name}: {remaining} sample(s) left"
+        summary.message = (f"interrupted by {signal.Signals(run.signal_received).name}: {remaining} "
+                           f"{unit_noun(config.epochs)} left")
         if run.hard_stop:
             summary.message += "\n" + _hard_stop_message(run)
     elif remaining:
         summary.exit_code, summary.status = EXIT_ERRORS_LEFT, "errors"
-        summary.message = f"{remaining} sample(s) ended with errors (see {ledger.errors_path}); run again to retry them"
+        summary.message = (f"{remaining} {unit_noun(config.epochs)} ended with errors (see {ledger.errors_path}); "
+                           "run again to retry them")
     if run.answered_unrecorded and not run.hard_stop:  # e.g. a failed write: the lost answers are paid again
         lost = f"{run.answered_unrecorded} answered request(s) could not be recorded; the next run pays for them again"
         summary.message = f"{summary.message}\n  {lost}" if summary.message else lost
@@ -110,18 +119,19 @@ def disk_space_error(e: BaseException, run_dir: Path) -> BaseException:
     return e
 
 
-def light_stats(summary: RunSummary, shard: tuple[int, int] | None, selection: set[str], whole: bool,
+def light_stats(summary: RunSummary, shard: tuple[int, int] | None, selection: Set[str], whole: bool,
                 seen: "LedgerScan", cost_usd: float | None) -> dict[str, Any]:
-    """The light summary of a run (or shard) for ``summary.stats``, from the ids the runner holds.
+    """The light summary of a run (or shard) for ``summary.stats``, from the unit keys the runner
+    holds (see :mod:`evalledger.run.units`; with one epoch, the sample ids), counting units.
 
-    ``selection``: the ids of the invocation's selection (``whole``: every id of the dataset);
+    ``selection``: the unit keys of the invocation's selection (``whole``: every id of the dataset, one epoch);
     ``seen``: the ledger scan, kept up to date with the records this invocation acknowledged. The
     full get_stats() re-reads every file, ~35 s on a million records, too slow for a Slurm
     pre-emption window.
     """
     remaining = summary.remaining
     n_done = len(selection) - remaining
-    if whole:  # every correct id is a dataset id or one of the (few) foreign ones
+    if whole:  # every correct key is a dataset id or one of the (few) foreign ones
         n_correct = len(seen.correct) - len(seen.correct.intersection(seen.foreign))
     else:
         n_correct = len(seen.correct) - len(seen.correct.difference(selection))
@@ -130,7 +140,7 @@ def light_stats(summary: RunSummary, shard: tuple[int, int] | None, selection: s
         "total_samples": len(selection), "completed_samples": n_done,
         "error_count": len(selection & seen.errored), "pending_samples": remaining,
         "correct_count": n_correct, "accuracy": n_correct / n_done if n_done else None,
-        "cost_usd": cost_usd,
+        "cost_usd": cost_usd, "epochs": summary.epochs,
     }
 
 

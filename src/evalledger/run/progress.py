@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 
 class Progress:
-    """Counts acknowledged samples and shows them.
+    """Counts acknowledged units of work (samples, or (sample, epoch) units with ``--epochs``) and shows them.
 
     The run's limiter (:class:`evalledger.run.limits.Limits`) reports the facts it owns through
     hooks: :meth:`set_concurrency` (the current concurrency limit), :meth:`set_paused` (requests
@@ -40,8 +40,10 @@ class Progress:
         label: str = "",
         concurrency: int | None = None,
         priced: bool = True,
+        unit: str = "sample",
     ) -> None:
-        """``priced``: the model has a known price (else the cost shows as ``?`` from the start)."""
+        """``priced``: the model has a known price (else the cost shows as ``?`` from the start);
+        ``unit``: what ``total`` counts, as the bar names it."""
         self.total = total
         self.initial = already_done
         self.ok = 0
@@ -68,14 +70,14 @@ class Progress:
             from tqdm import tqdm  # only on a terminal
 
             self._bar = tqdm(total=total, initial=already_done, file=self.stream, desc=label or None,
-                             unit="sample", dynamic_ncols=True, leave=True)
+                             unit=unit, dynamic_ncols=True, leave=True)
         elif interval > 0:
             self._ticker = threading.Thread(target=self._tick, name="evalledger-progress", daemon=True)
             self._ticker.start()
 
     @property
     def done(self) -> int:
-        """Samples of the selection with a record: already done before this invocation, plus new ones."""
+        """Units of the selection with a record: already done before this invocation, plus new ones."""
         return self.initial + self.ok + self.errors
 
     def update(self, records: list[dict[str, Any]]) -> None:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from evalledger.config import RunConfig
-from evalledger.datasets import without_ids
 from evalledger.errors import EvalLedgerError, FatalProviderError, RunExistsError
 from evalledger.fsio import human_bytes
 from evalledger.ledger import RunLedger, move_run_aside, results_files, scan_ledger
@@ -24,6 +23,7 @@ from evalledger.run.budget import Estimate, estimate_pending
 from evalledger.run.outcome import RunSummary
 from evalledger.run.prepare import PreparedRun, prepare_run
 from evalledger.run.session import RunSession
+from evalledger.run.units import plan_units
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def run_experiment(config: RunConfig) -> RunSummary:
 
 
 def estimate_experiment(config: RunConfig) -> Estimate:
-    """Projected tokens and cost of the samples ``run`` would send now (nothing is sent or written).
+    """Projected tokens and cost of the units of work ((sample, epoch): samples × ``--epochs``)
+    ``run`` would send now (nothing is sent or written).
 
     Uses the run's finished samples' average usage once there are any (and only when they came
     from the same endpoint), else prompt lengths and ``max_tokens``. ``cost_usd`` is None when the
@@ -49,15 +50,17 @@ def estimate_experiment(config: RunConfig) -> Estimate:
     prepared = prepare_run(config, check_output_dir=False, check_code_execution=False)
     price = config.price()
     seen = scan_ledger(prepared.run_dir)
-    done = seen.completed if config.retry_errors else seen.completed | seen.errored
-    pending = without_ids(prepared.selection, done)
+    pending = plan_units(prepared.selection, prepared.dataset.all_ids, config.epochs, seen.completed, seen.errored,
+                         config.retry_errors).pending
     recorded = (RunLedger(prepared.run_dir).read_manifest() or {}).get("endpoint")
-    if isinstance(recorded, str) and recorded != prepared.endpoint:
-        # Another server's answers say nothing about how long this one's will be.
-        est = estimate_pending(prepared.task, pending, config.max_tokens, price)
+    other_endpoint = isinstance(recorded, str) and recorded != prepared.endpoint
+    # Another server's answers say nothing about how long this one's will be.
+    est = estimate_pending(prepared.task, pending.samples(), config.max_tokens, price,
+                           (0, 0, 0) if other_endpoint else seen.observed, units=len(pending), epochs=config.epochs)
+    if other_endpoint:
         return dataclasses.replace(est, basis=f"{est.basis}; the finished samples came from {recorded}, "
                                               "another endpoint, and are not used")
-    return estimate_pending(prepared.task, pending, config.max_tokens, price, seen.observed)
+    return est
 
 
 async def run_experiment_async(config: RunConfig) -> RunSummary:

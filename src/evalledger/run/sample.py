@@ -1,9 +1,16 @@
-"""One sample through the task: the model calls (with retries), the turn cache, and its record.
+"""One unit of work, (sample, epoch), through the task: the model calls (with retries), the turn
+cache, and its record.
+
+Each epoch of a sample sends its own seed (:func:`evalledger.samples.epoch_seed`) and gives the task
+its own RNG (:func:`evalledger.samples.sample_rng`), both derived from (run seed, sample id,
+epoch) only, so any order, shard or resume gives a unit the same ones. Epoch 1 sends the run seed
+itself, as every run did before repeats.
 
 Turn cache: for a multi-turn task (``task.multi_turn``) every model call that succeeds is appended
-to ``calls….jsonl`` before the task goes on. On resume, a call whose request is identical (same
-messages and generation parameters) is answered from there instead of being paid for again, so a
-crash between turn 1 and turn 2 costs only turn 2.
+to ``calls….jsonl`` (with its sample id and epoch) before the task goes on. On resume, a call of
+the same unit whose request is identical (same messages and generation parameters) is answered
+from there instead of being paid for again, so a crash between turn 1 and turn 2 costs only turn
+2. Two epochs of a sample never share a call.
 
 Billing: each results record carries ``paid`` = what that record adds to the run's bill. For a
 single-turn task that is its usage; for a multi-turn task the calls file is the bill (every paid
@@ -24,9 +31,10 @@ from typing import Any, Awaitable, Callable
 from evalledger.fsio import canonical_json, utc_now
 from evalledger.pricing import Price
 from evalledger.providers import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
+from evalledger.records import unit_key
 from evalledger.run.limits import RATE_LIMIT_STATUSES, Limits, estimate_request_tokens
 from evalledger.run.retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
-from evalledger.samples import Sample, sample_rng
+from evalledger.samples import Sample, epoch_seed, sample_rng
 from evalledger.tasks import Task, TaskOutput
 
 
@@ -74,7 +82,7 @@ class SampleContext:
     task_name: str
     model: str
     shard: tuple[int, int] | None
-    seed: int
+    seed: int  # the run's seed; each unit sends its own (epoch_seed)
     temperature: float
     max_tokens: int
     top_p: float | None
@@ -82,7 +90,7 @@ class SampleContext:
     provider: Provider
     run: RunState
     price: Price | None
-    #: sample id → call key → cached call record (multi-turn tasks only)
+    #: unit key → call key → cached call record (multi-turn tasks only)
     cached_calls: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: durably appends one call record (multi-turn tasks only)
     persist_call: Callable[[dict[str, Any]], Awaitable[None]] | None = None
@@ -121,14 +129,16 @@ class SampleResult:
 
 
 class _SampleCalls:
-    """The model calls of one sample: the task's ``generate``, the answers it got (paid or replayed
-    from the turn cache) and the HTTP requests they took."""
+    """The model calls of one unit (sample, epoch): the task's ``generate``, the answers it got (paid
+    or replayed from the turn cache) and the HTTP requests they took."""
 
-    def __init__(self, ctx: SampleContext, sample: Sample, shard: str | None) -> None:
+    def __init__(self, ctx: SampleContext, sample: Sample, epoch: int, shard: str | None) -> None:
         self.ctx = ctx
         self.sample = sample
+        self.epoch = epoch
+        self.seed = epoch_seed(ctx.seed, sample.id, epoch)
         self.shard = shard
-        self.cache = ctx.cached_calls.get(sample.id, {})
+        self.cache = ctx.cached_calls.get(unit_key(sample.id, epoch), {})
         self.responses: list[ChatResponse] = []
         self.replayed: list[bool] = []
         self.attempts = 0
@@ -142,7 +152,7 @@ class _SampleCalls:
         """One model call for the task: replayed from the turn cache if paid for already, else sent."""
         ctx = self.ctx
         request = ChatRequest(messages=messages, model=ctx.model, temperature=ctx.temperature,
-                              max_tokens=ctx.max_tokens, seed=ctx.seed, top_p=ctx.top_p)
+                              max_tokens=ctx.max_tokens, seed=self.seed, top_p=ctx.top_p)
         key = call_key(request) if ctx.multi_turn else ""
         hit = self.cache.get(key) if key else None
         if hit is not None:  # paid for by an earlier, interrupted attempt: replay, do not pay again
@@ -242,8 +252,8 @@ class _SampleCalls:
         """The turn cache's line for one paid call."""
         ctx = self.ctx
         return {
-            "sample_id": self.sample.id, "call_key": key, "turn": len(self.responses) - 1, "shard": self.shard,
-            "model": ctx.model, "response": resp.text, "request_id": resp.request_id,
+            "sample_id": self.sample.id, "epoch": self.epoch, "call_key": key, "turn": len(self.responses) - 1,
+            "shard": self.shard, "model": ctx.model, "response": resp.text, "request_id": resp.request_id,
             "usage": {"input_tokens": resp.input_tokens, "output_tokens": resp.output_tokens},
             "cost_usd": ctx.cost(resp.input_tokens, resp.output_tokens), "finished_at": utc_now(),
         }
@@ -257,8 +267,9 @@ class _SampleCalls:
         return sum(r.input_tokens for r in paid), sum(r.output_tokens for r in paid)
 
 
-async def run_sample(ctx: SampleContext, sample: Sample) -> SampleResult:
-    """Run one sample through the task; return its record (ok or error). Raises StopRun on fatal.
+async def run_sample(ctx: SampleContext, sample: Sample, epoch: int = 1) -> SampleResult:
+    """Run one unit, ``sample``'s ``epoch``-th ask, through the task; return its record (ok or
+    error). Raises StopRun on fatal.
 
     The record's ``started_at`` and ``latency_s`` count from its first request (retries, rate-limit
     waits and later turns included); ``queued_s`` is how long it waited in the client before that
@@ -270,20 +281,24 @@ async def run_sample(ctx: SampleContext, sample: Sample) -> SampleResult:
     taken = time.monotonic()
     run.attempted += 1
     shard = None if ctx.shard is None else f"{ctx.shard[0]}/{ctx.shard[1]}"
-    calls = _SampleCalls(ctx, sample, shard)
+    calls = _SampleCalls(ctx, sample, epoch, shard)
     record: dict[str, Any] = {
         "sample_id": sample.id,
+        "epoch": epoch,
         "status": "ok",
         "attempts": 0,
         "shard": shard,
         "model": ctx.model,
         "task": ctx.task_name,
         "input_hash": input_hash(sample),
+        "seed": calls.seed,
     }
+    if sample.fewshot:
+        record["fewshot_ids"] = [exemplar.id for exemplar in sample.fewshot]
     error: dict[str, Any] | None = None
     output: TaskOutput | None = None
     try:
-        output = await ctx.task.run(sample, calls.generate, sample_rng(ctx.seed, sample.id))
+        output = await ctx.task.run(sample, calls.generate, sample_rng(ctx.seed, sample.id, epoch))
     except NotStarted:
         run.attempted -= 1  # dropped before it got anything: not attempted by this invocation
         raise

@@ -1,27 +1,29 @@
-"""Feeding samples to the workers: a bounded queue, worker coroutines, hand-off to the group commit."""
+"""Feeding units of work, (sample, epoch), to the workers: a bounded queue, worker coroutines,
+hand-off to the group commit."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection
 from typing import Any, Callable
 
 from evalledger.ledger import GroupCommitter
 from evalledger.run.budget import Budget
 from evalledger.run.sample import NotStarted, RunState, SampleContext, StopRun, run_sample
-from evalledger.samples import Sample
+from evalledger.run.units import Unit
 
 #: Samples under way per request slot (see :func:`schedule`).
 WORKERS_PER_SLOT = 4
 
 
 async def schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitter, run: RunState,
-                    pending: Sequence[Sample], budget: Budget | None,
+                    pending: Collection[Unit], budget: Budget | None,
                     on_record: Callable[[dict[str, Any]], None]) -> None:
-    """Feed samples through a bounded queue to ``concurrency`` workers (no task per sample).
+    """Feed units through a bounded queue to ``concurrency`` workers (no task per unit).
 
-    ``pending`` may read its rows back from the dataset file as it is iterated (a LazySamples); if
+    ``pending`` may read its rows back from the dataset file as it is iterated (a PendingUnits
+    over LazySamples); if
     that fails (the file changed), dispatching stops, the workers finish what they hold, and the
     error is raised here.
     """
@@ -47,7 +49,7 @@ async def schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitt
 class _Feeder:
     """One :func:`schedule` call: its bounded queue, the producer that fills it and the workers."""
 
-    def __init__(self, ctx: SampleContext, committer: GroupCommitter, run: RunState, pending: Sequence[Sample],
+    def __init__(self, ctx: SampleContext, committer: GroupCommitter, run: RunState, pending: Collection[Unit],
                  budget: Budget | None, on_record: Callable[[dict[str, Any]], None], n_workers: int) -> None:
         self.ctx = ctx
         self.committer = committer
@@ -56,7 +58,7 @@ class _Feeder:
         self.budget = budget
         self.on_record = on_record
         self.n_workers = n_workers
-        self.queue: asyncio.Queue[Sample | None] = asyncio.Queue(maxsize=n_workers * 2)
+        self.queue: asyncio.Queue[Unit | None] = asyncio.Queue(maxsize=n_workers * 2)
         self.failure: list[BaseException] = []  # what stopped the producer, raised once the workers are done
 
     async def produce(self) -> None:
@@ -71,13 +73,13 @@ class _Feeder:
 
     async def _feed(self) -> None:
         run = self.run
-        for sample in self.pending:
+        for unit in self.pending:
             if run.stop.is_set():
                 break
             await self._wait_for_budget()
             if run.budget_hit or run.stop.is_set():
-                break  # queued samples still run: they were admitted
-            await self.queue.put(sample)
+                break  # queued units still run: they were admitted
+            await self.queue.put(unit)
 
     async def _wait_for_budget(self) -> None:
         """Admit a sample only if the budget covers it and everything queued or in flight. The
@@ -104,16 +106,16 @@ class _Feeder:
             self.budget.changed.set()
 
     async def work(self) -> None:
-        """One worker: take samples from the queue until it ends or the run stops."""
+        """One worker: take units from the queue until it ends or the run stops."""
         while not self.run.stop.is_set():
-            sample = await self.queue.get()
-            if sample is None or self.run.stop.is_set():
+            unit = await self.queue.get()
+            if unit is None or self.run.stop.is_set():
                 return
-            if not await self._run_one(sample):
+            if not await self._run_one(unit):
                 return
 
-    async def _run_one(self, sample: Sample) -> bool:
-        """Run one sample and hand its record to the committer; False: this worker stops."""
+    async def _run_one(self, unit: Unit) -> bool:
+        """Run one unit and hand its record to the committer; False: this worker stops."""
         run, committer = self.run, self.committer
         # In flight until its record is committed: until then its cost is not in the budget's
         # spend, so the producer must keep counting it.
@@ -121,7 +123,7 @@ class _Feeder:
         handed = False
         try:
             try:
-                result = await run_sample(self.ctx, sample)
+                result = await run_sample(self.ctx, unit.sample, unit.epoch)
             except StopRun:
                 return False
             except NotStarted:  # stopped before it got any answer: it stays pending

@@ -4,6 +4,8 @@ The steps run in this order, and the order is what keeps the ledger's promises:
 
 1. Open the ledger: take the run's (or shard's) lock, then repair what a crash left.
 2. Check the manifest (one scan of the ledger serves it and the pending set), before any request.
+   The unit of work is (sample, epoch) (:mod:`evalledger.run.units`): what is done, pending,
+   budgeted, counted and shown is units, keyed by :func:`evalledger.records.unit_key`.
 3. Restore the resume state (counters, RNG) if written for this config, else rebuild it from the
    results file, the source of truth.
 4. Write the ``running`` status marker once the pending set is known. From then on a final marker
@@ -19,14 +21,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 from evalledger.config import RunConfig
-from evalledger.datasets import sample_ids, with_ids
 from evalledger.errors import UsageError
 from evalledger.fsio import check_free_space
 from evalledger.ledger import (
@@ -35,28 +34,28 @@ from evalledger.ledger import (
     LedgerScan,
     RunLedger,
     StatusWriter,
+    manifest_epochs,
     note_committed,
     save_own_index,
     scan_ledger,
 )
 from evalledger.providers import Provider
-from evalledger.records import bill_of, bill_of_call
+from evalledger.records import bill_of, bill_of_call, epoch_of, unit_key
 from evalledger.run.budget import Budget, Estimate, estimate_pending
 from evalledger.run.limits import Limits
 from evalledger.run.manifest import check_or_create_manifest
 from evalledger.run.outcome import EXIT_OK, RunSummary, disk_space_error, light_stats, set_outcome
 from evalledger.run.prepare import PreparedRun, provider_for
 from evalledger.run.progress import Progress, announce
+from evalledger.run.resume_state import restore_counters
 from evalledger.run.retry import RetryPolicy
 from evalledger.run.sample import RunState, SampleContext
 from evalledger.run.scheduler import schedule
 from evalledger.run.signals import install_signal_handlers
-from evalledger.samples import Sample
+from evalledger.run.units import PendingUnits, UnitPlan, describe_extent, fewer_epochs_note, plan_units
 
 log = logging.getLogger(__name__)
 
-#: Counters kept in the resume state (rebuilt from the results file when the state is not trusted).
-_COUNTERS = ("ok_records", "error_records", "requests")
 #: Seconds between saves of the writer's ledger index during a run (see :meth:`RunSession.save_index_periodically`).
 INDEX_EVERY_S = 120.0
 
@@ -71,14 +70,12 @@ class RunSession:
 
     # Set by check_manifest (step 2).
     seen: LedgerScan
+    run_epochs: int  # the epochs the run holds (its manifest's: the largest --epochs ever asked)
     # Set by restore_resume_state / plan_pending (step 3).
     counters: dict[str, int]
-    completed: set[str]
-    selection_set: set[str]
-    whole: bool  # the selection is every row of the dataset
-    not_done: set[str]
-    skipped: int
-    pending: Sequence[Sample]  # possibly a LazySamples: rows are read back as they are sent
+    completed: set[str]  # unit keys with an ok record
+    plan: UnitPlan  # the selection × epochs: what is done, what is sent
+    pending: PendingUnits  # possibly over LazySamples: rows are read back as they are sent
     # Set by begin (step 4).
     progress: Progress
     budget: Budget | None
@@ -159,7 +156,7 @@ class RunSession:
         seen = scan_ledger(self.run_dir, self.prepared.dataset.all_ids, own=self.ledger.results_path)
         if seen.own_end != self.ledger.results_size:
             seen.own = None  # a torn tail the repair could not move aside: do not index this file
-        check_or_create_manifest(self.prepared, seen)
+        self.run_epochs = manifest_epochs(check_or_create_manifest(self.prepared, seen))
         self.seen = seen
 
     async def execute(self) -> RunSummary:
@@ -180,54 +177,40 @@ class RunSession:
     def restore_resume_state(self) -> None:
         """Counters and the global RNG from the resume state if it was written for this config, else
         rebuilt: the RNG from the run seed, the counters from this shard's results file."""
-        state_doc, problem = self.ledger.read_resume_state()
-        results = self.ledger.results_path
-        had_results = results.exists() and results.stat().st_size > 0
-        if state_doc is not None and state_doc.get("config_hash") == self.prepared.config_hash:
-            self.ledger.restore_random_state(state_doc)
-            self.counters = {k: int(state_doc.get("counters", {}).get(k, 0)) for k in _COUNTERS}
-        else:
-            if had_results and problem:
-                log.warning(f"{problem}; rebuilding the resume state from the results file")
-            random.seed(self.config.seed)
-            own = self.seen.files.get(results, FileCounts())
-            self.counters = {"ok_records": own.ok_records, "error_records": own.error_records,
-                             "requests": own.requests}
+        own = self.seen.files.get(self.ledger.results_path, FileCounts())
+        self.counters = restore_counters(self.ledger, self.prepared.config_hash, self.config.seed, own)
         self.requests_before = self.counters["requests"]
 
     def plan_pending(self) -> None:
-        """What of the selection is not done yet, and whether the disk can hold its results."""
+        """What units of the selection × epochs are not done yet, and whether the disk can hold their results."""
         prepared, seen = self.prepared, self.seen
         self.completed = seen.completed
-        # By ids: the selection may be a LazySamples, whose rows are read back only when sent. Ids are
-        # unique, so a selection of every row is the dataset's own id set (no second copy of it).
-        all_ids = prepared.dataset.all_ids
-        self.whole = len(prepared.selection) == len(all_ids)
-        self.selection_set = all_ids if self.whole else set(sample_ids(prepared.selection))
-        # The one pass over the selection: what is not done yet (on a resume, a small set).
-        self.not_done = self.selection_set.difference(self.completed)
-        self.skipped = len(self.selection_set) - len(self.not_done)
-        retry = self.not_done if self.config.retry_errors else self.not_done.difference(seen.errored)
-        self.pending = with_ids(prepared.selection, retry)
+        self.plan = plan_units(prepared.selection, prepared.dataset.all_ids, self.config.epochs, self.completed,
+                               seen.errored, self.config.retry_errors)
+        self.pending = self.plan.pending
         if self.pending:
-            pending = self.pending
-            prompt_bytes = sum(len(json.dumps(s.fields, default=str)) for s in pending[:200]) // min(len(pending), 200)
-            check_free_space(self.run_dir, self.ledger.results_path, len(pending), prompt_bytes,
+            measured = self.pending.samples()[:200]
+            prompt_bytes = sum(len(json.dumps(s.fields, default=str)) for s in measured) // len(measured)
+            check_free_space(self.run_dir, self.ledger.results_path, len(self.pending), prompt_bytes,
                              self.config.max_tokens, self.config.min_free_mb)
 
     def begin(self) -> None:
         """Start progress, write the ``running`` marker, and project the cost (and the budget)."""
         config, prepared, seen = self.config, self.prepared, self.seen
-        total = len(prepared.selection)
+        total = len(self.plan.units)
         self.start_progress()
-        announce(config.quiet, f"run {prepared.run_id}: {total} samples, {self.skipped} already done, "
-                               f"{len(self.pending)} to run → {prepared.run_dir}")
-        previous = self.status.begin(total=total, pending=len(self.pending), command=config.resume_command())
+        announce(config.quiet, f"run {prepared.run_id}: {describe_extent(len(prepared.selection), self.plan)}, "
+                               f"{self.plan.skipped} already done, {len(self.pending)} to run → {prepared.run_dir}")
+        if self.run_epochs > config.epochs:
+            announce(config.quiet, fewer_epochs_note(self.run_epochs, config.epochs))
+        previous = self.status.begin(total=total, pending=len(self.pending), command=config.resume_command(),
+                                     epochs=config.epochs)
         if previous is not None and previous.get("reason") == "process gone":
             log.warning(f"the previous writer of this {'run' if config.shard is None else 'shard'} (pid "
                         f"{previous.get('pid')} on {previous.get('host')}, started {previous.get('started_at')}) "
                         "stopped without a final status; its acknowledged records are kept and this run continues it")
-        estimate: Estimate = estimate_pending(prepared.task, self.pending, config.max_tokens, self.price, seen.observed)
+        estimate: Estimate = estimate_pending(prepared.task, self.pending.samples(), config.max_tokens, self.price,
+                                              seen.observed, units=len(self.pending), epochs=config.epochs)
         if self.pending:
             announce(config.quiet, estimate.line())
         self.budget = None
@@ -237,13 +220,16 @@ class RunSession:
             self.budget = Budget(config.max_cost, seen.billed_cost, estimate.per_sample_cost or 0.0, observed)
 
     def start_progress(self) -> None:
-        """The progress display (a bar on a terminal, a status line every N seconds otherwise)."""
+        """The progress display (a bar on a terminal, a status line every N seconds otherwise):
+        done/total in units, the label saying "× K epochs" when there are repeats."""
         config, prepared = self.config, self.prepared
         label = prepared.run_id if config.shard is None else f"{prepared.run_id} [shard {config.shard[0]}/{config.shard[1]}]"
-        total = len(prepared.selection)
+        if config.epochs > 1:
+            label += f" × {config.epochs} epochs"
+        total = len(self.plan.units)
         self.progress = Progress(total, total - len(self.pending), quiet=config.quiet,
                                  interval=config.progress_interval, label=label, concurrency=config.concurrency,
-                                 priced=self.price is not None)
+                                 priced=self.price is not None, unit="sample" if config.epochs == 1 else "unit")
 
     def build_dispatch(self) -> None:
         """The workers' shared state, the limits, what every sample shares, and the committer."""
@@ -261,7 +247,7 @@ class RunSession:
             shard=config.shard, seed=config.seed, temperature=config.temperature, max_tokens=config.max_tokens,
             top_p=config.top_p, policy=RetryPolicy(max_attempts=config.max_attempts, max_wait=config.max_retry_wait),
             provider=self.provider, run=self.run, price=self.price,
-            cached_calls=self.ledger.cached_calls(set(sample_ids(self.pending))) if multi_turn and self.pending else {},
+            cached_calls=self.ledger.cached_calls(self.pending.keys()) if multi_turn and self.pending else {},
             persist_call=self.persist_call if multi_turn else None, limits=self.limits,
             on_connection_error=progress.note_connection_error)
         self.committer = GroupCommitter(self.ledger, on_commit=self.on_commit, fsync=config.fsync,
@@ -327,17 +313,18 @@ class RunSession:
         for r in records:
             if self.budget is not None:
                 self.budget.add(bill_of(r).cost_usd or 0.0, True, r.get("cost_usd"))
+            key = unit_key(r["sample_id"], epoch_of(r))
             if r["status"] == "ok":
                 self.new_ok += 1
                 self.counters["ok_records"] += 1
-                self.completed.add(r["sample_id"])
-                (seen.correct.add if r.get("correct") is True else seen.correct.discard)(r["sample_id"])
-                seen.errored.discard(r["sample_id"])
+                self.completed.add(key)
+                (seen.correct.add if r.get("correct") is True else seen.correct.discard)(key)
+                seen.errored.discard(key)
             else:
                 self.new_errors += 1
                 self.counters["error_records"] += 1
-                if r["sample_id"] not in self.completed:
-                    seen.errored.add(r["sample_id"])
+                if key not in self.completed:
+                    seen.errored.add(key)
             self.spent += bill_of(r).cost_usd or 0.0
         self.progress.update(records)
         self.since_checkpoint += len(records)
@@ -374,13 +361,13 @@ class RunSession:
 
     def summarize(self) -> RunSummary:
         """The run's :class:`RunSummary`: counts, how it ended, and a light summary of the run."""
-        config, prepared, run = self.config, self.prepared, self.run
-        remaining = len(self.not_done.difference(self.completed))  # completed only grows
+        config, prepared, run, plan = self.config, self.prepared, self.run, self.plan
+        remaining = len(plan.not_done.difference(self.completed))  # completed only grows
         summary = RunSummary(
             run_id=prepared.run_id, run_dir=prepared.run_dir, exit_code=EXIT_OK, status="complete",
-            total_samples=len(prepared.selection), skipped_completed=self.skipped, attempted=run.attempted,
+            total_samples=len(plan.units), skipped_completed=plan.skipped, attempted=run.attempted,
             ok=self.new_ok, errors=self.new_errors, requests=run.requests, remaining=remaining,
-            duration_s=time.monotonic() - self.t0,
+            duration_s=time.monotonic() - self.t0, epochs=config.epochs,
         )
         set_outcome(summary, run, config, self.provider, self.budget, self.committer.failure, self.ledger, remaining)
         if summary.exit_code != EXIT_OK:
@@ -392,7 +379,9 @@ class RunSession:
         # The bill so far (None while any billed tokens had no known price), never NaN.
         known = self.price is not None and self.seen.cost_usd is not None
         cost = self.seen.cost_usd + self.spent if known else None
-        summary.stats = light_stats(summary, config.shard, self.selection_set, self.whole, self.seen, cost)
+        # The dataset-id shortcut holds only while no other epoch's records can be among the keys.
+        whole = plan.whole and self.run_epochs == 1
+        summary.stats = light_stats(summary, config.shard, plan.units, whole, self.seen, cost)
         summary.limits = {**self.limits.stats.__dict__, "final_limit": self.limits.limit}
         return summary
 
