@@ -218,6 +218,7 @@ def test_the_server_receives_the_exemplar_pairs_before_the_question(fake_server,
             assert answer["content"] == f"{k} + 0 = {k}\n#### {k}"
     for record in all_records(s.run_dir):
         assert record["correct"] is True and len(record["prompt"]) == 8
+        assert record["fewshot_ids"] == expected[record["sample_id"]]  # the exemplars it was shown
     again = run_experiment(config)  # a resume shows the same prompts, so it pays for nothing
     assert again.requests == 0 and fake_server.request_count == 6
 

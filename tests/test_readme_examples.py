@@ -10,6 +10,8 @@ from pathlib import Path
 
 from helpers import cli_env, read_lines, run_cli
 
+from evalledger import load_study_config
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -42,3 +44,23 @@ def test_readme_custom_task_scores_what_it_means(fake_server, tmp_path):
     records, _ = read_lines(run_dir / "results.jsonl")
     correct = {rec["sample_id"]: rec["correct"] for rec in records}
     assert correct == {"fr": True, "it": True, "de": False}
+
+
+def _toml_blocks() -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_readme_study_files_load_as_the_grids_they_describe(tmp_path, monkeypatch):
+    """Both study files in the README load: the embedded-model study and the two-model grid."""
+    monkeypatch.chdir(tmp_path)
+    blocks = _toml_blocks()
+    assert len(blocks) == 2, len(blocks)
+    loaded = []
+    for i, text in enumerate(blocks):
+        path = tmp_path / f"study{i}.toml"
+        path.write_text(text, encoding="utf-8")
+        loaded.append(load_study_config(path))
+    demo = next(s for s in loaded if [m.model for m in s.model_entries()] == ["local/smollm2"])
+    pairs = demo.pairs()
+    assert [p.task for p in pairs] == ["qa", "self-correct"]
+    assert all(p.config().epochs == 3 and p.config().limit == 20 for p in pairs)
