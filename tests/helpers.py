@@ -12,6 +12,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from evalledger import UsageError
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -146,3 +150,14 @@ def tiny_fs(tmp_path: Path, size: str) -> Any:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def assert_error_at_line(load: Any, path: Path, line: int, fragments: list[str]) -> None:
+    """``load(path)`` raises a UsageError whose message starts ``<path> line <line>: `` and holds
+    every fragment (the config files' rule: a mistake names the file, the line and what is allowed)."""
+    with pytest.raises(UsageError) as caught:
+        load(path)
+    message = caught.value.message
+    assert message.startswith(f"{path} line {line}: "), message
+    for fragment in fragments:
+        assert fragment in message, message

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 import pytest
-from helpers import cli_env, run_cli, write_qa_dataset
+from helpers import assert_error_at_line, cli_env, run_cli, write_qa_dataset
 
-from evalledger import RunConfig, UsageError, load_run_config, run_config_toml
+from evalledger import RunConfig, load_run_config, run_config_toml
 from evalledger.cli.options import EXPERIMENT_OPTIONS
 from evalledger.configfile import RUN_KEYS, key_lines
 from evalledger.configfile.emit import toml_value
@@ -202,13 +202,7 @@ BAD_RUN_FILES = [
 
 @pytest.mark.parametrize(("text", "line", "fragments"), BAD_RUN_FILES)
 def test_each_bad_key_or_value_names_the_file_the_line_and_what_is_allowed(tmp_path, text, line, fragments):
-    path = write(tmp_path / "exp.toml", text)
-    with pytest.raises(UsageError) as caught:
-        load_run_config(path)
-    message = caught.value.message
-    assert message.startswith(f"{path} line {line}: "), message
-    for fragment in fragments:
-        assert fragment in message, message
+    assert_error_at_line(load_run_config, write(tmp_path / "exp.toml", text), line, fragments)
 
 
 def test_bad_files_on_the_command_line_exit_2_before_anything(fake_server, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fakeserver import answer_from_marker, last_user_text
-from helpers import REPO, cli_env, run_cli, write_qa_dataset
+from helpers import REPO, assert_error_at_line, cli_env, run_cli, write_qa_dataset
 
 from evalledger import UsageError, load_study_config, study_config_toml
 from evalledger.study import (
@@ -322,13 +322,7 @@ BAD_STUDY_FILES = [
 
 @pytest.mark.parametrize(("text", "line", "fragments"), BAD_STUDY_FILES)
 def test_each_bad_study_key_or_value_names_the_file_and_line(tmp_path, text, line, fragments):
-    path = _write(tmp_path / "study.toml", text)
-    with pytest.raises(UsageError) as caught:
-        load_study_config(path)
-    message = caught.value.message
-    assert message.startswith(f"{path} line {line}: "), message
-    for fragment in fragments:
-        assert fragment in message, message
+    assert_error_at_line(load_study_config, _write(tmp_path / "study.toml", text), line, fragments)
 
 
 def test_study_file_grid_tasks_and_dataset_tables(tmp_path):
