@@ -134,6 +134,25 @@ def test_the_waits_of_one_request_grow_until_the_cap(monkeypatch, policy):
         assert waits[0] <= policy.base  # the schedule's first scale, not more
 
 
+def test_a_retry_that_went_out_late_makes_the_next_wait_grow_from_the_real_gap(monkeypatch):
+    """The server sees the gap from one failure to the next attempt, not the wait: when the retry
+    queued (a request slot, the rate limiter) the gap was longer than the wait, and the next wait
+    must grow from that gap, else a long queue then a short one looks like no backoff at all."""
+    clock = [100.0]
+    monkeypatch.setattr("evalledger.run.retry.time.monotonic", lambda: clock[0])
+    waiter = _RetryAfterOrBackoff(classify, RetryPolicy(base=1.0, max_wait=60.0))
+    first = waiter.after(Boom(ErrorKind.TRANSIENT, status=500), 1)
+    assert 0.5 <= first <= 1.0
+    clock[0] += 5.0  # the retry queued ~4 s after its wait ended, then failed
+    second = waiter.after(Boom(ErrorKind.TRANSIENT, status=500), 2)
+    assert BACKOFF_GROWTH * 5.0 <= second <= 1.25 * BACKOFF_GROWTH * 5.0  # above the schedule's 2 s top
+    clock[0] += second + 0.01  # this one went out on time
+    third = waiter.after(Boom(ErrorKind.TRANSIENT, status=500), 3)
+    assert third >= BACKOFF_GROWTH * (second + 0.01)
+    clock[0] += 200.0
+    assert waiter.after(Boom(ErrorKind.TRANSIENT, status=500), 4) == 60.0  # never past the cap
+
+
 def test_backoff_keeps_its_jitter(monkeypatch):
     """Two requests failing alike do not wait alike: requests that failed together spread out."""
     a, b = backoff_waits(RetryPolicy(), 5), backoff_waits(RetryPolicy(), 5)

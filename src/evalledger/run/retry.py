@@ -62,7 +62,8 @@ class _RetryAfterOrBackoff(wait_base):
     ``[max(top / 2, BACKOFF_GROWTH * previous), top]`` with ``top = min(max_wait, base * 2^(n-1))``:
     equal jitter (half the scale fixed, half random, so requests that failed together spread out)
     with a floor that makes each wait of the request at least ``BACKOFF_GROWTH`` times the one
-    before. Full jitter (uniform over ``[0, top]``) could make the second wait shorter than the
+    before, or times the whole gap since the failure before it when the retry went out late
+    (queued for a request slot or the rate limiter): the gap the server sees is what must grow. Full jitter (uniform over ``[0, top]``) could make the second wait shorter than the
     first, which looks like no backoff at all to the provider (and to llmock's ``no_backoff``
     check). A Retry-After wait is the server's: it is neither backoff nor ``previous``.
 
@@ -82,7 +83,9 @@ class _RetryAfterOrBackoff(wait_base):
         self.policy = policy
         self.done_before = done_before
         self.rate_limited = False
-        self.previous: float | None = None  # this request's last backoff wait (not a Retry-After one)
+        #: This request's last backoff gap: the wait chosen, or longer when the retry went out later.
+        self.previous: float | None = None
+        self._backoff_at: float | None = None  # when that wait began (the failure before it)
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -92,6 +95,14 @@ class _RetryAfterOrBackoff(wait_base):
         """Seconds to wait after ``failed_attempts`` attempts, the last of which raised ``exc``.
 
         Sets ``rate_limited``: whether that wait is for a 429/529 (the sleep that follows reports it)."""
+        now = time.monotonic()
+        if self._backoff_at is not None and self.previous is not None:
+            # The retry may have gone out well after its wait ended (it queued for a request slot
+            # or the rate limiter, or the CPU was busy), so the gap the server saw since the last
+            # failure can exceed the wait: the next wait grows from that gap, not only from the
+            # wait, or a long queue followed by a short one would look like no backoff at all.
+            self.previous = max(self.previous, now - self._backoff_at)
+        self._backoff_at = None
         self.rate_limited = False
         if exc is not None:
             info = self.classify(exc)
@@ -99,6 +110,7 @@ class _RetryAfterOrBackoff(wait_base):
             if info.retry_after is not None:
                 return min(info.retry_after + random.uniform(0, 0.1 * info.retry_after + 0.05), self.policy.max_wait)
         self.previous = self._backoff(failed_attempts)
+        self._backoff_at = now
         return self.previous
 
     def _backoff(self, failed_attempts: int) -> float:
@@ -109,9 +121,14 @@ class _RetryAfterOrBackoff(wait_base):
             return random.uniform(top / 2, top)
         top = min(scale, cap)
         floor = BACKOFF_GROWTH * self.previous
-        # Below the cap the floor is at most 3/4 of top (previous <= half of top), so a jitter
-        # range remains; at the cap it can pass top, and the wait stays at the cap.
-        return top if floor >= top else random.uniform(max(top / 2, floor), top)
+        if floor >= cap:
+            return cap  # levelled off
+        if floor >= top:
+            # The last gap was longer than the schedule planned (the retry queued): grow from it.
+            return random.uniform(floor, min(cap, 1.25 * floor))
+        # With waits that went out on time the floor is at most 3/4 of top (previous <= half of
+        # top), so a jitter range remains.
+        return random.uniform(max(top / 2, floor), top)
 
 
 def _rate_limited(info: ErrorInfo) -> bool:
