@@ -16,7 +16,7 @@ file a command line describes:
 Each pair is an ordinary evalledger run with a stable run ID, so rerunning resumes the grid.
 """
 
-from evalledger.cli import study
+from evalledger.cli.study import study
 
 if __name__ == "__main__":
     study(prog_name="run_full_scale_study.py")

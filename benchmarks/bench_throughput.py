@@ -109,6 +109,8 @@ def child_run(args: dict) -> dict:
                     retry_errors=args.get("retry_errors", True),
                     # the fake server listens on a new port each time: the same model, another address
                     allow_endpoint_change=True,
+                    # every request must go on the wire (and the user's response cache stay untouched)
+                    cache=False,
                     max_attempts=args.get("max_attempts", 6), max_retry_wait=args.get("max_retry_wait", 120.0))
     t, c = time.perf_counter(), time.process_time()
     s = run_experiment(cfg)

@@ -39,6 +39,15 @@ def second_server() -> Iterator[FakeServer]:
 
 
 @pytest.fixture(autouse=True)
+def _own_response_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own empty response cache (``EVALLEDGER_CACHE_DIR``, inherited by the CLI
+    subprocesses it starts), never the user's: runs within one test share it, as one user's runs do."""
+    cache_dir = tmp_path_factory.mktemp("response-cache")
+    monkeypatch.setenv("EVALLEDGER_CACHE_DIR", str(cache_dir))
+    return cache_dir
+
+
+@pytest.fixture(autouse=True)
 def _warnings_on_stderr() -> Iterator[None]:
     """The library warns through ``logging``; show its warnings on stderr the way the CLI does, so
     that tests of the Python API read them where a user of the command line sees them."""

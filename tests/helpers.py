@@ -161,3 +161,17 @@ def assert_error_at_line(load: Any, path: Path, line: int, fragments: list[str])
     assert message.startswith(f"{path} line {line}: "), message
     for fragment in fragments:
         assert fragment in message, message
+
+
+def settle_requests(server: Any, quiet: float = 1.0, timeout: float = 20.0) -> None:
+    """Wait until the fake server has answered everything and logged no new request for ``quiet``
+    seconds: requests a killed client had already sent can reach the server's log late on a busy
+    machine, and must not be counted as the next run's."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while time.monotonic() < deadline:
+        count = server.request_count
+        if count == seen and server.in_flight == 0:
+            return
+        seen = count
+        time.sleep(quiet)

@@ -88,7 +88,8 @@ def test_full_run_then_rerun_skips_all_then_overwrite(fake_server, tmp_path):
 
     r3 = run_cli(run_args(data, out, "--json", "--overwrite"), env, cwd=tmp_path)
     assert r3.returncode == 0, r3.stderr
-    assert fake_server.request_count == 24  # paid again, on purpose
+    assert fake_server.request_count == 12  # the response cache answers every request: nothing is paid again
+    assert all(r["cached"] is True and r["paid"]["input_tokens"] == 0 for r in all_records(run_dir))
     aside = [d for d in out.iterdir() if d.name.startswith(run_id + ".old-")]
     assert len(aside) == 1, list(out.iterdir())
     assert "moved the old run aside" in r3.stderr and aside[0].name in r3.stderr

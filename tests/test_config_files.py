@@ -62,6 +62,8 @@ def test_every_run_flag_is_a_key_of_the_same_type_and_default():
         elif option.metavar == "FILE" or isinstance(option.type, click.Path):
             assert key.kind == "path", field
         default = option.default
+        if option.is_flag and type(default) is not bool:
+            default = False  # click >= 8.3 keeps an unset flag's default as a sentinel: off
         if field == "output_dir":
             default = Path("outputs")  # the option's callback fills it in
         assert default == key.default, (field, default, key.default)

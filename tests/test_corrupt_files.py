@@ -296,9 +296,11 @@ def test_nul_block_inside_the_file_is_moved_aside(fake_server, tmp_path, capsys)
     assert "2 line(s) that are not records (lines 2, 3)" in err
     kept = asides(s.run_dir, "results.jsonl.corrupt-")
     assert len(kept) == 1 and kept[0].read_bytes() == damaged[1] + damaged[2]
-    # The sample whose only record was damaged is sent again (its record is preserved aside); no other.
+    # The sample whose only record was damaged is done again (its record is preserved aside); no other.
+    # Its answer was paid for already: the response cache gives it back without a request.
     assert s2.ok == N - FIRST + 1
-    assert fake_server.count_for(marker(int(lost[1:]))) == 2 and fake_server.request_count == N + 1
+    assert fake_server.count_for(marker(int(lost[1:]))) == 1 and fake_server.request_count == N
+    assert [r.get("cached") for r in all_records(s.run_dir) if r["sample_id"] == lost][-1] is True
     ok = [r["sample_id"] for r in all_records(s.run_dir) if r["status"] == "ok"]
     assert sorted(ok) == [f"s{i:05d}" for i in range(N)]
 

@@ -61,7 +61,8 @@ def test_budget_stops_before_exceeding_then_resumes_with_more(fake_server, tmp_p
     data = write_qa_dataset(tmp_path / "qa.jsonl", 40)
     out = tmp_path / "out"
     price = dict(price_input=1000.0, price_output=1000.0)  # expensive, so a few samples cost cents
-    probe = run_experiment(cfg(fake_server, data, tmp_path / "probe", limit=1, **price))
+    # the probe stores nothing in the response cache: the run below pays for every sample
+    probe = run_experiment(cfg(fake_server, data, tmp_path / "probe", limit=1, cache=False, **price))
     per_sample = all_records(probe.run_dir)[0]["cost_usd"]
     budget = per_sample * 10.5
     s = run_experiment(cfg(fake_server, data, out, max_cost=budget, **price))
@@ -174,7 +175,8 @@ def test_after_a_budget_stop_the_resume_command_finishes_and_agrees_with_estimat
     data = write_qa_dataset(tmp_path / "qa.jsonl", 30)
     out = tmp_path / "out"
     price = dict(price_input=1000.0, price_output=1000.0)
-    probe = run_experiment(cfg(fake_server, data, tmp_path / "probe", limit=1, **price))
+    # the probe stores nothing in the response cache: the run below pays for every sample
+    probe = run_experiment(cfg(fake_server, data, tmp_path / "probe", limit=1, cache=False, **price))
     per_sample = all_records(probe.run_dir)[0]["cost_usd"]
     s = run_experiment(cfg(fake_server, data, out, max_cost=per_sample * 8.5, **price))
     assert s.exit_code == 5

@@ -64,7 +64,11 @@ def test_python_m_version(tmp_path: Path) -> None:
 
 
 def test_every_defined_command_is_registered() -> None:
-    registered = set(map(id, cli.commands.values()))
+    registered, groups = set(), [cli]
+    while groups:  # the commands of the group and of its groups (`cache stats`)
+        for command in groups.pop().commands.values():
+            registered.add(id(command))
+            groups += [command] if isinstance(command, click.Group) else []
     defined = []
     for info in pkgutil.iter_modules(evalledger.cli.__path__):
         module = importlib.import_module(f"evalledger.cli.{info.name}")

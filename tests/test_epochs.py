@@ -29,6 +29,7 @@ from helpers import (
     read_lines,
     run_cli,
     run_config,
+    settle_requests,
     wait_for,
     write_qa_dataset,
 )
@@ -139,8 +140,9 @@ def test_a_unit_gets_the_same_seed_in_any_order_shard_or_resume(fake_server, tmp
     rev = write_reversed(data, tmp_path / "rev.jsonl")
     for k in (1, 2):
         for epochs in (2, 3):
+            # cache=False: the same requests go on the wire again (the response cache would answer them all)
             s = run_experiment(run_config(fake_server, rev, tmp_path / "b", run_id="b", shard=(k, 2), epochs=epochs,
-                                          seed=seed, concurrency=3))
+                                          seed=seed, concurrency=3, cache=False))
             assert s.exit_code == 0 and s.remaining == 0
     seeds_b = seeds_of(tmp_path / "b" / "b")
     assert seeds_of(a.run_dir) == seeds_b and len(seeds_b) == 3 * n
@@ -209,6 +211,7 @@ def test_kill_9_in_a_repeated_run_then_resume_every_unit_once_nothing_paid_twice
     recorded = {(r["sample_id"], r["seed"]) for r in read_lines(results)[0] if r["status"] == "ok"}
     assert 0 < len(recorded) < n * epochs
 
+    settle_requests(fake_server)  # what the killed process sent is not the resume's
     fake_server.clear_requests()
     final = run_cli(args, env, cwd=tmp_path)
     assert final.returncode == 0, final.stderr
@@ -229,7 +232,7 @@ def test_the_budget_and_the_estimate_count_units(fake_server, tmp_path):
     price = dict(price_input=1000.0, price_output=1000.0)
     est = estimate_experiment(run_config(fake_server, data, out, epochs=3, **price))
     assert est.pending == 3 * n and est.epochs == 3 and "18 pending (sample, epoch) units" in est.line()
-    probe = run_experiment(run_config(fake_server, data, tmp_path / "probe", limit=1, **price))
+    probe = run_experiment(run_config(fake_server, data, tmp_path / "probe", limit=1, cache=False, **price))
     per_unit = all_records(probe.run_dir)[0]["cost_usd"]
     fake_server.clear_requests()
 

@@ -41,7 +41,8 @@ LANES = 5  # llmock servers side by side, each serving RUNS / LANES runs in turn
 SAMPLES = 80
 SERVE_ARGS = ["--error-rate", "429=0.10", "--error-rate", "500=0.15", "--error-rate", "503=0.05",
               "--rpm", "1200", "--latency-ms", "30"]
-RUN_ARGS = ["-m", "gpt-4o-mini", "--concurrency", "16", "--max-retry-wait", "2", "--quiet"]
+# --no-cache: every run sends its requests (the response cache would answer a lane's later runs)
+RUN_ARGS = ["-m", "gpt-4o-mini", "--concurrency", "16", "--max-retry-wait", "2", "--quiet", "--no-cache"]
 _LISTENING = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 

@@ -130,7 +130,7 @@ def test_report_status_column_shows_each_runs_state_as_stats_does(fake_server, t
     fake_server.clear_faults()
     complete = run_experiment(cfg(fake_server, data, out, run_id="done"))
     fake_server.fail_always(status=401)
-    fatal = run_experiment(cfg(fake_server, data, out, run_id="fatal"))
+    fatal = run_experiment(cfg(fake_server, data, out, run_id="fatal", cache=False))  # the cache would answer all
     assert (with_errors.exit_code, complete.exit_code, fatal.exit_code) == (1, 0, 2)
 
     r = run_cli(["report", str(out), "-o", str(tmp_path / "r.html")], cli_env(fake_server), cwd=tmp_path)

@@ -61,7 +61,8 @@ def test_resume_reads_back_only_the_pending_rows(small_caches, fake_server, tmp_
     checked = prepare_run(RunConfig(**base(fake_server, data, tmp_path / "out")), check_output_dir=False,
                           use_index=False)
     assert checked.new_index is not None and checked.run_dir == prepared.run_dir
-    again = run_experiment(RunConfig(**base(fake_server, data, tmp_path / "out")))
+    # cache=False: the pending rows go on the wire again (the response cache would answer them)
+    again = run_experiment(RunConfig(**base(fake_server, data, tmp_path / "out", cache=False)))
     assert again.exit_code == 0 and again.requests == 10 and again.skipped_completed == 20
     # The rows read back are the rows a full load gives (same fields, hence the same input hash).
     from evalledger.datasets import load_dataset

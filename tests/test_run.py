@@ -56,7 +56,8 @@ def test_overwrite_moves_old_run_aside_and_pays_again(fake_server, tmp_path):
     data = write_qa_dataset(tmp_path / "qa.jsonl", 6)
     out = tmp_path / "out"
     s1 = run_experiment(cfg(fake_server, data, out))
-    s2 = run_experiment(cfg(fake_server, data, out, overwrite=True))
+    # without the response cache (which would answer every request: tests/test_response_cache.py)
+    s2 = run_experiment(cfg(fake_server, data, out, overwrite=True, cache=False))
     assert s2.run_id == s1.run_id and s2.ok == 6 and fake_server.request_count == 12
     assert s2.moved_aside is not None and s2.moved_aside.name.startswith(s1.run_id + ".old-")
     assert len(all_records(s2.moved_aside)) == 6  # old results preserved, not deleted

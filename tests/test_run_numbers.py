@@ -233,9 +233,11 @@ def test_interrupt_messages_count_requests_against_the_server_log(fake_server, t
     out = tmp_path / "out"
     env = cli_env(fake_server, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     grace = "30" if hard_stop == "second-sigint" else "2"
+    # --no-cache: the answered requests are in no file at all (the response cache would keep them:
+    # tests/test_response_cache.py)
     proc = popen_cli(["run", "--dataset", str(data), "--task", "slowtask:SlowScoring", "--model", "openai/m",
                       "--output-dir", str(out), "--concurrency", str(concurrency), "--grace-seconds", grace,
-                      "--quiet"], env, cwd=tmp_path)
+                      "--quiet", "--no-cache"], env, cwd=tmp_path)
     err_lines: list[str] = []
     reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()
@@ -289,7 +291,8 @@ def test_unknown_price_shows_as_unknown_in_every_status_line_never_zero(fake_ser
     assert lines[-1].split()[2] == "4/4", lines  # the last line: where the run ended
 
     # With a price, zero is known (nothing spent yet) and the end shows what was spent.
-    priced = _plain_run(fake_server, tmp_path, "priced", "--price-input", "1", "--price-output", "2")
+    # (--no-cache: the same questions as the run above, which the response cache would answer for free)
+    priced = _plain_run(fake_server, tmp_path, "priced", "--price-input", "1", "--price-output", "2", "--no-cache")
     assert " cost=$0.0000 " in priced[0] and priced[-1].split()[2] == "4/4", priced
     assert float(re.search(r" cost=\$([0-9.]+) ", priced[-1]).group(1)) > 0, priced
 

@@ -37,7 +37,8 @@ class RunConfig:
     its prompt version), ``model``, ``temperature``, ``max_tokens``, ``top_p``, ``seed``, and when
     set ``id_column`` and the sha256 of the ``review_prompt`` file's text. Everything else is an
     execution knob (``allow_code_execution`` too: it permits running a task, it does not change
-    what the task computes).
+    what the task computes; and the response cache's ``cache``, ``cache_dir`` and ``cache_ttl``:
+    a cached answer is the answer to the very same request).
     """
 
     dataset: str
@@ -83,6 +84,10 @@ class RunConfig:
     prices_file: str | None = None  # a price table replacing the shipped prices.toml
     price_input: float | None = None  # USD per 1M input tokens, overrides the table
     price_output: float | None = None  # USD per 1M output tokens, overrides the table
+    # the response cache shared across runs (not identity: a cached answer is the answer to the same request)
+    cache: bool = True  # look identical requests up before sending them, store answers (False: neither)
+    cache_dir: str | None = None  # None: $EVALLEDGER_CACHE_DIR, else under $XDG_CACHE_HOME or ~/.cache
+    cache_ttl: float | None = None  # days: older entries are not used (None: no limit)
     max_consecutive_errors: int = 20  # circuit breaker; 0 turns it off
     min_free_mb: float = 100.0  # free space to keep beyond the run's estimated output
     quiet: bool = False
@@ -92,7 +97,7 @@ class RunConfig:
         # Normalise so equal configs compare and hash equal whatever the caller passed: Python
         # callers naturally hand over pathlib.Path objects for the file options.
         object.__setattr__(self, "output_dir", Path(self.output_dir))
-        for name in ("dataset", "review_prompt", "prices_file", "fewshot_from"):
+        for name in ("dataset", "review_prompt", "prices_file", "fewshot_from", "cache_dir"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
@@ -137,6 +142,8 @@ class RunConfig:
             raise UsageError(f"--fsync {self.fsync!r}: choose always, batch or off")
         if self.max_cost is not None and self.max_cost <= 0:
             raise UsageError(f"--max-cost {self.max_cost}: must be a positive amount of USD")
+        if self.cache_ttl is not None and not 0 < self.cache_ttl < float("inf"):
+            raise UsageError(f"--cache-ttl {self.cache_ttl}: must be a positive number of days")
         if self.max_consecutive_errors < 0:
             raise UsageError(f"--max-consecutive-errors {self.max_consecutive_errors}: must be 0 (off) or more")
         if self.keep_old is not None:
@@ -260,6 +267,8 @@ class RunConfig:
             ("--prices", self.prices_file, defaults.prices_file),
             ("--price-input", self.price_input, defaults.price_input),
             ("--price-output", self.price_output, defaults.price_output),
+            ("--cache-dir", self.cache_dir, defaults.cache_dir),
+            ("--cache-ttl", self.cache_ttl, defaults.cache_ttl),
             ("--max-consecutive-errors", self.max_consecutive_errors, defaults.max_consecutive_errors),
             ("--min-free-mb", self.min_free_mb, defaults.min_free_mb),
             ("--progress-interval", self.progress_interval, defaults.progress_interval),
@@ -275,6 +284,8 @@ class RunConfig:
             args.append("--no-adaptive-concurrency")
         if self.allow_code_execution:
             args.append("--allow-code-execution")
+        if not self.cache:
+            args.append("--no-cache")
         return args
 
     def resume_command(self) -> str:

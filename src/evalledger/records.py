@@ -14,13 +14,25 @@ or None: the sample's cost), ``paid`` (what the record adds to the run's bill: {
 ``prompt`` (a list of {``role``, ``content``}), ``response``, ``prediction``, ``target``, ``score``,
 ``latency_s``, ``request_ids``, ``error`` ({``type``, ``message``, ``retryable``, ``status_code``}),
 ``started_at``, ``finished_at`` (ISO 8601 UTC), ``extra`` (a task's own fields), ``epoch`` (which
-repeat of its sample, 1..K), ``seed`` (the seed that repeat sent), ``fewshot_ids``. Any other field
+repeat of its sample, 1..K), ``seed`` (the seed that repeat sent), ``fewshot_ids``, ``cached`` and
+``saved`` (below). Any other field
 (a multi-turn task's ``turn_usage``, a self-correction task's :data:`SELF_CORRECTION_KEYS`) passes
 through to the readers as a column of its own. The writer puts :data:`LEAD_KEYS` first, in that
 order, so that resuming can read them from the start of a line without parsing it all.
 
 A calls file (``calls*.jsonl``, multi-turn tasks) holds one record per paid model call
 (:data:`CALL_FIELDS`): its ``usage`` and ``cost_usd`` are that call's.
+
+Answers from the response cache
+-------------------------------
+A model call answered from the response cache shared across runs sent nothing and costs nothing.
+A record with such a call has ``cached`` true (absent otherwise) and ``saved`` ({``input_tokens``,
+``output_tokens``, ``cost_usd``}): the tokens of the calls the cache answered and what they would
+have cost at the run's price (``cost_usd`` None when the model has no known price). Its ``usage``
+and ``cost_usd`` still describe the whole answer, as for any record (the sample's tokens and their
+cost, cached calls included), while ``paid`` leaves the cached calls out: a record answered wholly
+from the cache bills nothing. A multi-turn task lists which calls the cache answered in
+``turn_usage`` (``cached`` true) and never appends them to its calls file (only paid calls go there).
 
 The bill
 --------
@@ -62,10 +74,13 @@ LEAD_KEYS = ("sample_id", "epoch", "status", "attempts", "correct", "usage", "co
 #: Every top-level field a results record can have that readers know (others pass through).
 #: ``seed`` is the seed that the record's (sample, epoch) sent (``samples.epoch_seed``);
 #: ``fewshot_ids`` (few-shot runs only) the ids of the exemplars shown before its question, a list.
+#: ``cached`` and ``saved``: answers from the response cache (see the module docstring).
 RECORD_FIELDS = LEAD_KEYS + (
     "shard", "model", "task", "input_hash", "prompt", "response", "prediction", "target", "score", "latency_s",
-    "request_ids", "error", "started_at", "finished_at", "extra", "queued_s", "seed", "fewshot_ids",
+    "request_ids", "error", "started_at", "finished_at", "extra", "queued_s", "seed", "fewshot_ids", "cached", "saved",
 )
+CACHED_FIELD = "cached"
+SAVED_FIELD = "saved"
 #: The fields of ``usage`` and, with ``cost_usd``, of ``paid``.
 TOKEN_FIELDS = ("input_tokens", "output_tokens")
 PAID_FIELDS = TOKEN_FIELDS + ("cost_usd",)
@@ -80,7 +95,7 @@ CALL_FIELDS = ("sample_id", "epoch", "call_key", "turn", "shard", "model", "resp
 STRING_FIELDS = ("sample_id", "status", "shard", "model", "task", "input_hash", "started_at", "finished_at")
 INT_FIELDS = ("attempts", "epoch", "seed")
 FLOAT_FIELDS = ("cost_usd", "latency_s", "queued_s")
-BOOL_FIELDS = ("correct", "score")  # a score is a bool from the built-in tasks; other tasks may write anything
+BOOL_FIELDS = ("correct", "score", CACHED_FIELD)  # a score is a bool from the built-in tasks; others may write anything
 #: Fields that may hold any JSON value; a single-turn task writes text (a multi-turn one a list of replies).
 OBJECT_FIELDS = ("prediction", "target", "response")
 
@@ -139,11 +154,15 @@ EPOCH_COLUMN = EPOCH_FIELD
 #: of the scan, shown in the DataFrame only when some record has them (:data:`OPTIONAL_COLUMNS`).
 SEED_COLUMN = "seed"
 FEWSHOT_IDS_COLUMN = "fewshot_ids"
-OPTIONAL_COLUMNS = (SEED_COLUMN, FEWSHOT_IDS_COLUMN)
+#: A record's ``cached`` (True when the response cache answered some call, else null) and its
+#: ``saved`` cost (:func:`saved_cost`): columns of the scan, in the DataFrame when some record has them.
+CACHED_COLUMN = CACHED_FIELD
+SAVED_COST_COLUMN = "saved_cost_usd"
+OPTIONAL_COLUMNS = (SEED_COLUMN, FEWSHOT_IDS_COLUMN, CACHED_COLUMN, SAVED_COST_COLUMN)
 INT_COLUMNS = ("input_tokens", "output_tokens", "attempts", "error_status_code", EPOCH_COLUMN, SEED_COLUMN)
 LIST_COLUMNS = (FEWSHOT_IDS_COLUMN,)  # lists of strings
-FLOAT_COLUMNS = ("cost_usd", "latency_s")
-BOOL_COLUMNS = ("correct",)
+FLOAT_COLUMNS = ("cost_usd", "latency_s", SAVED_COST_COLUMN)
+BOOL_COLUMNS = ("correct", CACHED_COLUMN)
 OBJECT_COLUMNS = OBJECT_FIELDS
 SCORE_COLUMN = "score"  # a bool, a number or any JSON value
 # The scan's own columns beside those (readers.scan_batch.SCHEMA): the score as a bool, a value that
@@ -216,6 +235,13 @@ def bill_of(record: dict[str, Any]) -> Bill:
         return _bill(paid, paid.get("cost_usd"))
     usage = record.get("usage")
     return _bill(usage if type(usage) is dict else _EMPTY, record.get("cost_usd"))
+
+
+def saved_cost(record: dict[str, Any]) -> float | None:
+    """What the calls the response cache answered for a record would have cost: its ``saved``
+    object's ``cost_usd`` when that is a valid cost (:func:`cost_amount`), else None."""
+    saved = record.get(SAVED_FIELD)
+    return cost_amount(saved.get("cost_usd")) if type(saved) is dict else None
 
 
 def bill_of_call(call: dict[str, Any]) -> Bill:

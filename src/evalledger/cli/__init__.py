@@ -1,7 +1,9 @@
 """The ``evalledger`` command line (click). Thin: parse flags, call the library, print, exit.
 
 Every command is registered here, when the package is imported, so ``evalledger``,
-``python -m evalledger`` and ``run_full_scale_study.py`` all see the same commands.
+``python -m evalledger`` and ``run_full_scale_study.py`` all see the same commands. A command's
+module is imported when the command is looked up (:data:`COMMANDS`): ``evalledger run`` does not
+load the code of the other commands (the report, Slurm, merge, rescore, the study grid).
 
 Exit codes: 0 all samples ok · 1 finished with error records left · 2 usage, config, dataset,
 lock or fatal provider error · 3 circuit breaker (the API looks down) · 4 not enough disk space or
@@ -13,11 +15,29 @@ from __future__ import annotations
 import click
 
 from evalledger._version import __version__
-from evalledger.cli import cluster, integrity, results
-from evalledger.cli.compare import compare
 from evalledger.cli.options import show_warnings
-from evalledger.cli.run import estimate, run, validate
-from evalledger.cli.study import study
+from evalledger.lazy import LazyNames
+
+#: Every command: its name on the command line, its module and the click command's name there.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("evalledger.cli.run", "run"),
+    "estimate": ("evalledger.cli.run", "estimate"),
+    "validate": ("evalledger.cli.run", "validate"),
+    "stats": ("evalledger.cli.results", "stats"),
+    "list": ("evalledger.cli.results", "list_cmd"),
+    "export": ("evalledger.cli.results", "export"),
+    "errors": ("evalledger.cli.results", "errors"),
+    "report": ("evalledger.cli.results", "report"),
+    "slurm": ("evalledger.cli.cluster", "slurm"),
+    "status": ("evalledger.cli.cluster", "status"),
+    "merge": ("evalledger.cli.cluster", "merge"),
+    "verify": ("evalledger.cli.integrity", "verify"),
+    "prune": ("evalledger.cli.integrity", "prune"),
+    "study": ("evalledger.cli.study", "study"),
+    "compare": ("evalledger.cli.compare", "compare"),
+    "rescore": ("evalledger.cli.rescore", "rescore"),
+    "cache": ("evalledger.cli.cache", "cache"),
+}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -36,10 +56,8 @@ def cli(ctx: click.Context) -> None:
         ctx.exit(0)
 
 
-for _command in (run, estimate, validate, results.stats, results.list_cmd, results.export, results.errors,
-                 results.report, cluster.slurm, cluster.status, cluster.merge, integrity.verify,
-                 integrity.prune, study, compare):
-    cli.add_command(_command)
+# click looks commands up in this mapping (``get_command``, ``list_commands``, ``--help``).
+cli.commands = LazyNames(COMMANDS)
 
 
 def main() -> None:
@@ -47,4 +65,4 @@ def main() -> None:
     cli()
 
 
-__all__ = ["cli", "main"]
+__all__ = ["COMMANDS", "cli", "main"]

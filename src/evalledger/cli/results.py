@@ -146,6 +146,8 @@ def stats(run_ref: str, output_dir: Path, as_json: bool, vote: bool | None, pass
         ("output tokens", s["output_tokens"]),
         ("cost (USD)", _usd(s["cost_usd"])),
         ("cost per correct", _usd(s["cost_per_correct_usd"]) if s["cost_usd"] is not None else "unknown"),
+        ("response cache", f"{_n(s['cache_hits'], 'sample' if s.get('epochs', 1) == 1 else 'unit')} answered, "
+                           f"saved {_usd(s['cache_saved_usd'])} USD" if s.get("cache_hits") else "no hits"),
         ("throughput", "-" if s["throughput_per_min"] is None
          else f"{s['throughput_per_min']:.1f} {'samples' if s.get('epochs', 1) == 1 else 'units'}/min"),
     ]

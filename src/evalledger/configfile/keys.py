@@ -30,7 +30,7 @@ _NOT_IN_FILES = frozenset({"api_key"})
 _SECRET_MESSAGE = ("an API key never goes in a config file: put it in an environment variable and name the "
                    "variable with api-key-env")
 # Fields naming a file or directory: a relative path in a config file is read from the file's directory.
-_PATH_FIELDS = frozenset({"dataset", "review_prompt", "fewshot_from", "prices_file", "output_dir"})
+_PATH_FIELDS = frozenset({"dataset", "review_prompt", "fewshot_from", "prices_file", "output_dir", "cache_dir"})
 # Fields whose value may also be a built-in dataset's name, which is not a path.
 _DATASET_FIELDS = frozenset({"dataset", "fewshot_from"})
 

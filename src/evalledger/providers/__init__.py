@@ -62,7 +62,8 @@ def make_provider(
     timeout: float = 600.0,
     concurrency: int = 8,
 ) -> Provider:
-    """Build the provider for a ``--model`` string (no network I/O until ``start``/``complete``).
+    """Build the provider for a ``--model`` string: cheap, no SDK imported and no network I/O
+    until ``start``/``complete``.
 
     Raises :class:`UsageError` for an unknown model prefix or a missing API key, so callers can
     build it before creating anything on disk.

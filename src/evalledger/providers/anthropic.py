@@ -9,19 +9,17 @@ from evalledger.errors import UsageError
 from evalledger.providers.base import (
     ChatRequest,
     ChatResponse,
-    ErrorInfo,
-    Provider,
-    aiohttp_client,
+    SDKProvider,
     as_count,
     as_text,
-    classify_sdk_error,
     post_json,
     ratelimit_headers,
 )
 
 
-class AnthropicProvider(Provider):
-    """``anthropic/<model>``. Honours ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``; ``max_retries=0``."""
+class AnthropicProvider(SDKProvider):
+    """``anthropic/<model>``. Honours ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``; ``max_retries=0``.
+    The client is built when requests are about to be sent (see :class:`SDKProvider`); the key is checked here."""
 
     def __init__(
         self,
@@ -33,25 +31,29 @@ class AnthropicProvider(Provider):
         timeout: float = 600.0,
         concurrency: int = 8,
     ) -> None:
-        import anthropic  # the SDK (~1 s to import): only once a provider is built
-
         self.model = model
         self.api_model = api_model
+        self.concurrency = concurrency
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
             raise UsageError(f"--model {model}: ANTHROPIC_API_KEY is not set. Export it and run again.")
         base = base_url or os.environ.get("ANTHROPIC_BASE_URL")
         self.base_url = base
-        kwargs: dict[str, Any] = {"max_retries": 0, "timeout": timeout}
+        self._client_options: dict[str, Any] = {"max_retries": 0, "timeout": timeout}
         if key:
-            kwargs["api_key"] = key
+            self._client_options["api_key"] = key
         if base:
-            kwargs["base_url"] = base
-        http_client = aiohttp_client(anthropic, concurrency)  # see aiohttp_client: less CPU per request
-        if http_client is not None:
-            kwargs["http_client"] = http_client
-        self._client = anthropic.AsyncAnthropic(**kwargs)
-        self._sdk = anthropic
+            self._client_options["base_url"] = base
+
+    @property
+    def _sdk(self) -> Any:
+        import anthropic  # the SDK (~0.5 s to import): only when requests are to be sent
+
+        return anthropic
+
+    def build_client(self, sdk: Any, http_client: Any | None) -> Any:
+        extra: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
+        return sdk.AsyncAnthropic(**self._client_options, **extra)
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         # The Messages API takes system prompts apart from the turns.
@@ -81,9 +83,3 @@ class AnthropicProvider(Provider):
             model=as_text(data.get("model")),
             ratelimit_headers=ratelimit_headers(raw.headers),
         )
-
-    def classify(self, exc: BaseException) -> ErrorInfo:
-        return classify_sdk_error(exc, self._sdk)
-
-    async def aclose(self) -> None:
-        await self._client.close()

@@ -307,7 +307,7 @@ def aiohttp_client(sdk: Any, concurrency: int) -> Any | None:
     """
     try:
         import aiohttp  # noqa: F401  # the transport needs it; without it the SDK raises on use
-        import httpx2  # comes with the SDK: only once a provider is built
+        import httpx2  # comes with the SDK: only once a client is built
     except ImportError:
         return None
     client_cls = getattr(sdk, "DefaultAioHttpClient", None)
@@ -318,3 +318,51 @@ def aiohttp_client(sdk: Any, concurrency: int) -> Any | None:
         return client_cls(limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size))
     except RuntimeError:  # the SDK's stand-in when it was installed without its aiohttp extra
         return None
+
+
+class SDKProvider(Provider):
+    """A provider over an official SDK's async client (``openai``, ``anthropic``).
+
+    The SDK is imported, and its client built, only when requests are about to be sent
+    (:meth:`start`, or the first use of ``_client``): importing an SDK takes about half a second,
+    and a resume with nothing pending, ``estimate`` and ``study``'s checks need none of it. What can
+    be checked without it (the model string, that a key is there) is checked when the provider is
+    made, so a bad ``--model`` or a missing key is still refused before anything is written.
+    """
+
+    model: str
+    base_url: str | None
+    concurrency: int
+    _built: Any = None
+
+    @property
+    @abstractmethod
+    def _sdk(self) -> Any:
+        """The SDK module (imported on first use)."""
+
+    @abstractmethod
+    def build_client(self, sdk: Any, http_client: Any | None) -> Any:
+        """The SDK's async client, with ``max_retries=0``, over ``http_client`` unless it is None."""
+
+    @property
+    def _client(self) -> Any:
+        """The SDK client, built on first use."""
+        return self._built if self._built is not None else self._build()
+
+    def _build(self) -> Any:
+        sdk = self._sdk
+        self._built = self.build_client(sdk, aiohttp_client(sdk, self.concurrency))
+        return self._built
+
+    async def start(self) -> None:
+        """Import the SDK and build the client now, before the first request (no network I/O)."""
+        if self._built is None:
+            self._build()
+
+    def classify(self, exc: BaseException) -> ErrorInfo:
+        return classify_sdk_error(exc, self._sdk)
+
+    async def aclose(self) -> None:
+        if self._built is not None:
+            client, self._built = self._built, None
+            await client.close()

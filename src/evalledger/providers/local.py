@@ -51,10 +51,8 @@ class LocalProvider(Provider):
     """The embedded model. ``start()`` launches the server; ``aclose()`` stops it."""
 
     def __init__(self, model: str, name: str, *, parallel: int = 4, timeout: float = 600.0) -> None:
-        try:
-            import xllamacpp  # noqa: F401
-        except ImportError:
-            raise UsageError(f"--model {model} needs the [local] extra: {INSTALL_HINT}") from None
+        if importlib.util.find_spec("xllamacpp") is None:  # found, not imported: a resume may send nothing
+            raise UsageError(f"--model {model} needs the [local] extra: {INSTALL_HINT}")
         self.model = model
         self.name = name
         self.model_path = local_model_path(name)
@@ -67,6 +65,7 @@ class LocalProvider(Provider):
         self._server = await asyncio.to_thread(self._start_server)
         base = self._server.listening_address.rstrip("/") + "/v1"
         self._inner = OpenAIProvider(self.model, self.name, base_url=base, api_key="local", timeout=self.timeout)
+        await self._inner.start()
 
     def _start_server(self) -> Any:
         import xllamacpp  # the optional [local] extra: only for the embedded model

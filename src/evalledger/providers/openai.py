@@ -9,22 +9,20 @@ from evalledger.errors import UsageError
 from evalledger.providers.base import (
     ChatRequest,
     ChatResponse,
-    ErrorInfo,
-    Provider,
-    aiohttp_client,
+    SDKProvider,
     as_count,
     as_text,
-    classify_sdk_error,
     post_json,
     ratelimit_headers,
 )
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(SDKProvider):
     """``openai/<model>``, or an OpenAI-compatible server (vLLM, Ollama, llama.cpp) via ``base_url``.
 
     The client honours ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` as the SDK does, and is built
-    with ``max_retries=0``: the runner's retry policy is the only retry loop.
+    with ``max_retries=0``: the runner's retry policy is the only retry loop. It is built when
+    requests are about to be sent (see :class:`SDKProvider`); the key is checked here.
     """
 
     def __init__(
@@ -38,11 +36,11 @@ class OpenAIProvider(Provider):
         send_seed: bool = True,
         concurrency: int = 8,
     ) -> None:
-        import openai  # the SDK (~1 s to import): only once a provider is built
-
         self.model = model
         self.api_model = api_model
         self.send_seed = send_seed
+        self.timeout = timeout
+        self.concurrency = concurrency
         key = api_key or os.environ.get("OPENAI_API_KEY")
         base = base_url or os.environ.get("OPENAI_BASE_URL")
         if not key:
@@ -54,10 +52,18 @@ class OpenAIProvider(Provider):
                     "OpenAI-compatible server (vLLM, Ollama), or use --model local/smollm2 (no key needed)."
                 )
         self.base_url = base
-        http_client = aiohttp_client(openai, concurrency)
+        self._api_key = key
+
+    @property
+    def _sdk(self) -> Any:
+        import openai  # the SDK (~0.5 s to import): only when requests are to be sent
+
+        return openai
+
+    def build_client(self, sdk: Any, http_client: Any | None) -> Any:
         extra: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
-        self._client = openai.AsyncOpenAI(api_key=key, base_url=base, max_retries=0, timeout=timeout, **extra)
-        self._sdk = openai
+        return sdk.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout,
+                               **extra)
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         kwargs: dict[str, Any] = {
@@ -87,12 +93,6 @@ class OpenAIProvider(Provider):
             model=as_text(data.get("model")),
             ratelimit_headers=ratelimit_headers(raw.headers),
         )
-
-    def classify(self, exc: BaseException) -> ErrorInfo:
-        return classify_sdk_error(exc, self._sdk)
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
 
 def message_text(content: Any) -> str:

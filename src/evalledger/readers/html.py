@@ -83,7 +83,7 @@ def run_table(runs: list[RunView]) -> str:
     """The run table: one row per run, with its numbers as in get_stats."""
     head = ("<tr><th>run</th><th>model</th><th>dataset</th><th>task</th><th>done / total</th><th>errors</th>"
             "<th>accuracy</th><th>95% CI</th><th>p50 / p95 latency</th><th>tokens in / out</th><th>cost (USD)</th>"
-            "<th>per correct</th><th>status</th></tr>")
+            "<th>per correct</th><th>from the cache (saved USD)</th><th>status</th></tr>")
     rows = []
     for r in runs:
         s = r.stats
@@ -101,8 +101,16 @@ def run_table(runs: list[RunView]) -> str:
             + _num("cost_usd", s["cost_usd"], "unknown" if s["cost_usd"] is None else f"{s['cost_usd']:.4f}")
             + _num("cost_per_correct_usd", s["cost_per_correct_usd"],
                    "–" if s["cost_per_correct_usd"] is None else f"{s['cost_per_correct_usd']:.5f}")
+            + _cache_cell(s)
             + f'<td data-key="state" data-value="{_e(json.dumps(s["state"]))}">{_e(s["state_label"])}</td></tr>')
     return f"<table class='runs'>{head}{''.join(rows)}</table>"
+
+
+def _cache_cell(s: dict[str, Any]) -> str:
+    """Units answered from the response cache and what they would have cost (get_stats' ``cache_*``)."""
+    hits, saved = s.get("cache_hits", 0), s.get("cache_saved_usd")
+    shown = "–" if not hits else f"{hits:,} ({'unknown' if saved is None else f'{saved:.4f}'})"
+    return _num("cache", {"cache_hits": hits, "cache_saved_usd": saved}, shown)
 
 
 def _points(x: float) -> str:

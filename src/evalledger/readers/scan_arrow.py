@@ -48,6 +48,8 @@ from evalledger.records import (
     OBJECT_FIELDS,
     OFFSET_COLUMN,
     PAID_FIELDS,
+    SAVED_COST_COLUMN,
+    SAVED_FIELD,
     SCORE_BOOL_COLUMN,
     SCORE_COLUMN,
     STRING_FIELDS,
@@ -63,8 +65,8 @@ READ_SCHEMA = pa.schema(
     + [(n, pa.int64()) for n in INT_FIELDS]
     + [(n, pa.bool_()) for n in BOOL_FIELDS]
     + [(n, pa.float64()) for n in FLOAT_FIELDS]
-    + [("usage", _USAGE), ("paid", _PAID), ("request_ids", pa.list_(pa.string())), ("prompt", pa.list_(_MESSAGE)),
-       ("error", _ERROR), (FEWSHOT_IDS_COLUMN, STRING_LIST)]
+    + [("usage", _USAGE), ("paid", _PAID), (SAVED_FIELD, _PAID), ("request_ids", pa.list_(pa.string())),
+       ("prompt", pa.list_(_MESSAGE)), ("error", _ERROR), (FEWSHOT_IDS_COLUMN, STRING_LIST)]
 )
 """Every field of a record as the runner writes it (single-turn tasks); any other field fails the block."""
 
@@ -98,6 +100,7 @@ def parse_block(data: bytes, start: int) -> tuple[pa.Table, BatchSums] | None:
     for name in FLOAT_FIELDS:
         cols[name] = _finite(t[name])
     cols[SCORE_BOOL_COLUMN] = t[SCORE_COLUMN]
+    cols[SAVED_COST_COLUMN] = _amount(_field(t[SAVED_FIELD], "cost_usd"))  # records.saved_cost
     # records.epoch_of: an epoch below 1 or none at all is epoch 1 (other types failed the read).
     epoch = t[EPOCH_FIELD]
     cols[EPOCH_COLUMN] = pc.fill_null(pc.if_else(pc.greater_equal(epoch, 1), epoch, 1), 1)

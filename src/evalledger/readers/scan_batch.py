@@ -33,6 +33,7 @@ from evalledger.ledger import parse_record_line
 from evalledger.records import (
     BILLED_COST_COLUMN,
     BOOL_COLUMNS,
+    CACHED_COLUMN,
     EPOCH_COLUMN,
     EPOCH_FIELD,
     EXTRA_PREFIX,
@@ -45,6 +46,7 @@ from evalledger.records import (
     OBJECT_COLUMNS,
     OFFSET_COLUMN,
     RECORD_FIELDS,
+    SAVED_COST_COLUMN,
     SCORE_BOOL_COLUMN,
     SCORE_COLUMN,
     SEED_COLUMN,
@@ -53,6 +55,7 @@ from evalledger.records import (
     TIME_COLUMNS,
     bill_of,
     epoch_of,
+    saved_cost,
 )
 
 try:  # the fast parser; json is ~3.5x slower (orjson is a dependency, this only guards odd installs)
@@ -308,6 +311,8 @@ def parse_batch(lines: list[bytes], offsets: list[int]) -> tuple[pa.RecordBatch,
         FEWSHOT_IDS_COLUMN: _string_lists([r.get(FEWSHOT_IDS_COLUMN) for r in recs]),
         "latency_s": _floats(raw["latency_s"]),
         "correct": _bools(raw["correct"]),
+        CACHED_COLUMN: _bools([r.get(CACHED_COLUMN) for r in recs]),
+        SAVED_COST_COLUMN: pa.array([saved_cost(r) for r in recs], type=pa.float64()),
     }
     for name in ("model", "task", "shard", "started_at", "finished_at"):
         cols[name] = _strings(raw[name])

@@ -17,7 +17,16 @@ from evalledger.readers.frames import epochs_of, frame_from_scan, task_of
 from evalledger.readers.intervals import wilson_interval
 from evalledger.readers.repeats import default_metrics, repeat_stats
 from evalledger.readers.scan import RunScan, scan_run
-from evalledger.records import CORRECT_AFTER, CORRECT_BEFORE, STATS_COLUMNS, TRANSITION, TRANSITIONS, total_cost
+from evalledger.records import (
+    CACHED_COLUMN,
+    CORRECT_AFTER,
+    CORRECT_BEFORE,
+    SAVED_COST_COLUMN,
+    STATS_COLUMNS,
+    TRANSITION,
+    TRANSITIONS,
+    total_cost,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,6 +118,7 @@ def stats_from_scan(scan: RunScan, df: "pd.DataFrame", *, vote: bool | None = No
         "output_tokens": output_tokens,
         "cost_usd": cost,
         "cost_per_correct_usd": (cost / correct) if cost is not None and correct else None,
+        **cache_savings(scan),
         "throughput_per_min": throughput * 60 if throughput else None,
         "running": bool(locks),
         "writers": locks,
@@ -152,6 +162,22 @@ def run_bill(scan: RunScan) -> tuple[int, int, float | None]:
     costs = [scan.cost_usd if scan.cost_known else None, calls.cost_usd]
     cost = None if None in costs else total_cost(costs)
     return scan.input_tokens + calls.input_tokens, scan.output_tokens + calls.output_tokens, cost
+
+
+def cache_savings(scan: RunScan) -> dict[str, Any]:
+    """``cache_hits``: the units whose record (the view's: latest ok, else latest error) took some
+    answer from the response cache (``cached``), foreign ids left out; ``cache_saved_usd``: what
+    those answers would have cost (their records' ``saved``), None when some had no known price."""
+    import pyarrow as pa  # slow to import: only when a run is read
+    import pyarrow.compute as pc  # slow to import: only when a run is read
+
+    t = scan.view(["sample_id", CACHED_COLUMN, SAVED_COST_COLUMN])
+    hit = pc.fill_null(t[CACHED_COLUMN], False)
+    foreign = scan.manifest.ids_not_in_dataset
+    if foreign:
+        hit = pc.and_(hit, pc.invert(pc.is_in(t["sample_id"], value_set=pa.array(sorted(foreign), type=pa.string()))))
+    saved = pc.filter(t[SAVED_COST_COLUMN], hit)
+    return {"cache_hits": len(saved), "cache_saved_usd": None if saved.null_count else total_cost(saved.to_pylist())}
 
 
 def _speed(df: "pd.DataFrame", pending: int | None) -> tuple[float | None, float | None]:

@@ -250,8 +250,9 @@ def _lazy_if_large(dataset: Dataset, st: os.stat_result, task: Task,
 
 
 def provider_for(config: RunConfig) -> Provider:
-    """The run's provider, built without any network I/O, so that an unknown ``--model`` or a
-    missing API key is refused before anything is estimated, written or sent."""
+    """The run's provider, made without importing an SDK or any network I/O (both wait for its
+    ``start``), so that an unknown ``--model`` or a missing API key is refused cheaply before
+    anything is estimated, written or sent."""
     return make_provider(config.model, base_url=config.base_url, api_key=config.resolved_api_key(),
                          timeout=config.request_timeout, concurrency=config.concurrency)
 

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any, TextIO
 
+from evalledger.records import saved_cost
+
 
 class Progress:
     """Counts acknowledged units of work (samples, or (sample, epoch) units with ``--epochs``) and shows them.
@@ -92,8 +94,8 @@ class Progress:
             if cost is None:
                 # Unknown, not zero: a record that used tokens without a price makes the total unknown.
                 self.cost_known = self.cost_known and not any((r.get("usage") or {}).values())
-            else:
-                self.cost_usd += float(cost)
+            else:  # answers from the response cache cost nothing
+                self.cost_usd += float(cost) - (saved_cost(r) or 0.0)
         if self._bar is not None:
             self._bar.set_postfix_str(self._postfix(), refresh=False)
             self._bar.update(len(records))

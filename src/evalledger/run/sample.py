@@ -12,9 +12,17 @@ the same unit whose request is identical (same messages and generation parameter
 from there instead of being paid for again, so a crash between turn 1 and turn 2 costs only turn
 2. Two epochs of a sample never share a call.
 
+Response cache: before a call is sent (and after the turn cache), the response cache shared across
+runs is asked for an answer to the identical request (:mod:`evalledger.run.replay`). A hit sends
+nothing: it takes no request slot and no rate-limit budget, and is not paid. A paid answer is stored
+there as soon as it arrives (a failed one never is), so a rerun after ``--overwrite``, under another
+``--run-id``, or a resume after a crash that lost the record, gets it back without paying.
+
 Billing: each results record carries ``paid`` = what that record adds to the run's bill. For a
-single-turn task that is its usage; for a multi-turn task the calls file is the bill (every paid
-call is there once) and the record's ``paid`` is zero, while its ``usage`` is the sample's total.
+single-turn task that is its usage, less the calls the response cache answered; for a multi-turn
+task the calls file is the bill (every paid call is there once) and the record's ``paid`` is zero,
+while its ``usage`` is the sample's total. A record with a call from the response cache says so
+(``cached``) and what those calls would have cost (``saved``).
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from evalledger.fsio import canonical_json, utc_now
+from evalledger.fsio import utc_now
 from evalledger.pricing import Price
 from evalledger.providers import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
-from evalledger.records import unit_key
+from evalledger.records import CACHED_FIELD, SAVED_FIELD, unit_key
+from evalledger.response_cache import ResponseCache
 from evalledger.run.limits import RATE_LIMIT_STATUSES, Limits, estimate_request_tokens
+from evalledger.run.replay import answer_of, cache_key, call_key, response_of
 from evalledger.run.retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
 from evalledger.samples import Sample, epoch_seed, sample_rng
 from evalledger.tasks import Task, TaskOutput
@@ -98,6 +108,9 @@ class SampleContext:
     limits: Limits | None = None
     #: told of every request that got no HTTP response (progress shows them)
     on_connection_error: Callable[[], None] | None = None
+    #: the response cache shared across runs (None: --no-cache) and the endpoint that is part of its keys
+    response_cache: ResponseCache | None = None
+    endpoint: str = ""
 
     @property
     def multi_turn(self) -> bool:
@@ -105,13 +118,6 @@ class SampleContext:
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
         return None if self.price is None else round(self.price.cost(input_tokens, output_tokens), 10)
-
-
-def call_key(request: ChatRequest) -> str:
-    """Identity of one model call: same messages and generation parameters → same answer to reuse."""
-    body = {"messages": request.messages, "model": request.model, "temperature": request.temperature,
-            "max_tokens": request.max_tokens, "seed": request.seed, "top_p": request.top_p}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:32]
 
 
 def input_hash(sample: Sample) -> str:
@@ -129,8 +135,8 @@ class SampleResult:
 
 
 class _SampleCalls:
-    """The model calls of one unit (sample, epoch): the task's ``generate``, the answers it got (paid
-    or replayed from the turn cache) and the HTTP requests they took."""
+    """The model calls of one unit (sample, epoch): the task's ``generate``, the answers it got (paid,
+    replayed from the turn cache or answered by the response cache) and the HTTP requests they took."""
 
     def __init__(self, ctx: SampleContext, sample: Sample, epoch: int, shard: str | None) -> None:
         self.ctx = ctx
@@ -140,7 +146,8 @@ class _SampleCalls:
         self.shard = shard
         self.cache = ctx.cached_calls.get(unit_key(sample.id, epoch), {})
         self.responses: list[ChatResponse] = []
-        self.replayed: list[bool] = []
+        self.replayed: list[bool] = []  # from the turn cache (paid by an earlier attempt of this run)
+        self.cached: list[bool] = []  # from the response cache (not paid by this run)
         self.attempts = 0
         # When the first request went out: the sample's latency counts from there, and the time
         # before it (waiting for a request slot or a rate limit) is the record's queued_s.
@@ -157,6 +164,14 @@ class _SampleCalls:
         hit = self.cache.get(key) if key else None
         if hit is not None:  # paid for by an earlier, interrupted attempt: replay, do not pay again
             return self._replay(hit)
+        shared = ctx.response_cache  # the response cache (self.cache is this unit's turn cache)
+        stored_key = cache_key(ctx.endpoint, self.epoch, request) if shared is not None else ""
+        answer = shared.get(stored_key) if shared is not None else None
+        if answer is not None:  # an identical request was paid for before: nothing is sent
+            self.responses.append(response_of(answer))
+            self.replayed.append(False)
+            self.cached.append(True)
+            return answer.text
         droppable = not self.responses  # no answer yet (earlier turns would be paid for: finish those)
         try:
             resp, n = await call_with_retries(
@@ -170,14 +185,23 @@ class _SampleCalls:
         self.attempts += n
         self.responses.append(resp)
         self.replayed.append(False)
+        self.cached.append(False)
+        # Stored in the response cache, the answer is no longer lost with this sample's record: the
+        # next run of the same command gets it from there.
+        stored = shared is not None and shared.put(stored_key, answer_of(resp), model=ctx.model,
+                                                   endpoint=ctx.endpoint, epoch=self.epoch)
+        if stored:
+            self._count_unrecorded(-1)
         if key and ctx.persist_call is not None:
             # Recorded from here on: the line is appended in a thread that finishes even if this
             # sample is cancelled meanwhile.
-            self._count_unrecorded(-1)
+            if not stored:
+                self._count_unrecorded(-1)
             try:
                 await ctx.persist_call(self._call_record(key, resp))
             except Exception:
-                self._count_unrecorded(1)
+                if not stored:
+                    self._count_unrecorded(1)
                 raise
         return resp.text
 
@@ -246,6 +270,7 @@ class _SampleCalls:
                                            output_tokens=int(usage.get("output_tokens") or 0),
                                            request_id=hit.get("request_id")))
         self.replayed.append(True)
+        self.cached.append(False)
         return hit["response"]
 
     def _call_record(self, key: str, resp: ChatResponse) -> dict[str, Any]:
@@ -260,11 +285,17 @@ class _SampleCalls:
 
     def paid_tokens(self) -> tuple[int, int]:
         """Input and output tokens this sample adds to the bill in its results record: none for a
-        multi-turn task (every paid call is in the calls file already), else the calls not replayed."""
+        multi-turn task (every paid call is in the calls file already), else the calls sent (not
+        replayed from the turn cache, not answered by the response cache)."""
         if self.ctx.multi_turn:
             return 0, 0
-        paid = [r for r, rep in zip(self.responses, self.replayed) if not rep]
+        paid = [r for r, rep, hit in zip(self.responses, self.replayed, self.cached) if not (rep or hit)]
         return sum(r.input_tokens for r in paid), sum(r.output_tokens for r in paid)
+
+    def saved_tokens(self) -> tuple[int, int]:
+        """Input and output tokens of the calls the response cache answered."""
+        hits = [r for r, hit in zip(self.responses, self.cached) if hit]
+        return sum(r.input_tokens for r in hits), sum(r.output_tokens for r in hits)
 
 
 async def run_sample(ctx: SampleContext, sample: Sample, epoch: int = 1) -> SampleResult:
@@ -335,7 +366,7 @@ def _fill_record(record: dict[str, Any], ctx: SampleContext, calls: _SampleCalls
                  error: dict[str, Any] | None) -> None:
     """The task's output (or its absence), the turns, the status, usage and bill of ``record``, in
     the order its keys are written."""
-    responses, replayed = calls.responses, calls.replayed
+    responses, replayed, cached = calls.responses, calls.replayed, calls.cached
     in_tok = sum(r.input_tokens for r in responses)
     out_tok = sum(r.output_tokens for r in responses)
     paid_in, paid_out = calls.paid_tokens()
@@ -354,8 +385,9 @@ def _fill_record(record: dict[str, Any], ctx: SampleContext, calls: _SampleCalls
         record.update(prompt=None, response=[r.text for r in responses] or None, prediction=None,
                       target=None, score=None, correct=None)
     if len(responses) > 1 or any(replayed):
-        record["turn_usage"] = [{"input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "replayed": rep}
-                                for r, rep in zip(responses, replayed)]
+        record["turn_usage"] = [{"input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "replayed": rep,
+                                 **({CACHED_FIELD: True} if hit else {})}
+                                for r, rep, hit in zip(responses, replayed, cached)]
     record.update(
         status="ok" if error is None else "error",
         attempts=calls.attempts,
@@ -363,3 +395,8 @@ def _fill_record(record: dict[str, Any], ctx: SampleContext, calls: _SampleCalls
         cost_usd=ctx.cost(in_tok, out_tok),  # None: the model has no known price (unknown, not zero)
         paid={"input_tokens": paid_in, "output_tokens": paid_out, "cost_usd": ctx.cost(paid_in, paid_out)},
     )
+    if any(cached):
+        saved_in, saved_out = calls.saved_tokens()
+        record[CACHED_FIELD] = True
+        record[SAVED_FIELD] = {"input_tokens": saved_in, "output_tokens": saved_out,
+                               "cost_usd": ctx.cost(saved_in, saved_out)}

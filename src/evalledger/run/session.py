@@ -41,6 +41,7 @@ from evalledger.ledger import (
 )
 from evalledger.providers import Provider
 from evalledger.records import bill_of, bill_of_call, epoch_of, unit_key
+from evalledger.response_cache import response_cache_for
 from evalledger.run.budget import Budget, Estimate, estimate_pending
 from evalledger.run.limits import Limits
 from evalledger.run.manifest import check_or_create_manifest
@@ -64,7 +65,8 @@ class RunSession:
     """One invocation of a prepared run: open the ledger, run what is pending, say how it ended.
 
     Built before anything is written (the provider is made here, so a bad ``--model`` or a missing
-    key is refused first); :meth:`run` does the rest. The attributes set by each step are what the
+    key is refused first; making it imports no SDK, which :meth:`dispatch` does only when something
+    is pending); :meth:`run` does the rest. The attributes set by each step are what the
     later steps and the committer's callbacks share.
     """
 
@@ -111,7 +113,7 @@ class RunSession:
         self.started = False  # the provider was started (and must be closed)
 
     def build_provider(self) -> Provider:
-        """The provider for ``--model`` (no network yet)."""
+        """The provider for ``--model``: checked, but no SDK imported and no network yet."""
         return provider_for(self.config)
 
     # ----------------------------------------------------------------- the whole session
@@ -249,7 +251,8 @@ class RunSession:
             provider=self.provider, run=self.run, price=self.price,
             cached_calls=self.ledger.cached_calls(self.pending.keys()) if multi_turn and self.pending else {},
             persist_call=self.persist_call if multi_turn else None, limits=self.limits,
-            on_connection_error=progress.note_connection_error)
+            on_connection_error=progress.note_connection_error,
+            response_cache=response_cache_for(config), endpoint=prepared.endpoint)
         self.committer = GroupCommitter(self.ledger, on_commit=self.on_commit, fsync=config.fsync,
                                         max_unsynced=2 * max(config.concurrency, 1))
 
