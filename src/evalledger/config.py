@@ -162,12 +162,8 @@ class RunConfig:
             k, n = self.shard
             if not (n >= 1 and 1 <= k <= n):
                 raise UsageError(f"--shard {k}/{n}: K must be between 1 and N")
-        # One plain directory name: no '/', and a letter or digit first, so never '.', '..', a
-        # hidden directory or something that reads as a flag. prepare.run_dir_inside checks again.
-        if self.run_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", self.run_id):
-            raise UsageError(
-                f"--run-id {self.run_id!r}: use letters, digits, '.', '_' and '-' (max 200 chars)"
-            )
+        if self.run_id is not None:
+            check_run_id(self.run_id)
 
     def resolved_api_key(self) -> str | None:
         """The explicit key, or the one in ``api_key_env``; None lets the SDK read its default variable."""
@@ -291,6 +287,17 @@ class RunConfig:
     def resume_command(self) -> str:
         """The exact shell command that resumes this run."""
         return shlex.join(["evalledger", "run", *self.to_cli_args()])
+
+
+#: One plain directory name: no '/', and a letter or digit first, so never '.', '..', a hidden
+#: directory or something that reads as a flag (prepare.run_dir_inside checks the path again).
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_run_id(run_id: str) -> None:
+    """Raise :class:`UsageError` naming ``--run-id`` unless ``run_id`` is a plain directory name."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (max 200 chars)")
 
 
 def identity_hash(identity: dict[str, Any]) -> str:

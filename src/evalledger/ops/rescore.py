@@ -22,13 +22,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from evalledger._version import __version__
-from evalledger.config import identity_hash, slug
+from evalledger.config import check_run_id, identity_hash, slug
 from evalledger.datasets import BUILTIN_DATASETS, Dataset, check_samples, load_dataset, resolve_dataset
 from evalledger.errors import (
     DatasetError,
@@ -66,9 +65,6 @@ from evalledger.readers import RunRef, resolve_run_dir
 from evalledger.tasks import Task, load_task
 
 __all__ = ["RescoreReport", "rescore_run"]
-
-_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-
 
 @dataclass
 class RescoreReport:
@@ -151,8 +147,7 @@ def rescore_run(run: RunRef, *, task: str | None = None, run_id: str | None = No
 
     dest_root = Path(output_dir) if output_dir is not None else source.parent
     new_id = run_id if run_id is not None else _default_run_id(source.name, task_name, scorer, results_sha256)
-    if not _RUN_ID_RE.fullmatch(new_id):
-        raise UsageError(f"--run-id {new_id!r}: use letters, digits, '.', '_' and '-' (max 200 chars)")
+    check_run_id(new_id)
     target = dest_root / new_id
     if target.resolve() == source.resolve():
         raise UsageError(f"--run-id {new_id}: that is the source run itself, which rescore never changes; "
