@@ -410,19 +410,19 @@ def test_the_resume_pass_reads_epochs_from_the_prefix_and_agrees_with_a_full_par
     with CheckpointManager(run) as m:
         m.append_records(recs)
     (block,) = iter_blocks(run / "results.jsonl")
-    assert len(block.prefixes) == len(recs) and not block.records  # the fast path
+    assert block.fast and len(block.records) == len(recs)  # the fast path
     scan = scan_ledger(run)
     done, correct, errored = _reference(run)
     assert (scan.completed, scan.correct, scan.errored) == (done, correct, errored)
     assert done == {sid(0), unit_key(sid(0), 2), unit_key(sid(0), 3), sid(1), unit_key(sid(2), 2), sid(3)}
     assert errored == {unit_key(sid(1), 2)} and unit_key(sid(2), 2) not in correct
 
-    # Another tool's line: every prefix reads like ours, but its epoch comes further on. The block
-    # is parsed in full, so the record is epoch 2 as epoch_of says, not epoch 1.
+    # Another tool's line: its epoch comes after other keys. The record is epoch 2 as epoch_of
+    # says, not epoch 1.
     with open(run / "results.jsonl", "ab") as f:
         f.write(json.dumps({**_record(4, None), "epoch": 2}, separators=(",", ":")).encode() + b"\n")
     (block,) = iter_blocks(run / "results.jsonl")
-    assert not block.prefixes and len(block.records) == len(recs) + 1
+    assert block.fast and len(block.records) == len(recs) + 1
     scan = scan_ledger(run)
     assert (scan.completed, scan.correct, scan.errored) == _reference(run)
     assert unit_key(sid(4), 2) in scan.completed and sid(4) not in scan.completed
@@ -466,7 +466,7 @@ def test_an_old_format_run_resumes_verifies_and_merges_unchanged(fake_server, tm
     (s.run_dir / "manifest.json").write_text(json.dumps(m))
     shutil.rmtree(s.run_dir / ".cache", ignore_errors=True)
     (block,) = iter_blocks(results)
-    assert len(block.prefixes) == n  # old lines still take the fast path
+    assert block.fast and len(block.records) == n  # old lines still take the fast path
     fake_server.clear_requests()
 
     again = run_experiment(run_config(fake_server, data, out, run_id="old"))

@@ -1,5 +1,5 @@
-"""The resume pass over the ledger: the prefix fast path agrees with a full parse, falls back on
-anything odd, and a resume of 100,000 completed records sends nothing."""
+"""The resume pass over the ledger: the block-at-a-time fast path agrees with a full parse, falls
+back on anything odd, and a resume of 100,000 completed records sends nothing."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_writer_puts_the_lead_keys_first_and_the_fast_path_reads_them(tmp_path):
     first = json.loads((run / "results.jsonl").read_bytes().splitlines()[0])
     assert tuple(first)[: len(LEAD_KEYS)] == LEAD_KEYS
     blocks = list(iter_blocks(run / "results.jsonl"))
-    assert len(blocks) == 1 and len(blocks[0].prefixes) == len(recs) and not blocks[0].records
+    assert len(blocks) == 1 and blocks[0].fast and len(blocks[0].records) == len(recs) and not blocks[0].garbage
     scan = assert_agrees(run)
     assert scan.completed == {"s00000", "s00001", "s00002", "s00003"} and scan.correct == {"s00001", "s00002", "s00003"}
     assert scan.files[run / "results.jsonl"].requests == sum(r["attempts"] for r in recs)
@@ -83,7 +83,7 @@ def test_a_block_with_anything_odd_is_read_in_full(tmp_path):
         f.write(b"\x00" * 10 + b"\n")
         f.write(b'{"sample_id":"s00003","status":"ok"')  # a torn tail: never read
     blocks = list(iter_blocks(path))
-    assert not blocks[0].prefixes and [r["sample_id"] for r in blocks[0].records] == ["s00000", "s00001", "s00002"]
+    assert not blocks[0].fast and [r["sample_id"] for r in blocks[0].records] == ["s00000", "s00001", "s00002"]
     assert blocks[0].garbage == [3, 5]
     scan = scan_ledger(run)
     assert scan.completed == {"s00000", "s00001", "s00002"} and scan.records == 3

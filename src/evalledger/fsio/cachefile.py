@@ -112,12 +112,12 @@ def split_ids(blob: bytes) -> list[str]:
 
 def join_ids(ids: list[str]) -> bytes | None:
     """Ids one per line, or None when they cannot be stored that way (an id holding a newline or a lone surrogate)."""
+    if "" in ids:  # an empty id would read back as no id (or merge with a neighbour)
+        return None
+    text = "\n".join(ids)
+    if text.count("\n") != max(len(ids) - 1, 0):
+        return None
     try:
-        text = "\n".join(ids)
-        if text.count("\n") != max(len(ids) - 1, 0) or (len(ids) == 1 and ids[0] == ""):
-            return None
-        if any(not sid for sid in ids):
-            return None
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return None

@@ -1,6 +1,6 @@
 """Pause Python's cyclic garbage collector around bulk loads.
 
-Parsing a million dataset rows or ledger prefixes allocates millions of small containers (dicts,
+Parsing a million dataset rows or ledger records allocates millions of small containers (dicts,
 tuples, lists), none of them in a reference cycle. Each allocation burst triggers collections that
 walk every tracked object so far, a third of the time of such a load here. Pausing the collector
 for the load and resuming it afterwards changes nothing else: reference counting still frees

@@ -17,9 +17,10 @@ from evalledger.records import BillTotal, bill_of_call, epoch_of, unit_key
 try:  # optional: ~3.5x faster parsing on the passes over the results made at every open
     import orjson
 
-    _fast_loads: Any = orjson.loads
+    #: orjson's ``loads`` (None without orjson): the parser :func:`parse_record_line` tries first.
+    fast_loads: Any = orjson.loads
 except ImportError:  # pragma: no cover - depends on the environment
-    _fast_loads = None
+    fast_loads = None
 
 
 def calls_bill(run_dir: Path) -> BillTotal:
@@ -88,16 +89,16 @@ def parse_record_line(raw: bytes) -> dict[str, Any] | None:
     writer cannot have written it, and it would crash whatever prints or exports it.
     """
     rec = None
-    if _fast_loads is not None:
+    if fast_loads is not None:
         try:
-            rec = _fast_loads(raw)
+            rec = fast_loads(raw)
         except ValueError:
             rec = None  # orjson refuses NaN, Infinity and lone surrogates, which json accepts
     if rec is None:
         try:
             rec = json.loads(raw)
-        except ValueError:  # includes UnicodeDecodeError
-            return None
+        except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError; nesting past
+            return None  # the interpreter's limit (orjson stops at 1024 levels) is no record either
         if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(rec):
             return None
     if not is_record(rec):

@@ -1,157 +1,134 @@
-"""Read a results file for what resuming needs, without parsing every record in full.
+"""Read a results file's complete lines in blocks, every line parsed, at orjson's speed.
 
-Resuming a run needs, per record, only its sample id and epoch, status, attempts, ``correct`` and the
-token and cost counts; a full ``orjson.loads`` of a ~1 kB record (prompt, response, timestamps) costs
-~4 µs, i.e. 4 s on a million records. Our writer (:func:`evalledger.ledger.encode_lines`) puts
-those fields first, in a fixed order and format, so a line it wrote starts with a prefix one
-regular expression can read, on a whole ~8 MB block of lines at a time.
+The resume pass and the writer's garbage-line check read every line of the bytes no resume index
+covers (:mod:`evalledger.ledger.index`). A line is a record exactly when
+:func:`~evalledger.ledger.parse_record_line` says so, the one rule every reader uses; this module
+applies that rule to a block of ~1 MB of lines with C-level loops instead of one Python call a line:
 
-When is the prefix trusted instead of a full parse? Only for a block in which *every* line starts
-with that exact prefix, and which holds no NUL byte (a power loss leaves NULs) and decodes as
-UTF-8. Any other block is read line by line with
-:func:`~evalledger.ledger.parse_record_line`, the one rule every reader uses, so garbage, torn
-lines and hostile records are found and skipped exactly as a full parse would, at its speed. The prefix's
-``sample_id`` and ``status`` are the record's own: they open the top-level object, and our writer
-never writes a key twice. The bill read from a prefix is :func:`evalledger.records.bill_of` of the
-record, whatever the values (a block with a line whose prefix has no ``paid`` is also checked for a
-``paid`` further on, which bill_of would bill instead); only a line that repeats a key of the bill
-after its prefix, which JSON leaves undefined and no writer of ours produces, is billed by the first.
-The same holds for ``epoch``: a line whose prefix has none is epoch 1 (records written before
-repeats, other tools'), unless its block holds an ``"epoch":`` key further on, which sends the
-block to the full parse (:func:`evalledger.records.epoch_of` reads a top-level ``epoch`` anywhere).
+* every line goes through ``orjson.loads`` in one ``map`` (the parser ``parse_record_line`` tries
+  first), and
+* the results are checked for the shape ``parse_record_line`` requires (:func:`~evalledger.ledger.is_record`:
+  an object, a string ``sample_id``, a ``status`` that is a string or absent), with ``set(map(type, ...))``
+  over the columns of :data:`evalledger.records.LEAD_KEYS`, which the resume reads next.
 
-What the fast path does not see is damage *after* a well-formed prefix that leaves the line's
-newline in place (a hand edit, bit rot, a lone ``\\ud800`` escape in a response): such a line is
-read by its prefix, where a full parse would skip it. Checking for that would cost a second scan of
-every byte (~1 µs a record here, a third of the pass); crashes cannot produce it (a torn write has
-no newline of its own, and the next writer moves it aside before appending).
+If orjson refuses any line of the block (not JSON, a torn or NUL-filled line, invalid UTF-8, text
+after the object, ``NaN``, a lone surrogate, a byte order mark) or any result has another shape,
+the whole block is read again line by line with ``parse_record_line`` itself, which sorts garbage
+from records (and accepts what only the ``json`` module reads: ``NaN``, ``Infinity``). So a block
+read the fast way holds exactly the records ``parse_record_line`` would return for its lines, the
+same dicts (duplicate keys included: both keep the last value), and no garbage; the fast way is
+only a way to skip the per-line Python work. Nothing depends on the order or spacing of the keys:
+records written by other tools (``json.dumps`` with its default spacing, sorted keys) are read as
+fast as our writer's.
+
+The writer still puts :data:`evalledger.records.LEAD_KEYS` first (:func:`lead_first`): the file
+format is unchanged, and a person reading a line sees its id and status first.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
-from evalledger.ledger.files import parse_record_line
-from evalledger.records import LEAD_KEYS, TOKEN_FIELDS, UNIT_SEPARATOR
+from evalledger.ledger.files import fast_loads, parse_record_line
+from evalledger.records import LEAD_KEYS
 
-# JSON as our writer writes it. A whole number up to 19 digits (no leading zero, which JSON
-# forbids): so every token count read here is below records.COUNT_LIMIT and read alike by every
-# parser; a longer one sends its block to the full parse. [0-9], not \d: in a str pattern \d also
-# takes other scripts' digits, and is slower.
-_INT = r"(?:0|[1-9][0-9]{0,18})"
-_NUM = r"(null|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
-_SID, _EPOCH, _STATUS, _ATTEMPTS, _CORRECT, _USAGE, _COST, _PAID = LEAD_KEYS
-_OPTIONAL = (_EPOCH, _PAID)  # lead keys a line may lack (records older than them, other tools')
-_VALUES = {  # each lead key's value as our writer writes it
-    _SID: r'"([^"\\\n]*)"',
-    _EPOCH: f"({_INT})",
-    _STATUS: r'"(ok|error)"',
-    _ATTEMPTS: f"({_INT})",
-    _CORRECT: r"(true|false|null)",
-    _USAGE: r"\{" + ",".join(f'"{name}":({_INT})' for name in TOKEN_FIELDS) + r"\}",
-    _COST: _NUM,
-}
-_PAID_VALUE = r"\{" + ",".join(f'"{name}":{_INT}' for name in TOKEN_FIELDS) + f',"{_COST}":{_NUM}' + r"\}"
-_VALUES[_PAID] = _PAID_VALUE
+# About a thousand records: their parsed objects (~6 MB) stay in the CPU's cache while the block is
+# checked, summed and freed. 8 MiB blocks took half as long again for the same lines (measured).
+BLOCK_BYTES = 1 << 20
 
-
-def _lead(key: str) -> str:
-    """The pattern of one lead key after the first. ``epoch`` and ``paid`` may be absent; one of
-    another shape must not be mistaken for an absent one, hence the look-ahead."""
-    pattern = f',"{key}":{_VALUES[key]}'
-    return f'(?:{pattern}|(?!,"{key}":))' if key in _OPTIONAL else pattern
-
-
-PREFIX_RE = re.compile(r"\n\{" + f'"{_SID}":{_VALUES[_SID]}' + "".join(map(_lead, LEAD_KEYS[1:])) + "[,}]")
-"""One line's prefix as our writer makes it. Groups: sample id, epoch (``""`` without ``epoch``),
-status, attempts, correct, usage input and output tokens, cost, paid cost (``""`` without
-``paid``; ``null`` when unpriced)."""
-
-#: Where each optional lead key's value is in a :data:`Prefix`, and the key as it opens a value.
-_OPTIONAL_GROUPS = ((1, f'"{_EPOCH}":'), (8, f'"{_PAID}":'))
-#: The ``epoch`` values of a prefix that mean epoch 1 (absent, or not >= 1: ``records.epoch_of``).
-EPOCH_ONE = frozenset(("", "0", "1"))
-
-BLOCK_BYTES = 8 << 20
-
-Prefix = tuple[str, str, str, str, str, str, str, str, str]
+_get = dict.get
+_RECORD_STATUS_TYPES = frozenset((str, type(None)))
+_SID, _STATUS = LEAD_KEYS.index("sample_id"), LEAD_KEYS.index("status")
 
 
 @dataclass
 class Block:
-    """The complete lines of one block of a file, read the fast way or the slow way (never both).
+    """The complete lines of one block of a file.
 
-    ``prefixes``: the regex groups of every line (fast path). ``records``: the full record of every
-    line that is one (slow path). ``garbage``: 1-based line numbers of complete lines that are not
-    records. Lines are in file order within each list.
+    ``records``: the record of every line that is one, in file order. ``garbage``: 1-based line
+    numbers of complete lines that are not records. ``fast``: whether the block was read in one go
+    (then ``garbage`` is empty); either way ``records`` and ``garbage`` are what
+    :func:`parse_record_line` says of each line. ``columns``: when read in one go, the values of
+    :data:`evalledger.records.LEAD_KEYS` in the records (:func:`columns`).
     """
 
     first_line: int
     lines: int
-    nbytes: int = 0  # the block's size in bytes (set by iter_blocks)
-    prefixes: list[Prefix] = field(default_factory=list)
+    nbytes: int = 0  # the block's size in bytes (set by read_blocks)
     records: list[dict[str, Any]] = field(default_factory=list)
     garbage: list[int] = field(default_factory=list)
+    fast: bool = False
+    columns: list[Sequence[Any]] | None = None
+
+    def lead(self) -> dict[str, Sequence[Any]]:
+        """Each of :data:`evalledger.records.LEAD_KEYS` → its value in every record (None where absent)."""
+        return dict(zip(LEAD_KEYS, self.columns if self.columns is not None else columns(self.records, LEAD_KEYS)))
 
 
 def iter_blocks(path: Path, tail: list[int] | None = None, block_bytes: int = BLOCK_BYTES,
-                start: int = 0) -> Iterator[Block]:
-    """Every complete line of ``path``, in blocks. A last line without its newline is left out (it
-    is being written right now, or torn); its length is appended to ``tail`` if given.
-
-    ``start``: begin at this byte offset, which must be the start of a line (line numbers then count
-    from there). A missing file yields nothing.
-    """
+                start: int = 0, first_line: int = 1) -> Iterator[Block]:
+    """Every complete line of ``path``, in blocks (see :func:`read_blocks`). A missing file yields nothing."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         return
-    line_no = 1
-    carry = b""
     with f:
-        if start:
-            f.seek(start)
-        while True:
-            data = f.read(block_bytes)
-            if not data:
-                break
-            data = carry + data if carry else data
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                carry = data  # no newline yet: a very long line, keep reading
-                continue
-            carry = data[cut:]
-            block = read_block(data[:cut] if cut < len(data) else data, line_no)
-            block.nbytes = cut
-            line_no += block.lines
-            yield block
+        yield from read_blocks(f, tail, block_bytes, start, first_line)
+
+
+def read_blocks(f: IO[bytes], tail: list[int] | None = None, block_bytes: int = BLOCK_BYTES,
+                start: int = 0, first_line: int = 1, stop: int | None = None) -> Iterator[Block]:
+    """Every complete line of the file open as ``f``, in blocks. A last line without its newline
+    is left out (it is being written right now, or torn); its length is appended to ``tail`` if given.
+
+    ``start``: begin at this byte offset, which must be the start of a line; ``first_line`` is the
+    number of that line (for the garbage line numbers). ``stop``: end at this offset (the start of
+    a line) instead of the end of the file.
+    """
+    line_no = first_line
+    carry = b""
+    f.seek(start)
+    remaining = None if stop is None else stop - start
+    while remaining is None or remaining > 0:
+        data = f.read(block_bytes if remaining is None else min(block_bytes, remaining))
+        if not data:
+            break
+        if remaining is not None:
+            remaining -= len(data)
+        data = carry + data if carry else data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            carry = data  # no newline yet: a very long line, keep reading
+            continue
+        carry = data[cut:]
+        block = read_block(data[:cut] if cut < len(data) else data, line_no)
+        del data  # the block's bytes are not needed once it is split into lines
+        block.nbytes = cut
+        line_no += block.lines
+        yield block
+        del block  # its records go as soon as the caller is done with them
     if carry and tail is not None:
         tail.append(len(carry))
 
 
 def read_block(data: bytes, first_line: int) -> Block:
     """Classify the complete, newline-terminated lines in ``data`` (see the module docstring)."""
-    n = data.count(b"\n")
-    block = Block(first_line, n)
-    if b"\x00" not in data:
-        try:
-            # ASCII (the usual case) decodes as Latin-1 with a plain copy; else UTF-8 validates it.
-            text = "\n" + (data.decode("latin-1") if data.isascii() else data.decode("utf-8"))
-        except UnicodeDecodeError:
-            text = ""
-        # The pattern starts with "\n" and never crosses one, so each match is one line's start,
-        # and n matches means every line has the prefix.
-        prefixes = PREFIX_RE.findall(text)
-        if len(prefixes) == n and _no_lead_key_after_the_prefix(text, prefixes):
-            block.prefixes = prefixes
-            return block
-
-    number = first_line
     # split on b"\n" only, as ``for line in file`` does (splitlines would also cut at b"\r")
-    for raw in data[:-1].split(b"\n"):
+    raw_lines = data.split(b"\n")
+    raw_lines.pop()  # the empty string after the last newline
+    block = Block(first_line, len(raw_lines))
+    fast = _parse_fast(raw_lines)
+    if fast is not None:
+        block.records, block.columns = fast
+        block.fast = True
+        return block
+    number = first_line
+    for raw in raw_lines:
         rec = parse_record_line(raw)
         if rec is None:
             block.garbage.append(number)
@@ -161,24 +138,33 @@ def read_block(data: bytes, first_line: int) -> Block:
     return block
 
 
-def _no_lead_key_after_the_prefix(text: str, prefixes: list[Prefix]) -> bool:
-    """Whether no line whose prefix lacks ``paid`` (or ``epoch``) holds one further on (bill_of
-    would bill it; epoch_of would read it). (A string cannot hold the key ``"paid":``: its closing
-    quote would be escaped.) Costs one scan of the block per such key, and only when some line
-    lacks it (records older than ``paid`` or ``epoch``)."""
-    for group, key in _OPTIONAL_GROUPS:
-        with_key = len(prefixes) - [p[group] for p in prefixes].count("")
-        if with_key != len(prefixes) and text.count(key) != with_key:
-            return False
-    return True
+def _parse_fast(raw_lines: list[bytes]) -> tuple[list[dict[str, Any]], list[Sequence[Any]]] | None:
+    """Every line's record and their lead columns when orjson reads every line and each is
+    record-shaped, else None."""
+    if fast_loads is None or not raw_lines:
+        return None
+    try:
+        records = list(map(fast_loads, raw_lines))
+    except ValueError:  # orjson.JSONDecodeError; the block is read line by line instead
+        return None
+    # is_record, in C-level loops: objects, string ids, statuses that are strings or absent
+    if set(map(type, records)) != {dict}:
+        return None
+    cols = columns(records, LEAD_KEYS)
+    if set(map(type, cols[_SID])) != {str} or not _RECORD_STATUS_TYPES.issuperset(map(type, cols[_STATUS])):
+        return None
+    return records, cols
 
 
-def prefix_unit_keys(prefixes: list[Prefix]) -> list[str]:
-    """The unit key (:func:`evalledger.records.unit_key`) of each prefix, in C-level loops: the bare
-    id of every line when the block holds only epoch 1 (every run without repeats)."""
-    if EPOCH_ONE.issuperset([p[1] for p in prefixes]):
-        return [p[0] for p in prefixes]
-    return [p[0] if p[1] in EPOCH_ONE else p[0] + UNIT_SEPARATOR + p[1] for p in prefixes]
+def columns(rows: list[dict[str, Any]], names: tuple[str, ...]) -> list[Sequence[Any]]:
+    """``[[row.get(name) for row in rows] for name in names]`` for dicts ``rows``, in C-level loops,
+    each row read once when it has every name."""
+    if not rows:
+        return [() for _ in names]
+    try:
+        return list(zip(*map(itemgetter(*names), rows))) if len(names) > 1 else [list(map(_get, rows, names))]
+    except KeyError:  # some row lacks one (older records, other tools'): read it as None
+        return [list(map(_get, rows, repeat(name))) for name in names]
 
 
 def lead_first(record: dict[str, Any]) -> dict[str, Any]:

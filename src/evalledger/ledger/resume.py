@@ -3,8 +3,11 @@
 What is done, what errored (by unit of work, (sample, epoch): :func:`evalledger.records.unit_key`,
 the bare sample id for epoch 1), the usage and spend so far, records for ids the dataset lacks, and
 the counters of this writer's own file: everything the runner and the manifest check need, in one
-pass that reads most lines by their prefix only (see :mod:`evalledger.ledger.lines`), and only past what each file's index under
-``<run_dir>/.cache/resume-v1/`` already sums up (see :mod:`evalledger.ledger.index`).
+pass that parses every line with C-level loops (:mod:`evalledger.ledger.tally`), and only past
+what each file's index under ``<run_dir>/.cache/resume-v1/`` already sums up (see
+:mod:`evalledger.ledger.index`). The writer's own file has usually been read already, when the
+writer opened it (:func:`evalledger.ledger.repair.check_results_file` indexes what it read), so the
+pass then reads only the other writers' files.
 """
 
 from __future__ import annotations
@@ -13,18 +16,17 @@ import math
 import os
 from collections.abc import Container
 from dataclasses import dataclass, field
-from itertools import chain, compress, filterfalse
-from operator import not_
+from itertools import chain, filterfalse
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from evalledger.fsio import paused_gc
 from evalledger.ledger import index as ledger_index
 from evalledger.ledger.files import calls_bill
-from evalledger.ledger.index import FilePart, multi_counts
+from evalledger.ledger.index import FilePart
 from evalledger.ledger.layout import results_files
-from evalledger.ledger.lines import Prefix, iter_blocks, prefix_unit_keys
-from evalledger.records import UNIT_SEPARATOR, BillTotal, bill_of, count_of, epoch_of, total_cost, unit_key
+from evalledger.ledger.tally import add_records, as_sum, joined, read_results
+from evalledger.records import UNIT_SEPARATOR, epoch_of, unit_key
 
 
 @dataclass
@@ -87,7 +89,7 @@ def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None, own: Pat
     """
     scan = LedgerScan()
     errored_all: set[str] = set()
-    with paused_gc():  # a million prefix tuples, none in a cycle: see gcpause
+    with paused_gc():  # a million parsed records and ids, none in a cycle: see gcpause
         for path in results_files(run_dir):
             counts = scan.files.setdefault(path, FileCounts())
             part, end, indexed_end = _scan_file(path)
@@ -97,8 +99,16 @@ def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None, own: Pat
     if own is not None and scan.own is None:
         scan.own = FilePart()  # no such file yet: it starts empty
     scan.errored = errored_all - scan.completed
-    scan.billed_cost += _as_sum(calls_bill(run_dir).cost_usd)
+    scan.billed_cost += as_sum(calls_bill(run_dir).cost_usd)
     return scan
+
+
+def load_index(path: Path, f: IO[bytes], st: os.stat_result) -> tuple[FilePart, int] | None:
+    """The valid index of ``path`` (open as ``f``) and the bytes it covers, if indexes are on and
+    the file is large enough to have one."""
+    if not index_enabled() or st.st_size < ledger_index.MIN_BYTES:
+        return None
+    return ledger_index.load(path, f, st)
 
 
 def _scan_file(path: Path) -> tuple[FilePart, int, int]:
@@ -110,26 +120,17 @@ def _scan_file(path: Path) -> tuple[FilePart, int, int]:
         return FilePart(), 0, 0
     with f:
         st = os.fstat(f.fileno())
-        use_index = index_enabled()
-        cached = ledger_index.load(path, f, st) if use_index and st.st_size >= ledger_index.MIN_BYTES else None
-        start = cached[1] if cached is not None else 0
-        tail = FilePart()
-        keys: list[str] = []  # the unit key of every record, in file order
-        end = start
-        for block in iter_blocks(path, start=start):
-            end += block.nbytes
-            if block.prefixes:
-                _add_prefixes(tail, keys, block.prefixes)
-            else:
-                _add_records(tail, keys, block.records)
-        tail.counts = multi_counts(keys)
+        cached = load_index(path, f, st)
         if cached is None:
-            part = tail
+            read = read_results(f)
         else:
-            part = cached[0] if not tail.records else cached[0].then(tail)
-        if use_index and ledger_index.should_save(start, end) and ledger_index.save(path, f, st, part, end):
-            start = end
-    return part, end, start
+            read = read_results(f, cached[1], cached[0].records + cached[0].garbage + 1)
+        part = joined(cached[0] if cached is not None else None, read)
+        indexed = read.start
+        if index_enabled() and ledger_index.should_save(indexed, read.end) and ledger_index.save(
+                path, f, st, part, read.end):
+            indexed = read.end
+    return part, read.end, indexed
 
 
 def note_committed(part: FilePart, records: list[dict[str, Any]]) -> None:
@@ -139,7 +140,7 @@ def note_committed(part: FilePart, records: list[dict[str, Any]]) -> None:
         key = unit_key(rec["sample_id"], epoch_of(rec))
         if key in part.last_ok or key in part.errored:
             part.counts[key] = part.counts.get(key, 1) + 1
-    _add_records(part, [], records)
+    add_records(part, [], records)
 
 
 def save_own_index(path: Path, part: FilePart, end: int, indexed_end: int) -> bool:
@@ -168,9 +169,13 @@ def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePa
     """Add one file's part to the scan (files in order: a later ok record decides ``correct``)."""
     # C-level loops only: this runs over every id of every file
     correct, other = (list(ids) for ids in part.ok_ids())
+    first = not scan.completed  # then ``completed`` is this part's ok units once updated
     scan.completed.update(correct)
     scan.completed.update(other)
-    scan.correct.update(correct)
+    if first:
+        scan.correct = scan.completed.copy()  # a copy of a set reuses its hashes: cheaper than adding again
+    else:
+        scan.correct.update(correct)
     scan.correct.difference_update(other)
     errored.update(part.errored)
     scan.records += part.records
@@ -186,7 +191,10 @@ def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePa
     # Records for ids the dataset lacks (rare: results copied in, a recreated manifest). A key that
     # is not a dataset id is a later epoch's or a foreign one: only those are split (ids never
     # hold the separator, so the id is what comes before it).
-    keys = list(filterfalse(known_ids.__contains__, chain(correct, other)))
+    if first and isinstance(known_ids, (set, frozenset)) and scan.completed <= known_ids:
+        keys = []  # every ok unit is a dataset id (the usual case), found with one C-level pass
+    else:
+        keys = list(filterfalse(known_ids.__contains__, chain(correct, other)))
     foreign = [k for k in keys if k.partition(UNIT_SEPARATOR)[0] not in known_ids]
     foreign_ok = set(foreign)
     foreign += [k for k in part.errored if k not in known_ids and k not in foreign_ok
@@ -198,62 +206,3 @@ def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePa
         sid = key.partition(UNIT_SEPARATOR)[0]
         scan.foreign[sid] = scan.foreign.get(sid, 0) + n
     scan.in_dataset += part.records - n_foreign
-
-
-def _add_prefixes(part: FilePart, keys: list[str], prefixes: list[Prefix]) -> None:
-    # Hot path (a million records should take about a second): comprehensions and C-level sums,
-    # no per-record function calls.
-    units = prefix_unit_keys(prefixes)
-    is_ok = [p[2] == "ok" for p in prefixes]
-    ok_rows = list(compress(prefixes, is_ok))
-    # the last ok record of a unit decides whether it is correct, as in the merged view
-    part.last_ok.update(zip(compress(units, is_ok), [p[4] == "true" for p in ok_rows]))
-    part.errored.update(compress(units, map(not_, is_ok)))
-    keys.extend(units)
-    ok, n = len(ok_rows), len(prefixes)
-    part.records += n
-    part.ok_records += ok
-    part.error_records += n - ok
-    part.input_tokens += sum(map(int, [p[5] for p in ok_rows]))
-    part.output_tokens += sum(map(int, [p[6] for p in ok_rows]))
-    part.billed_cost += _prefix_cost([p[8] or p[7] for p in prefixes])
-    part.requests += sum(map(int, [p[3] for p in prefixes]))
-
-
-def _prefix_cost(costs: list[str]) -> float:
-    """The cost the lines of a block add to the bill, from their prefixes' ``paid`` cost, or (lines
-    without ``paid``) their ``cost_usd``: :func:`evalledger.records.bill_of`, in C-level loops. The
-    object billed from always holds tokens here, so a missing cost (null, negative, beyond a float)
-    makes the bill unknown (NaN)."""
-    if "null" in costs:
-        return math.nan
-    values = list(map(float, costs))
-    if min(values, default=0.0) < 0:
-        return math.nan
-    return _as_sum(total_cost(values))  # a number too large for a float reads as inf: unknown
-
-
-def _as_sum(cost: float | None) -> float:
-    """A cost to add to ``billed_cost``: NaN for an unknown one, so that the sum is unknown too."""
-    return math.nan if cost is None else cost
-
-
-def _add_records(part: FilePart, keys: list[str], records: list[dict[str, Any]]) -> None:
-    bill = BillTotal()
-    for rec in records:
-        key = unit_key(rec["sample_id"], epoch_of(rec))
-        keys.append(key)
-        part.records += 1
-        part.requests += count_of(rec.get("attempts"))
-        if rec.get("status") == "ok":
-            part.ok_records += 1
-            part.last_ok[key] = rec.get("correct") is True
-            usage = rec.get("usage")
-            if type(usage) is dict:
-                part.input_tokens += count_of(usage.get("input_tokens"))
-                part.output_tokens += count_of(usage.get("output_tokens"))
-        else:
-            part.error_records += 1
-            part.errored.add(key)
-        bill.add(bill_of(rec))
-    part.billed_cost += _as_sum(bill.cost_usd)

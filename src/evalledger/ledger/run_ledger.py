@@ -10,7 +10,8 @@ Durability rules (nothing acknowledged is lost; never pay twice for a completed 
 * If the process dies mid-write, the next writer moves the torn tail aside to
   ``results….jsonl.corrupt-<timestamp>`` (never deleting it) before appending. Complete lines
   that are not records (garbage, a block of NULs left by a power loss) are moved aside the same
-  way, with a crash-safe rewrite (:func:`move_garbage_lines_aside`).
+  way, with a crash-safe rewrite (:func:`move_garbage_lines_aside`). Both checks look only at the
+  bytes that no valid resume index covers (:func:`check_results_file`).
 * A resume state that cannot be trusted (truncated, not JSON, bad checksum, a newer version) is
   copied aside and rebuilt from the results; an unreadable manifest stops the writer before it
   touches anything.
@@ -25,16 +26,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from itertools import compress, repeat
+from operator import eq
 from pathlib import Path
 from typing import Any, Iterator
 
 from evalledger.errors import LedgerCorruptError
-from evalledger.fsio import file_timestamp, fsync_dir, hostname, leftover_temps, utc_now, write_json_atomic
+from evalledger.fsio import file_timestamp, fsync_dir, hostname, leftover_temps, paused_gc, utc_now, write_json_atomic
 from evalledger.ledger.files import ReadReport, iter_file_records, iter_run_records, latest_records
 from evalledger.ledger.layout import RunPaths, calls_files, corrupt_aside, results_files, stale_clean_copies
 from evalledger.ledger.lines import iter_blocks, lead_first
 from evalledger.ledger.locks import WriterLocks
-from evalledger.ledger.repair import move_garbage_lines_aside, repair_torn_tail
+from evalledger.ledger.repair import check_results_file, repair_torn_tail
 from evalledger.ledger.state import build_resume_state, restore_random_state, resume_state_problem
 from evalledger.records import epoch_of, unit_key
 
@@ -93,8 +96,7 @@ class RunLedger:
             # Temp files of atomic writes cut short by a crash; we hold the lock, so none is live.
             for stale in leftover_temps(self.state_path):
                 stale.unlink(missing_ok=True)
-            self.repaired_tail = repair_torn_tail(self.results_path)
-            self._repair_garbage_lines()
+            self._repair_results()
             self._keep_untrusted_state()
             self._fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._size = os.fstat(self._fd).st_size
@@ -116,15 +118,18 @@ class RunLedger:
         finally:
             self._locks.release()
 
-    def _repair_garbage_lines(self) -> None:
-        """Move complete lines that are not records out of this writer's results file (see
-        :func:`move_garbage_lines_aside`) and note a warning naming their line numbers."""
+    def _repair_results(self) -> None:
+        """Move a torn tail and complete lines that are not records out of this writer's results
+        file, in the bytes no valid resume index covers (:func:`check_results_file`), and note a
+        warning naming the garbage lines."""
         # A cleaned copy that a killed writer never renamed holds a subset of the results file's
         # lines (the original is only replaced by the rename), so dropping it loses nothing. We
         # hold the lock: no live writer of this file can own one.
         for stale in stale_clean_copies(self.results_path):
             stale.unlink(missing_ok=True)
-        aside, numbers = move_garbage_lines_aside(self.results_path)
+        check = check_results_file(self.results_path)
+        self.repaired_tail = check.torn_tail
+        aside, numbers = check.garbage_aside, check.garbage_lines
         if aside is not None:
             self.moved_lines = aside
             shown = ", ".join(map(str, numbers[:10])) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
@@ -349,19 +354,20 @@ class RunLedger:
     def completed_ids(self, report: ReadReport | None = None) -> set[str]:
         """Sample IDs with an ``ok`` record (of any epoch) in any results file of the run.
 
-        Streams each file once, reading our writer's records by their prefix (see
-        :mod:`evalledger.ledger.lines`); ``report`` counts lines as :func:`iter_file_records` does.
+        Streams each file once, a block of lines at a time (see :mod:`evalledger.ledger.lines`);
+        ``report`` counts lines as :func:`iter_file_records` does.
         """
         report = report if report is not None else ReadReport()
         done: set[str] = set()
-        for path in results_files(self.run_dir):
-            tail: list[int] = []
-            for block in iter_blocks(path, tail):
-                report.lines += block.lines
-                report.skipped_lines += len(block.garbage)
-                done.update([p[0] for p in block.prefixes if p[2] == "ok"])
-                done.update([r["sample_id"] for r in block.records if r.get("status") == "ok"])
-            report.partial_tail_bytes += sum(tail)
+        with paused_gc():  # a block of parsed records at a time, none in a cycle
+            for path in results_files(self.run_dir):
+                tail: list[int] = []
+                for block in iter_blocks(path, tail):
+                    report.lines += block.lines
+                    report.skipped_lines += len(block.garbage)
+                    lead = block.lead()
+                    done.update(compress(lead["sample_id"], map(eq, lead["status"], repeat("ok"))))
+                report.partial_tail_bytes += sum(tail)
         return done
 
     def latest_records(self) -> dict[str, dict[str, Any]]:
