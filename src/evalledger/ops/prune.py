@@ -104,9 +104,8 @@ def _ok_ids(run_dir: Path) -> set[str]:
     """Unit keys (:func:`evalledger.records.unit_key`) with an ok record in any results file of
     ``run_dir`` (streaming, all shards): two epochs of a sample are two results to keep.
 
-    Every line fully parsed, on purpose: ``RunLedger.completed_ids`` trusts a line's prefix
-    (see :mod:`evalledger.ledger.lines`), and a line damaged after its prefix must not count as the copy that lets
-    another one be deleted.
+    Every line parsed with ``parse_record_line`` (the one rule for what a line is), so a damaged line
+    never counts as the copy that lets another one be deleted.
     """
     return {unit_key(r["sample_id"], epoch_of(r)) for p in results_files(run_dir) for r in iter_file_records(p)
             if r.get("status") == "ok"}
