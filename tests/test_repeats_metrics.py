@@ -385,3 +385,14 @@ def test_k_is_the_manifests_epochs_or_the_highest_epoch_recorded(tmp_path):
     (bad / "manifest.json").write_text(json.dumps({**manifest, "epochs": "3"}))
     s = get_stats(bad)
     assert s["epochs"] == 3 and "epochs is not a whole number" in s["manifest_problem"]
+
+
+def test_errors_counts_units_and_names_how_many_samples_they_are(tmp_path):
+    """`evalledger errors` on a repeated run: two epochs of one sample and one of another failed alike."""
+    run = k_run(tmp_path / "out" / "k3e", [erec("a", 1, "error"), erec("a", 2, "error"), erec("a", 3),
+                                           erec("b", 1), erec("b", 2, "error"), erec("b", 3)], samples=2)
+    r = run_cli(["errors", "k3e", "--output-dir", str(tmp_path / "out")], dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert "BadRequestError (HTTP 400): 3 (sample, epoch) unit(s) of 2 sample(s)" in r.stdout
+    [group] = json.loads(run_cli(["errors", str(run), "--json"], dict(os.environ)).stdout)
+    assert (group["count"], group["samples"], group["sample_ids"]) == (3, 2, ["a", "b"])

@@ -233,7 +233,10 @@ def errors(run_ref: str, output_dir: Path, as_json: bool) -> None:
         return
     for g in groups:
         codes = f" (HTTP {', '.join(map(str, g['status_codes']))})" if g["status_codes"] else ""
-        click.echo(f"{g['type']}{codes}: {g['count']} sample(s)")
+        # With repeats a group counts (sample, epoch) units; say so, and how many samples they are.
+        what = (f"{g['count']} sample(s)" if g["count"] == g["samples"]
+                else f"{g['count']} (sample, epoch) unit(s) of {g['samples']} sample(s)")
+        click.echo(f"{g['type']}{codes}: {what}")
         click.echo(f"  e.g. {g['example_sample_id']}: {g['example_message']}")
 
 

@@ -72,7 +72,8 @@ def error_groups(run: RunRef, output_dir: str | Path | None = None) -> list[dict
     for etype, g in errs.groupby(errs["error_type"].fillna("unknown"), sort=False):
         first = g.iloc[0]
         codes = sorted({int(c) for c in g["error_status_code"].dropna()})
-        groups.append({"type": str(etype), "count": len(g), "status_codes": codes,
+        groups.append({"type": str(etype), "count": len(g), "samples": int(g["sample_id"].nunique()),
+                       "status_codes": codes,
                        "example_sample_id": str(first["sample_id"]),
                        "example_message": None if pd.isna(first["error_message"]) else str(first["error_message"]),
                        "sample_ids": list(dict.fromkeys(str(x) for x in g["sample_id"]))[:20]})  # once per epoch
