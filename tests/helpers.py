@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -175,3 +176,21 @@ def settle_requests(server: Any, quiet: float = 1.0, timeout: float = 20.0) -> N
             return
         seen = count
         time.sleep(quiet)
+
+
+def kill_9_when(args: list[str], env: dict[str, str], cwd: Path, predicate: Any, timeout: float, what: str,
+                pause: float = 0.0) -> None:
+    """Start ``evalledger`` with ``args``, wait until ``predicate()`` holds (``what``: for the
+    time-out message), wait ``pause`` seconds more, then kill -9 it while it is still running."""
+    proc = popen_cli(args, env, cwd=cwd)
+    try:
+        wait_for(predicate, timeout, what, proc)
+        time.sleep(pause)
+        assert proc.poll() is None, f"the run finished before the kill: {proc.communicate()[1]}"
+        proc.kill()
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL

@@ -27,6 +27,7 @@ import pytest
 from helpers import (
     all_records,
     cli_env,
+    kill_9_when,
     line_count,
     marker,
     popen_cli,
@@ -96,18 +97,8 @@ def test_sigkill_at_random_moments_then_resume_completes_exactly_once(fake_serve
     kills = 0
     while kills < kills_wanted:
         before = line_count(results)
-        proc = popen_cli(args, env, cwd=tmp_path)
-        try:
-            wait_for(lambda: line_count(results) > before, 30, "new records were written", proc)
-            time.sleep(rng.uniform(0.0, 0.2))
-            assert proc.poll() is None, f"the run finished before kill {kills + 1}: {proc.communicate()[1]}"
-            proc.kill()
-            proc.communicate(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == -signal.SIGKILL
+        kill_9_when(args, env, tmp_path, lambda: line_count(results) > before, 30, "new records were written",
+                    rng.uniform(0.0, 0.2))
         kills += 1
         # Whatever the moment, the file is whole lines plus at most a prefix of one record.
         recs, tail = read_lines(results)
@@ -161,16 +152,7 @@ def test_torn_tail_after_kill_is_not_data_and_resume_moves_it_aside(fake_server,
     args = run_args(data, out, "torn", "--concurrency", "4")
     results = out / "torn" / "results.jsonl"
 
-    proc = popen_cli(args, env, cwd=tmp_path)
-    try:
-        wait_for(lambda: line_count(results) >= 3, 30, "three records were written", proc)
-        proc.kill()
-        proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_when(args, env, tmp_path, lambda: line_count(results) >= 3, 30, "three records were written")
 
     recs, tail = read_lines(results)
     done = {r["sample_id"] for r in recs if r["status"] == "ok"}

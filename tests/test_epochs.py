@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,12 @@ from fakeserver import answer_from_marker
 from helpers import (
     all_records,
     cli_env,
+    kill_9_when,
     line_count,
-    popen_cli,
     read_lines,
     run_cli,
     run_config,
     settle_requests,
-    wait_for,
     write_qa_dataset,
 )
 
@@ -193,17 +190,7 @@ def test_kill_9_in_a_repeated_run_then_resume_every_unit_once_nothing_paid_twice
                    "--checkpoint-every", "1")
     results = out / "kill" / "results.jsonl"
     for at in (15, 60):
-        proc = popen_cli(args, env, cwd=tmp_path)
-        try:
-            wait_for(lambda: line_count(results) >= at, 60, f"{at} records were written", proc)
-            time.sleep(0.05)
-            proc.kill()
-            proc.communicate(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == -signal.SIGKILL
+        kill_9_when(args, env, tmp_path, lambda: line_count(results) >= at, 60, f"{at} records were written", 0.05)
         recs, tail = read_lines(results)
         assert all(c == 1 for c in ok_units(recs).values()), "a unit recorded twice"
         if tail:
