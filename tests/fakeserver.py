@@ -21,6 +21,9 @@ Two ways to use it:
       # prints "READY http://127.0.0.1:PORT" and serves until killed;
       # GET /_fake/stats returns the request counters as JSON.
 
+The batch endpoints (OpenAI Files + Batches, Anthropic Message Batches) are served too, controlled
+through ``server.batches`` (see fakebatch.py); their items are answered by the same responder.
+
 Fault injection (``fail_next``, ``fail_when``, ``fail_always``, ``fail_rate``) can be changed at
 any moment from the test thread while the server answers requests on its own event loop thread.
 """
@@ -45,6 +48,7 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, get_args
 
 from aiohttp import web
+from fakebatch import API, FakeBatches, ItemAnswer, ItemFailure
 
 __all__ = [
     "ANTHROPIC_PATH",
@@ -58,11 +62,14 @@ __all__ = [
     "estimate_tokens",
     "last_user_text",
     "message_texts",
+    "reply_payload",
+    "request_text",
 ]
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
 STATS_PATH = "/_fake/stats"
+_API_PATHS: dict[API, str] = {"openai": OPENAI_PATH, "anthropic": ANTHROPIC_PATH}
 
 Responder = Callable[[dict[str, Any]], str]
 """Maps a parsed request body (either API's format) to the assistant's reply text."""
@@ -115,6 +122,11 @@ def last_user_text(body: dict[str, Any]) -> str:
         if role == "user":
             return text
     return ""
+
+
+def request_text(body: dict[str, Any]) -> str:
+    """All message text of a request body joined by newlines (what ``count_for`` searches)."""
+    return "\n".join(t for _, t in message_texts(body))
 
 
 def estimate_tokens(text: str) -> int:
@@ -210,7 +222,11 @@ class RecordedRequest:
     @property
     def request_id(self) -> str:
         """The request id header value sent for this request."""
-        return f"req_{self.seq}"
+        return _request_id(self.seq)
+
+
+def _request_id(seq: int) -> str:
+    return f"req_{seq}"
 
 
 @dataclass
@@ -299,6 +315,55 @@ def _anthropic_error_body(fault: Fault, model: str, request_id: str) -> dict[str
     }
 
 
+def error_payload(path: str, fault: Fault, model: str, request_id: str) -> dict[str, Any]:
+    """The error body the API at ``path`` answers ``fault`` with."""
+    if path == OPENAI_PATH:
+        return _openai_error_body(fault, model)
+    return _anthropic_error_body(fault, model, request_id)
+
+
+def reply_payload(path: str, body: dict[str, Any], reply: str, seq: int) -> dict[str, Any]:
+    """The success body the API at ``path`` answers request ``body`` with when the model says ``reply``.
+
+    Ids come from the request's arrival number ``seq``; token counts are ``estimate_tokens`` of the
+    request's message text and of the reply.
+    """
+    model = body["model"]
+    input_tokens = estimate_tokens(request_text(body))
+    output_tokens = estimate_tokens(reply)
+    if path == OPENAI_PATH:
+        return {
+            "id": f"chatcmpl-fake{seq:08d}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": input_tokens,
+                "completion_tokens": output_tokens,
+                "total_tokens": input_tokens + output_tokens,
+            },
+            "system_fingerprint": None,
+        }
+    return {
+        "id": f"msg_fake{seq:08d}",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": reply}],
+        "model": model,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+
+
 def _format_seconds(seconds: float) -> str:
     """Retry-After value: an integer when whole (as servers send it), else a decimal."""
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
@@ -351,6 +416,8 @@ class FakeServer:
         self._match_rules: list[_MatchRule] = []
         self._always: Fault | None = None
         self._rate: _RateRule | None = None
+        #: the batch endpoints' controls and counters
+        self.batches = FakeBatches(self, request_text)
 
         self._port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -592,6 +659,7 @@ class FakeServer:
         app.router.add_post(OPENAI_PATH, self._handle)
         app.router.add_post(ANTHROPIC_PATH, self._handle)
         app.router.add_get(STATS_PATH, self._handle_stats)
+        self.batches.install(app)
         # handler_cancellation: when a client times out and hangs up, its handler is cancelled
         # instead of sleeping on, as a real server would stop working on a dead connection.
         runner = web.AppRunner(
@@ -655,7 +723,7 @@ class FakeServer:
             parsed = None
         body: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
         problem = _validation_problem(request.path, parsed)
-        text = "\n".join(t for _, t in message_texts(body))
+        text = request_text(body)
 
         with self._lock:
             self._seq += 1
@@ -702,13 +770,49 @@ class FakeServer:
             self._set_status(record, 200)
             return web.Response(status=200, text=fault.message or "<html><body>502 upstream error</body></html>",
                                 content_type="text/html", headers=self._id_headers(record))
+        reply = self._respond(record.body)
+        if isinstance(reply, Fault):
+            return self._error_response(record, reply)
+        return self._success_response(record, reply)
+
+    def _respond(self, body: dict[str, Any]) -> str | Fault:
+        """The responder's reply to ``body``, or the 500 that surfaces a responder bug to the test (not a hang)."""
         try:
-            reply = self.responder(record.body)
+            reply = self.responder(body)
             if not isinstance(reply, str):
                 raise TypeError(f"responder returned {type(reply).__name__}, expected str")
-        except Exception as exc:  # surface responder bugs to the test as a 500, not a hang
-            return self._error_response(record, Fault(status=500, message=f"fake responder failed: {exc!r}"))
-        return self._success_response(record, reply)
+        except Exception as exc:
+            return Fault(status=500, message=f"fake responder failed: {exc!r}")
+        return reply
+
+    def answer_item(self, api: API, body: dict[str, Any], failure: ItemFailure | None) -> ItemAnswer:
+        """Answer one item of a batch exactly as an online request with ``body`` would be answered.
+
+        A malformed body gets the 400 an online request gets, ``failure`` its error, anything else
+        the responder's reply. The item takes a request number (so its ids never repeat an online
+        request's) but is not recorded: ``requests`` and ``request_count`` count online requests only.
+        Runs on the server's event-loop thread, like every responder call.
+        """
+        path = _API_PATHS[api]
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        problem = _validation_problem(path, body)
+        outcome: str | Fault
+        if problem is not None:
+            outcome = Fault(status=400, message=problem)
+        elif failure is not None:
+            outcome = _fault_of(failure)
+        else:
+            outcome = self._respond(body)
+        if isinstance(outcome, Fault):
+            payload = error_payload(path, outcome, str(body.get("model", "")), _request_id(seq))
+            return ItemAnswer(outcome.status, payload, _request_id(seq))
+        return ItemAnswer(200, reply_payload(path, body, outcome, seq), _request_id(seq))
+
+    def error_body(self, api: API, failure: ItemFailure, request_id: str) -> dict[str, Any]:
+        """The error body ``api`` answers ``failure`` with (for the batch endpoints' own errors)."""
+        return error_payload(_API_PATHS[api], _fault_of(failure), "", request_id)
 
     async def _drop_connection(self, request: web.Request) -> web.StreamResponse:
         """Abort the TCP connection so the client sees a reset, never an HTTP response."""
@@ -720,41 +824,7 @@ class FakeServer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _success_response(self, record: RecordedRequest, reply: str) -> web.Response:
-        model = record.body["model"]
-        input_tokens = estimate_tokens(record.text)
-        output_tokens = estimate_tokens(reply)
-        if record.path == OPENAI_PATH:
-            payload: dict[str, Any] = {
-                "id": f"chatcmpl-fake{record.seq:08d}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": reply, "refusal": None},
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": input_tokens,
-                    "completion_tokens": output_tokens,
-                    "total_tokens": input_tokens + output_tokens,
-                },
-                "system_fingerprint": None,
-            }
-        else:
-            payload = {
-                "id": f"msg_fake{record.seq:08d}",
-                "type": "message",
-                "role": "assistant",
-                "content": [{"type": "text", "text": reply}],
-                "model": model,
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
-            }
+        payload = reply_payload(record.path, record.body, reply, record.seq)
         self._set_status(record, 200)
         headers = self._id_headers(record)
         if self.success_headers is not None:
@@ -762,11 +832,7 @@ class FakeServer:
         return web.json_response(payload, headers=headers)
 
     def _error_response(self, record: RecordedRequest, fault: Fault) -> web.Response:
-        model = str(record.body.get("model", ""))
-        if record.path == OPENAI_PATH:
-            payload = _openai_error_body(fault, model)
-        else:
-            payload = _anthropic_error_body(fault, model, record.request_id)
+        payload = error_payload(record.path, fault, str(record.body.get("model", "")), record.request_id)
         headers = self._id_headers(record)
         if fault.retry_after is not None:
             headers["Retry-After"] = _format_seconds(fault.retry_after)
@@ -790,7 +856,12 @@ class FakeServer:
         }
         if "contains" in request.query:
             stats["count_for"] = self.count_for(request.query["contains"])
+        stats["batches"] = self.batches.stats()
         return web.json_response(stats)
+
+
+def _fault_of(failure: ItemFailure) -> Fault:
+    return Fault(status=failure.status, message=failure.message, error_type=failure.error_type, code=failure.code)
 
 
 def _make_fault(

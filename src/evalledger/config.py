@@ -88,6 +88,9 @@ class RunConfig:
     cache: bool = True  # look identical requests up before sending them, store answers (False: neither)
     cache_dir: str | None = None  # None: $EVALLEDGER_CACHE_DIR, else under $XDG_CACHE_HOME or ~/.cache
     cache_ttl: float | None = None  # days: older entries are not used (None: no limit)
+    batch: bool = False  # send through the provider's batch API (openai/, anthropic/): half the price, results within 24 h
+    batch_size: int | None = None  # requests per provider batch (None: the provider's own limit)
+    no_wait: bool = False  # with batch: submit, journal and exit; the same command later collects
     max_consecutive_errors: int = 20  # circuit breaker; 0 turns it off
     min_free_mb: float = 100.0  # free space to keep beyond the run's estimated output
     quiet: bool = False
@@ -144,6 +147,15 @@ class RunConfig:
             raise UsageError(f"--max-cost {self.max_cost}: must be a positive amount of USD")
         if self.cache_ttl is not None and not 0 < self.cache_ttl < float("inf"):
             raise UsageError(f"--cache-ttl {self.cache_ttl}: must be a positive number of days")
+        if self.batch and not self.model.startswith(("openai/", "anthropic/")):
+            raise UsageError(f"--batch with --model {self.model}: only openai/<model> and anthropic/<model> have a "
+                             "batch API (OpenAI's Batch API, Anthropic's Message Batches)")
+        if self.batch_size is not None and (type(self.batch_size) is not int or self.batch_size < 1):
+            raise UsageError(f"--batch-size {self.batch_size}: must be a whole number, at least 1")
+        if self.batch_size is not None and not self.batch:
+            raise UsageError(f"--batch-size {self.batch_size}: applies to --batch runs; pass --batch too")
+        if self.no_wait and not self.batch:
+            raise UsageError("--no-wait applies to --batch runs (submit the batches and exit); pass --batch too")
         if self.max_consecutive_errors < 0:
             raise UsageError(f"--max-consecutive-errors {self.max_consecutive_errors}: must be 0 (off) or more")
         if self.keep_old is not None:
@@ -177,9 +189,10 @@ class RunConfig:
         return None
 
     def price(self) -> "Price | None":
-        """The price for this run's model: --price-input/--price-output, else the (--prices) table; None if unknown."""
+        """The price for this run's model: --price-input/--price-output, else the (--prices) table (its
+        batch price with --batch); None if unknown."""
         return price_for(self.model, prices_file=self.prices_file, price_input=self.price_input,
-                         price_output=self.price_output)
+                         price_output=self.price_output, batch=self.batch)
 
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some fields changed."""
@@ -265,6 +278,7 @@ class RunConfig:
             ("--price-output", self.price_output, defaults.price_output),
             ("--cache-dir", self.cache_dir, defaults.cache_dir),
             ("--cache-ttl", self.cache_ttl, defaults.cache_ttl),
+            ("--batch-size", self.batch_size, defaults.batch_size),
             ("--max-consecutive-errors", self.max_consecutive_errors, defaults.max_consecutive_errors),
             ("--min-free-mb", self.min_free_mb, defaults.min_free_mb),
             ("--progress-interval", self.progress_interval, defaults.progress_interval),
@@ -282,6 +296,10 @@ class RunConfig:
             args.append("--allow-code-execution")
         if not self.cache:
             args.append("--no-cache")
+        if self.batch:
+            args.append("--batch")
+        if self.no_wait:
+            args.append("--no-wait")
         return args
 
     def resume_command(self) -> str:

@@ -14,10 +14,11 @@ DEFAULT_PRICES = Path(__file__).with_name("prices.toml")
 
 @dataclass(frozen=True)
 class Price:
-    """USD per 1M input and output tokens."""
+    """USD per 1M input and output tokens; ``batch``: the provider's batch-API price, when listed."""
 
     input: float
     output: float
+    batch: "Price | None" = None
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input + output_tokens * self.output) / 1e6
@@ -59,19 +60,28 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
             continue  # top-level keys such as `checked`
         for name, entry in models.items():
             try:
-                prices.setdefault(provider, {})[name] = Price(float(entry["input"]), float(entry["output"]))
+                batch = None
+                if "batch_input" in entry or "batch_output" in entry:
+                    batch = Price(float(entry["batch_input"]), float(entry["batch_output"]))
+                prices.setdefault(provider, {})[name] = Price(float(entry["input"]), float(entry["output"]), batch)
             except (KeyError, TypeError, ValueError):
-                raise UsageError(f"--prices {p}: [{provider}] \"{name}\" needs numeric input and output prices") from None
+                raise UsageError(f"--prices {p}: [{provider}] \"{name}\" needs numeric input and output prices "
+                                 "(and, if it lists one, both batch_input and batch_output)") from None
     return PriceTable(prices, checked=data.get("checked"), source=str(p))
 
 
 def price_for(model: str, *, prices_file: str | Path | None = None, price_input: float | None = None,
-              price_output: float | None = None) -> Price | None:
-    """The price to use for a run: explicit flags win, then the table (shipped or ``--prices``)."""
+              price_output: float | None = None, batch: bool = False) -> Price | None:
+    """The price to use for a run: explicit flags win (with ``batch``, they are what the batch is
+    billed), then the table (shipped or ``--prices``); with ``batch``, the table's batch price
+    (None, unknown, when the entry lists none)."""
     if (price_input is None) != (price_output is None):
         raise UsageError("--price-input and --price-output go together (USD per 1M tokens)")
     if price_input is not None and price_output is not None:
         if price_input < 0 or price_output < 0:
             raise UsageError("--price-input/--price-output must not be negative")
         return Price(price_input, price_output)
-    return load_prices(prices_file).lookup(model)
+    price = load_prices(prices_file).lookup(model)
+    if batch and price is not None:
+        return price.batch
+    return price

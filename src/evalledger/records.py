@@ -74,12 +74,17 @@ LEAD_KEYS = ("sample_id", "epoch", "status", "attempts", "correct", "usage", "co
 #: Every top-level field a results record can have that readers know (others pass through).
 #: ``seed`` is the seed that the record's (sample, epoch) sent (``samples.epoch_seed``);
 #: ``fewshot_ids`` (few-shot runs only) the ids of the exemplars shown before its question, a list.
-#: ``cached`` and ``saved``: answers from the response cache (see the module docstring).
+#: ``cached`` and ``saved``: answers from the response cache (see the module docstring);
+#: ``batch_ids``: the provider batches of a ``--batch`` run's answers.
 RECORD_FIELDS = LEAD_KEYS + (
     "shard", "model", "task", "input_hash", "prompt", "response", "prediction", "target", "score", "latency_s",
     "request_ids", "error", "started_at", "finished_at", "extra", "queued_s", "seed", "fewshot_ids", "cached", "saved",
+    "batch_ids",
 )
 CACHED_FIELD = "cached"
+#: ``--batch`` runs: the provider batch each of the record's answers came in ("" for a call that
+#: failed inside its batch), in the order of the calls; absent for answers sent one by one.
+BATCH_IDS_FIELD = "batch_ids"
 SAVED_FIELD = "saved"
 #: The fields of ``usage`` and, with ``cost_usd``, of ``paid``.
 TOKEN_FIELDS = ("input_tokens", "output_tokens")

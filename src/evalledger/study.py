@@ -387,8 +387,8 @@ def pair_row(pair: PairResult) -> dict[str, Any]:
     elif ok:
         row["acc_t1"] = sum(1 for r in ok if r.get("correct")) / len(ok)
     row["cost_usd"] = spent_usd(run_dir) if _priced(view) else None
-    code = pair.summary.exit_code if pair.summary else None
-    row["status"] = "failed" if pair.error else ("complete" if code == 0 else (pair.summary.status if pair.summary else "-"))
+    # The run's own word: complete, errors, batches-pending (exit 0 too), budget, …
+    row["status"] = "failed" if pair.error else (pair.summary.status if pair.summary else "-")
     return row
 
 

@@ -269,6 +269,8 @@ def status(run_ref: str, output_dir: Path, shards: int | None, stalled_after: fl
     click.echo(f"run {st.run_id}: {st.done}/{total} done, {st.errors} with errors, "
                f"{'?' if st.pending is None else st.pending} pending{job}")
     click.echo(f"status: {st.state_label}")
+    if st.batches:
+        click.echo(f"provider batches: {st.batches['line']}")
     if st.dataset_problem:
         click.echo(f"warning: per-shard totals unknown: {st.dataset_problem}", err=True)
     if st.shards is None:

@@ -151,6 +151,8 @@ def stats(run_ref: str, output_dir: Path, as_json: bool, vote: bool | None, pass
         ("throughput", "-" if s["throughput_per_min"] is None
          else f"{s['throughput_per_min']:.1f} {'samples' if s.get('epochs', 1) == 1 else 'units'}/min"),
     ]
+    if s.get("batches"):
+        rows.append(("provider batches", s["batches"]["line"]))
     if s["running"]:
         rows.append(("ETA", _duration(s["eta_s"])))
     rows.append(("last checkpoint", s["last_checkpoint"]))

@@ -7,6 +7,14 @@ The durability protocol is described in ``docs/architecture.md``.
 
 from __future__ import annotations
 
+from evalledger.ledger.batches import (
+    BatchJournal,
+    JournaledBatch,
+    JournalItem,
+    batch_summary,
+    read_journal,
+    read_run_journals,
+)
 from evalledger.ledger.commit import GroupCommitter
 from evalledger.ledger.files import (
     ReadReport,
@@ -23,6 +31,7 @@ from evalledger.ledger.layout import (
     RUN_LOCK,
     STAMP_PATTERN,
     RunPaths,
+    batch_journal_files,
     calls_files,
     is_corrupt_aside,
     is_results_name,
@@ -72,6 +81,13 @@ from evalledger.ledger.status import (
 )
 
 __all__ = [
+    "BatchJournal",
+    "JournalItem",
+    "JournaledBatch",
+    "batch_journal_files",
+    "batch_summary",
+    "read_journal",
+    "read_run_journals",
     "CACHE_DIR",
     "COMPLETE",
     "FileCounts",

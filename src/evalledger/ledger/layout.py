@@ -3,7 +3,8 @@
 A run directory holds, per writer (the whole run, or shard K of N with the suffix
 ``.shard-K-of-N``): ``results<sfx>.jsonl`` (the ledger), ``calls<sfx>.jsonl`` (the turn cache of
 multi-turn tasks), ``resume_state<sfx>.json``, ``errors<sfx>.log``, ``status<sfx>.json`` with its
-reserve ``.status<sfx>.json.reserve``, the writer lock ``.lock<sfx>`` and its ``.lock<sfx>.owner``;
+reserve ``.status<sfx>.json.reserve``, the writer lock ``.lock<sfx>`` and its ``.lock<sfx>.owner``,
+and for ``--batch`` runs the batch journal ``batches<sfx>.jsonl``;
 and once per run ``manifest.json``, the shared ``.lock.run`` and the readers' ``.cache/`` directory.
 
 What repairs leave behind is named here too: ``<file>.corrupt-<timestamp>`` (bytes moved out of a
@@ -29,6 +30,8 @@ CACHE_DIR = ".cache"
 #: (stem, extension) of each per-writer file: ``<stem><sfx>.<ext>``.
 RESULTS, CALLS, RESUME_STATE, STATUS = ("results", "jsonl"), ("calls", "jsonl"), ("resume_state", "json"), ("status", "json")
 ERRORS = ("errors", "log")
+#: The batch journal of a ``--batch`` run (see :mod:`evalledger.ledger.batches`).
+BATCHES = ("batches", "jsonl")
 
 _LOCK = ".lock"
 _OWNER = ".owner"
@@ -79,6 +82,11 @@ def results_files(run_dir: Path) -> list[Path]:
 def calls_files(run_dir: Path) -> list[Path]:
     """Every turn-cache file of a run (multi-turn tasks: one record per paid model call)."""
     return shard_files(run_dir, *CALLS)
+
+
+def batch_journal_files(run_dir: Path) -> list[Path]:
+    """Every batch journal of a run (``--batch`` runs: one per writer), sorted."""
+    return shard_files(run_dir, *BATCHES)
 
 
 def resume_state_files(run_dir: Path) -> list[Path]:
@@ -142,6 +150,11 @@ class RunPaths:
     @property
     def status(self) -> Path:
         return self.run_dir / shard_name(STATUS, self.shard)
+
+    @property
+    def batches(self) -> Path:
+        """The batch journal (``--batch`` runs only)."""
+        return self.run_dir / shard_name(BATCHES, self.shard)
 
     @property
     def status_reserve(self) -> Path:

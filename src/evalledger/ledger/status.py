@@ -47,6 +47,7 @@ _RESERVE_BYTES = 16384  # ample for a marker; the reserve is what a final write 
 _FROM_SUMMARY = {
     "complete": (COMPLETE, None),
     "errors": (INCOMPLETE, "errors"),
+    "batches-pending": (INCOMPLETE, "batches pending"),
     "interrupted": (INTERRUPTED, "signal"),
     "budget": (INTERRUPTED, "budget"),
     "outage": (INTERRUPTED, "outage"),

@@ -13,7 +13,7 @@ import dataclasses
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from evalledger.errors import EvalLedgerError, UsageError
 from evalledger.ledger import (
     ReadReport,
     RunLedger,
+    batch_summary,
     iter_file_records,
     lock_state,
     manifest_epochs,
@@ -111,6 +112,7 @@ class RunStatus:
     state: str = "unknown"  # the status markers' verdict: running | complete | incomplete | interrupted | unknown
     state_label: str = "unknown"  # e.g. "interrupted (process gone)"
     epochs: int = 1  # the run's --epochs (its manifest's): each sample is asked this many times
+    batches: dict[str, Any] = field(default_factory=dict)  # --batch runs: the journals' batches (batch_summary)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form (what ``status --json`` prints)."""
@@ -249,6 +251,7 @@ def run_status(run_dir: Path, *, shards: int | None = None, stalled_after: float
         state=life.state,
         state_label=life.label,
         epochs=epochs,
+        batches=batch_summary(run_dir),
     )
 
 

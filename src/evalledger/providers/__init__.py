@@ -12,6 +12,15 @@ import os
 from evalledger.errors import UsageError
 from evalledger.providers.anthropic import AnthropicProvider
 from evalledger.providers.base import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, NetworkFault, Provider
+from evalledger.providers.batch import (
+    BatchAPI,
+    BatchCounts,
+    BatchInfo,
+    BatchItem,
+    BatchLimits,
+    BatchResult,
+    supports_batch,
+)
 from evalledger.providers.local import LocalProvider
 from evalledger.providers.openai import OpenAIProvider
 
@@ -86,5 +95,6 @@ def make_provider(
     )
 
 
-__all__ = ["ChatRequest", "ChatResponse", "ErrorInfo", "ErrorKind", "NetworkFault", "Provider", "endpoint_for",
-           "make_provider", "split_model"]
+__all__ = ["BatchAPI", "BatchCounts", "BatchInfo", "BatchItem", "BatchLimits", "BatchResult", "ChatRequest",
+           "ChatResponse", "ErrorInfo", "ErrorKind", "NetworkFault", "Provider", "endpoint_for", "make_provider",
+           "split_model", "supports_batch"]

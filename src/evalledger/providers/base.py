@@ -129,6 +129,12 @@ FATAL_STATUSES = frozenset({401, 403, 404})
 FATAL_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "billing_error"})
 
 
+def is_transient_status(status: int) -> bool:
+    """An HTTP status that waiting may clear (rate limit, time-out, server error): the same rule
+    for an online reply and for one request's outcome inside a provider batch."""
+    return status in TRANSIENT_STATUSES or status >= 500
+
+
 def parse_retry_after(headers: Any) -> float | None:
     """Seconds to wait from ``retry-after-ms`` (preferred, as both SDKs do) or ``Retry-After``.
 
@@ -175,7 +181,7 @@ def classify_sdk_error(exc: BaseException, sdk: Any) -> ErrorInfo:
             kind = ErrorKind.FATAL
         elif status in FATAL_STATUSES:
             kind = ErrorKind.FATAL
-        elif status in TRANSIENT_STATUSES or status >= 500:
+        elif is_transient_status(status):
             kind = ErrorKind.TRANSIENT
         else:
             kind = ErrorKind.SAMPLE

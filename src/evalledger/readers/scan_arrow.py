@@ -33,6 +33,7 @@ import pyarrow.json as pj
 
 from evalledger.readers.scan_batch import SCHEMA, SCORE_JSON, STRING_LIST, BatchSums
 from evalledger.records import (
+    BATCH_IDS_FIELD,
     BILLED_COST_COLUMN,
     BOOL_FIELDS,
     EPOCH_COLUMN,
@@ -66,7 +67,8 @@ READ_SCHEMA = pa.schema(
     + [(n, pa.bool_()) for n in BOOL_FIELDS]
     + [(n, pa.float64()) for n in FLOAT_FIELDS]
     + [("usage", _USAGE), ("paid", _PAID), (SAVED_FIELD, _PAID), ("request_ids", pa.list_(pa.string())),
-       ("prompt", pa.list_(_MESSAGE)), ("error", _ERROR), (FEWSHOT_IDS_COLUMN, STRING_LIST)]
+       ("prompt", pa.list_(_MESSAGE)), ("error", _ERROR), (FEWSHOT_IDS_COLUMN, STRING_LIST),
+       (BATCH_IDS_FIELD, pa.list_(pa.string()))]
 )
 """Every field of a record as the runner writes it (single-turn tasks); any other field fails the block."""
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalledger.fsio import dir_size
-from evalledger.ledger import calls_bill, lock_name, lock_status, resume_state_files, run_lifecycle, shard_of_file
+from evalledger.ledger import (
+    batch_summary,
+    calls_bill,
+    lock_name,
+    lock_status,
+    resume_state_files,
+    run_lifecycle,
+    shard_of_file,
+)
 from evalledger.readers.frames import epochs_of, frame_from_scan, task_of
 from evalledger.readers.intervals import wilson_interval
 from evalledger.readers.repeats import default_metrics, repeat_stats
@@ -249,6 +257,7 @@ def run_stats(run_dir: str | Path, *, vote: bool | None = None, pass_k: bool | N
     columns = STATS_COLUMNS + (("prediction", "task") if repeated else ())  # the vote reads predictions
     stats = stats_from_scan(scan, frame_from_scan(scan, columns=columns), vote=vote, pass_k=pass_k)
     add_lifecycle(stats, run_dir)
+    stats["batches"] = batch_summary(Path(run_dir))
     return stats
 
 

@@ -46,7 +46,7 @@ class RunSummary:
     run_id: str
     run_dir: Path
     exit_code: int
-    status: str  # complete | errors | interrupted | fatal | outage | disk | budget
+    status: str  # complete | errors | batches-pending | interrupted | fatal | outage | disk | budget
     total_samples: int  # units in this invocation's selection (the shard, after --limit, × epochs)
     skipped_completed: int  # already ok in the ledger: no request sent
     attempted: int
@@ -100,6 +100,20 @@ def set_outcome(summary: RunSummary, run: "RunState", config: "RunConfig", provi
     if run.answered_unrecorded and not run.hard_stop:  # e.g. a failed write: the lost answers are paid again
         lost = f"{run.answered_unrecorded} answered request(s) could not be recorded; the next run pays for them again"
         summary.message = f"{summary.message}\n  {lost}" if summary.message else lost
+
+
+def note_pending_batches(summary: RunSummary, pending: int) -> None:
+    """A ``--batch`` run that leaves batches at the provider: with nothing else wrong (``--no-wait``)
+    it ends ``batches-pending``, exit 0; otherwise its message says the same command collects them."""
+    if not pending:
+        return
+    what = f"{pending} batch{'es' if pending != 1 else ''} pending; run the same command to collect"
+    if summary.status in ("complete", "errors"):
+        summary.exit_code, summary.status = EXIT_OK, "batches-pending"
+        summary.message = what + (f"\n  {summary.message}" if summary.message else "")
+    else:
+        summary.message = (f"{summary.message}\n  " if summary.message else "") + (
+            f"{what} (the journal holds them: nothing is submitted twice)")
 
 
 def _hard_stop_message(run: "RunState") -> str:

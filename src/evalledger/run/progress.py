@@ -58,6 +58,7 @@ class Progress:
         self.rate_limit_waits = 0
         self.rate_limit_wait_s = 0.0
         self.paused_now = 0  # requests waiting on a rate-limit pause right now (see set_paused)
+        self.batches = ""  # --batch: the provider batches' states (see set_batches)
         self.quiet = quiet
         self.interval = interval
         self.stream = stream or sys.stderr
@@ -116,6 +117,12 @@ class Progress:
         self.rate_limit_wait_s += max(0.0, seconds)
         self._refresh()
 
+    def set_batches(self, text: str) -> None:
+        """Hook: the states of the run's provider batches changed (``--batch``), e.g.
+        ``batches: 1 in_progress 40/100, 1 validating``."""
+        self.batches = text
+        self._refresh()
+
     def note_connection_error(self) -> None:
         """Hook: a request got no HTTP response (refused, DNS, reset, time-out)."""
         self.connection_errors += 1
@@ -132,6 +139,8 @@ class Progress:
         waits = f"{self.rate_limit_waits} ({self.rate_limit_wait_s:.0f}s)" if self.rate_limit_waits else "0"
         pause = f" paused={self.paused_now}" if self.paused_now else ""
         conn = f" conn-errors={self.connection_errors}" if self.connection_errors else ""
+        if self.batches:  # a batch run has no request slots or rate-limit waits of its own
+            return f"ok={self.ok} err={self.errors} acc={acc} cost={cost} {self.batches}"
         return f"ok={self.ok} err={self.errors} acc={acc} cost={cost} conc={conc} rl_waits={waits}{pause}{conn}"
 
     def status_line(self) -> str:

@@ -39,25 +39,15 @@ from typing import Any, Awaitable, Callable
 from evalledger.fsio import utc_now
 from evalledger.pricing import Price
 from evalledger.providers import ChatRequest, ChatResponse, ErrorInfo, ErrorKind, Provider
-from evalledger.records import CACHED_FIELD, SAVED_FIELD, unit_key
+from evalledger.records import BATCH_IDS_FIELD, CACHED_FIELD, SAVED_FIELD, unit_key
 from evalledger.response_cache import ResponseCache
+from evalledger.run.batching import BatchItemError, BatchQueue
 from evalledger.run.limits import RATE_LIMIT_STATUSES, Limits, estimate_request_tokens
 from evalledger.run.replay import answer_of, cache_key, call_key, response_of
 from evalledger.run.retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
+from evalledger.run.stops import LeftPending, NotStarted, StopRun
 from evalledger.samples import Sample, epoch_seed, sample_rng
 from evalledger.tasks import Task, TaskOutput
-
-
-class StopRun(Exception):
-    """Raised inside a worker to end the run (fatal provider error)."""
-
-
-class NotStarted(BaseException):
-    """The run was told to stop before this sample got any answer: drop it instead of sending its
-    first request or retrying a failed one (it stays pending; failed requests are not paid, and a
-    stopped run, e.g. by the circuit breaker, should not keep calling an API that fails). A
-    BaseException, like CancelledError, so that the retry loop and the task's own error handling
-    let it through untouched."""
 
 
 @dataclass
@@ -111,6 +101,8 @@ class SampleContext:
     #: the response cache shared across runs (None: --no-cache) and the endpoint that is part of its keys
     response_cache: ResponseCache | None = None
     endpoint: str = ""
+    #: --batch: the run's provider batches (None: every call is its own request)
+    batch: BatchQueue | None = None
 
     @property
     def multi_turn(self) -> bool:
@@ -154,6 +146,7 @@ class _SampleCalls:
         self.first_sent: float | None = None
         self.first_sent_at: str | None = None
         self.unrecorded = 0  # answers paid for that are in no file yet (see RunState.answered_unrecorded)
+        self.batch_ids: list[str] = []  # --batch: the provider batch each answer came in
 
     async def generate(self, messages: list[dict[str, str]]) -> str:
         """One model call for the task: replayed from the turn cache if paid for already, else sent."""
@@ -172,6 +165,36 @@ class _SampleCalls:
             self.replayed.append(False)
             self.cached.append(True)
             return answer.text
+        if ctx.batch is not None:
+            resp = await self._from_batch(ctx.batch, key or call_key(request), request)
+        else:
+            resp = await self._send(request)
+        self.responses.append(resp)
+        self.replayed.append(False)
+        self.cached.append(False)
+        # Stored in the response cache, the answer is no longer lost with this sample's record: the
+        # next run of the same command gets it from there.
+        stored = shared is not None and shared.put(stored_key, answer_of(resp), model=ctx.model,
+                                                   endpoint=ctx.endpoint, epoch=self.epoch)
+        counted = ctx.batch is None  # a batch's answers are downloaded again until its records are written
+        if stored and counted:
+            self._count_unrecorded(-1)
+        if key and ctx.persist_call is not None:
+            # Recorded from here on: the line is appended in a thread that finishes even if this
+            # sample is cancelled meanwhile.
+            if counted and not stored:
+                self._count_unrecorded(-1)
+            try:
+                await ctx.persist_call(self._call_record(key, resp))
+            except Exception:
+                if counted and not stored:
+                    self._count_unrecorded(1)
+                raise
+        return resp.text
+
+    async def _send(self, request: ChatRequest) -> ChatResponse:
+        """One model call as its own request(s), retried by the run's policy."""
+        ctx = self.ctx
         droppable = not self.responses  # no answer yet (earlier turns would be paid for: finish those)
         try:
             resp, n = await call_with_retries(
@@ -183,27 +206,26 @@ class _SampleCalls:
             self.attempts += e.attempts
             raise
         self.attempts += n
-        self.responses.append(resp)
-        self.replayed.append(False)
-        self.cached.append(False)
-        # Stored in the response cache, the answer is no longer lost with this sample's record: the
-        # next run of the same command gets it from there.
-        stored = shared is not None and shared.put(stored_key, answer_of(resp), model=ctx.model,
-                                                   endpoint=ctx.endpoint, epoch=self.epoch)
-        if stored:
-            self._count_unrecorded(-1)
-        if key and ctx.persist_call is not None:
-            # Recorded from here on: the line is appended in a thread that finishes even if this
-            # sample is cancelled meanwhile.
-            if not stored:
-                self._count_unrecorded(-1)
-            try:
-                await ctx.persist_call(self._call_record(key, resp))
-            except Exception:
-                if not stored:
-                    self._count_unrecorded(1)
-                raise
-        return resp.text
+        return resp
+
+    async def _from_batch(self, batch: BatchQueue, key: str, request: ChatRequest) -> ChatResponse:
+        """One model call through the run's provider batches: asked, and waited for."""
+        if self.first_sent is None:
+            self.first_sent, self.first_sent_at = time.monotonic(), utc_now()
+        self.ctx.run.requests += 1
+        self.attempts += 1
+        try:
+            resp, batch_id = await batch.ask(self.sample.id, self.epoch, key, request)
+        except LeftPending:
+            self.ctx.run.requests -= 1  # still pending in its batch: counted by the run that collects it
+            self.attempts -= 1
+            raise
+        except BatchItemError as e:
+            self.batch_ids.append("")
+            raise NonRetryable(e, e.info, 0) from None
+        self.ctx.run.answered = True
+        self.batch_ids.append(batch_id)
+        return resp
 
     async def _attempt(self, request: ChatRequest, droppable: bool) -> ChatResponse:
         """One HTTP request, gated by the run's limits; 429/529 feed back into them. ``droppable``: the
@@ -345,6 +367,8 @@ async def run_sample(ctx: SampleContext, sample: Sample, epoch: int = 1) -> Samp
     record.update(latency_s=round(time.monotonic() - began, 4), queued_s=round(began - taken, 4),
                   request_ids=[r.request_id for r in calls.responses], error=error,
                   started_at=calls.first_sent_at or taken_at, finished_at=utc_now())
+    if calls.batch_ids:
+        record[BATCH_IDS_FIELD] = calls.batch_ids
     return SampleResult(record, calls.unrecorded)
 
 

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from evalledger.ledger import GroupCommitter
 from evalledger.run.budget import Budget
-from evalledger.run.sample import NotStarted, RunState, SampleContext, StopRun, run_sample
+from evalledger.run.sample import RunState, SampleContext, run_sample
+from evalledger.run.stops import LeftPending, NotStarted, StopRun
 from evalledger.run.units import Unit
 
 #: Samples under way per request slot (see :func:`schedule`).
@@ -19,8 +20,9 @@ WORKERS_PER_SLOT = 4
 
 async def schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitter, run: RunState,
                     pending: Collection[Unit], budget: Budget | None,
-                    on_record: Callable[[dict[str, Any]], None]) -> None:
-    """Feed units through a bounded queue to ``concurrency`` workers (no task per unit).
+                    on_record: Callable[[dict[str, Any]], None], workers: int | None = None) -> None:
+    """Feed units through a bounded queue to ``concurrency`` × WORKERS_PER_SLOT workers (no task
+    per unit), or to ``workers`` of them (a batch run: each waits for its batch, not a request slot).
 
     ``pending`` may read its rows back from the dataset file as it is iterated (a PendingUnits
     over LazySamples); if
@@ -33,7 +35,7 @@ async def schedule(ctx: SampleContext, concurrency: int, committer: GroupCommitt
     # L = 0.2 s left slots idle most of the time. A sample that has no answer yet when the run is
     # stopped is dropped before its next request (NotStarted), so after a stop only the requests
     # already on the wire and later turns of samples with a paid answer are sent.
-    n_workers = min(concurrency * WORKERS_PER_SLOT, len(pending))
+    n_workers = min(concurrency * WORKERS_PER_SLOT if workers is None else workers, len(pending))
     feeder = _Feeder(ctx, committer, run, pending, budget, on_record, n_workers)
     prod = asyncio.create_task(feeder.produce(), name="evalledger-producer")
     run.workers = [asyncio.create_task(feeder.work(), name=f"evalledger-worker-{i}") for i in range(n_workers)]
@@ -126,6 +128,8 @@ class _Feeder:
                 result = await run_sample(self.ctx, unit.sample, unit.epoch)
             except StopRun:
                 return False
+            except LeftPending:  # its request waits in a provider batch: it stays pending, on to the next
+                return True
             except NotStarted:  # stopped before it got any answer: it stays pending
                 return False
             self.on_record(result.record)

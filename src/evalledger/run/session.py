@@ -29,6 +29,7 @@ from evalledger.config import RunConfig
 from evalledger.errors import UsageError
 from evalledger.fsio import check_free_space
 from evalledger.ledger import (
+    BatchJournal,
     FileCounts,
     GroupCommitter,
     LedgerScan,
@@ -39,13 +40,21 @@ from evalledger.ledger import (
     save_own_index,
     scan_ledger,
 )
-from evalledger.providers import Provider
+from evalledger.providers import Provider, supports_batch
 from evalledger.records import bill_of, bill_of_call, epoch_of, unit_key
 from evalledger.response_cache import response_cache_for
+from evalledger.run.batching import UNITS_IN_FLIGHT, BatchQueue, batch_queue_for
 from evalledger.run.budget import Budget, Estimate, estimate_pending
 from evalledger.run.limits import Limits
 from evalledger.run.manifest import check_or_create_manifest
-from evalledger.run.outcome import EXIT_OK, RunSummary, disk_space_error, light_stats, set_outcome
+from evalledger.run.outcome import (
+    EXIT_OK,
+    RunSummary,
+    disk_space_error,
+    light_stats,
+    note_pending_batches,
+    set_outcome,
+)
 from evalledger.run.prepare import PreparedRun, provider_for
 from evalledger.run.progress import Progress, announce
 from evalledger.run.resume_state import restore_counters
@@ -86,6 +95,7 @@ class RunSession:
     limits: Limits
     ctx: SampleContext
     committer: GroupCommitter
+    batch: BatchQueue | None  # --batch: the run's provider batches
 
     def __init__(self, prepared: PreparedRun, t0: float) -> None:
         self.prepared = prepared
@@ -93,6 +103,9 @@ class RunSession:
         self.t0 = t0
         self.run_dir: Path = prepared.run_dir
         self.provider = self.build_provider()
+        if self.config.batch and not supports_batch(self.provider):
+            raise UsageError(f"--batch with --model {self.config.model}: this endpoint has no batch API (only "
+                             "OpenAI's own API and Anthropic's have one; drop --base-url or --batch)")
         self.price = self.config.price()
         if self.config.max_cost is not None and self.price is None:
             raise UsageError(
@@ -253,6 +266,11 @@ class RunSession:
             persist_call=self.persist_call if multi_turn else None, limits=self.limits,
             on_connection_error=progress.note_connection_error,
             response_cache=response_cache_for(config), endpoint=prepared.endpoint)
+        self.batch = None
+        if config.batch and self.pending:
+            self.batch = batch_queue_for(config, self.run_dir, prepared.run_id, self.provider, self.price, self.budget,
+                                         self.ctx.policy, self.run.stop, progress.set_batches)
+            self.ctx.batch = self.batch
         self.committer = GroupCommitter(self.ledger, on_commit=self.on_commit, fsync=config.fsync,
                                         max_unsynced=2 * max(config.concurrency, 1))
 
@@ -261,21 +279,42 @@ class RunSession:
         """Send the pending samples; whatever happens, restore the signal handlers, close progress,
         write the resume state and close the provider."""
         restore_signals: Callable[[], None] = _no_signal_handlers
+        batch, closed = self.batch, False
         try:
             if self.pending:
                 await self.provider.start()
                 self.started = True
                 self.committer.start()
                 restore_signals = install_signal_handlers(self.run, self.config)
+                if batch is not None:
+                    await batch.start()
                 await schedule(self.ctx, self.config.concurrency, self.committer, self.run, self.pending,
-                               self.budget, self.on_record)
+                               self.budget, self.on_record, workers=None if batch is None else UNITS_IN_FLIGHT)
                 await self.committer.close()
+                if batch is not None:
+                    closed = True
+                    await batch.close(self.completed, clean=self.committer.failure is None and not self.run.hard_stop)
+            elif self.config.batch:  # nothing pending: say so of the batches whose records are all written
+                journal = BatchJournal(self.run_dir, self.config.shard)
+                journal.collect_completed(self.completed)
+                journal.close()
         finally:
+            if batch is not None:
+                self.note_batch_outcome(batch)
+                if not closed:
+                    await batch.close(self.completed, clean=False)
             restore_signals()
             self.progress.close()
             self.write_state()  # even after a failed append: the state is another file and may still fit
             if self.started:
                 await self.provider.aclose()
+
+    def note_batch_outcome(self, batch: BatchQueue) -> None:
+        """What the batch queue saw that ends the run: a fatal create, the budget."""
+        if batch.fatal is not None and self.run.fatal is None:
+            self.run.fatal = batch.fatal
+        if batch.budget_hit:
+            self.run.budget_hit = True
 
     def on_record(self, r: dict[str, Any]) -> None:
         """Every finished record, as its worker hands it to the committer (before its fsync)."""
@@ -373,6 +412,10 @@ class RunSession:
             duration_s=time.monotonic() - self.t0, epochs=config.epochs,
         )
         set_outcome(summary, run, config, self.provider, self.budget, self.committer.failure, self.ledger, remaining)
+        if self.batch is not None:
+            note_pending_batches(summary, self.batch.pending_batches())
+            if summary.status == "batches-pending":
+                summary.resume_command = config.resume_command()
         if summary.exit_code != EXIT_OK:
             resume = config
             if summary.status == "budget" and self.budget is not None and self.budget.spent_known:
