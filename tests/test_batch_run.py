@@ -8,6 +8,7 @@ ever submitted twice unless its first submission failed or expired, and no onlin
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,45 @@ def test_a_study_runs_every_pair_through_batches_and_no_wait_leaves_them(fake_se
     assert all(p.row["n"] == N and p.row["acc_t1"] == 1.0 for p in done.pairs)
     assert len(batches.created()) == 2 and fake_server.request_count == 0
     never_twice(batches)
+
+
+def test_sigterm_while_waiting_leaves_the_batch_to_the_next_run(fake_server: Any, batches: Any, tmp_path: Path) -> None:
+    import signal
+
+    batches.hold()
+    out = tmp_path / "out"
+    args = batch_args(dataset(tmp_path), out, "--progress-interval", "0.2")
+    args.remove("--quiet")
+    env = cli_env(fake_server)
+    proc = popen_cli(args, env, cwd=tmp_path)
+    try:
+        wait_for(lambda: any(b.status == "in_progress" for b in batches.created()), 60, "the batch", proc)
+        time.sleep(1.0)  # a status line or two with the batch's state
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "batches: 1 in_progress 0/6" in err  # the progress line shows the batch's state
+    assert "1 batch pending; run the same command to collect" in err
+    run_dir = only_run_dir(out)
+    assert all_records(run_dir) == [] and "collected" not in journal_events(run_dir)
+    batches.release()
+    resumed = run_cli(batch_args(dataset(tmp_path), out), env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    ok_once(run_dir)
+    assert len(batches.created()) == 1
+    never_twice(batches)
+
+
+def test_the_response_cache_answers_a_batch_run_again_without_a_batch(fake_server: Any, batches: Any,
+                                                                       tmp_path: Path) -> None:
+    data = dataset(tmp_path)
+    first = run_experiment(config(fake_server, data, tmp_path / "out", cache=True))
+    assert first.exit_code == 0 and len(batches.created()) == 1
+    again = run_experiment(config(fake_server, data, tmp_path / "out", cache=True, overwrite=True))
+    assert again.exit_code == 0, again.message
+    records = ok_once(again.run_dir)
+    assert len(batches.created()) == 1  # every answer came from the cache: no second batch
+    assert all(r["cached"] is True and r["paid"]["cost_usd"] == 0 and "batch_ids" not in r for r in records)
