@@ -21,6 +21,7 @@ id scheme) but are not counted as online requests. Controls, all callable from a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -158,6 +159,8 @@ class _Batch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     hold_key: str = ""
+    answered: int = 0
+    """Items are answered in order: those before this index are, none after it is."""
 
     def count(self, outcome: str) -> int:
         return sum(1 for item in self.items if item.outcome == outcome)
@@ -292,7 +295,10 @@ class FakeBatches:
     # ---- counters ----------------------------------------------------------------------------
 
     def created(self) -> list[BatchInfo]:
-        """Every batch created so far (including ones whose create call never got its answer), oldest first."""
+        """Every batch created so far (including ones whose create call never got its answer), oldest first.
+
+        States are as of the server's last look: it moves open batches on every few milliseconds.
+        """
         with self._lock:
             return [BatchInfo(b.id, b.api, tuple(b.custom_ids), None if b.metadata is None else dict(b.metadata),
                               b.status, b.created_at, dict(Counter(item.outcome for item in b.items)))
@@ -361,6 +367,8 @@ class FakeBatches:
         assert self._stopping is not None and self._ticker is not None
         self._stopping.set()  # hung calls drop their connections
         self._ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._ticker
         self._loop = self._loop_thread = None
 
     async def _tick(self) -> None:
@@ -458,8 +466,10 @@ class FakeBatches:
             raise _Refused(400, f"The fake server runs only {OPENAI_ENDPOINT} batches, not {endpoint}.",
                            code="invalid_value")
         metadata = _checked_metadata(body.get("metadata"))
+        if not isinstance(file_id, str):
+            raise _Refused(400, "Missing required parameter: 'input_file_id'.", code="missing_required_parameter")
         with self._lock:
-            stored = self._find_file(str(file_id))
+            stored = self._find_file(file_id)
             if stored.purpose != "batch":
                 raise _Refused(400, f"File {stored.id} was not uploaded with purpose 'batch'.", code="invalid_value")
             batch = self._new_batch("openai", "validating", metadata, *self._openai_lines(stored.content))
@@ -723,16 +733,16 @@ class FakeBatches:
 
     def _answer_first(self, b: _Batch, n: int) -> None:
         """Answer every pending item among the first ``n``."""
-        for item in b.items[:n]:
-            if item.outcome == "pending":
-                item.answer = self._api.answer_item(b.api, item.body, self._item_failure(item))
-                item.outcome = "succeeded" if item.answer.status == 200 else "errored"
+        while b.answered < min(n, len(b.items)):
+            item = b.items[b.answered]
+            item.answer = self._api.answer_item(b.api, item.body, self._item_failure(item))
+            item.outcome = "succeeded" if item.answer.status == 200 else "errored"
+            b.answered += 1
 
     def _end(self, b: _Batch, status: str, stamp: str, now: float, unfinished: str) -> None:
         """End ``b``: its pending items become ``unfinished`` (expired/canceled); OpenAI writes its files."""
-        for item in b.items:
-            if item.outcome == "pending":
-                item.outcome = unfinished
+        for item in b.items[b.answered:]:
+            item.outcome = unfinished
         self._move(b, status, stamp, now)
         if b.api == "openai":
             self._openai_files(b)

@@ -315,7 +315,7 @@ def _anthropic_error_body(fault: Fault, model: str, request_id: str) -> dict[str
     }
 
 
-def error_payload(path: str, fault: Fault, model: str, request_id: str) -> dict[str, Any]:
+def _error_payload(path: str, fault: Fault, model: str, request_id: str) -> dict[str, Any]:
     """The error body the API at ``path`` answers ``fault`` with."""
     if path == OPENAI_PATH:
         return _openai_error_body(fault, model)
@@ -806,13 +806,13 @@ class FakeServer:
         else:
             outcome = self._respond(body)
         if isinstance(outcome, Fault):
-            payload = error_payload(path, outcome, str(body.get("model", "")), _request_id(seq))
+            payload = _error_payload(path, outcome, str(body.get("model", "")), _request_id(seq))
             return ItemAnswer(outcome.status, payload, _request_id(seq))
         return ItemAnswer(200, reply_payload(path, body, outcome, seq), _request_id(seq))
 
     def error_body(self, api: API, failure: ItemFailure, request_id: str) -> dict[str, Any]:
         """The error body ``api`` answers ``failure`` with (for the batch endpoints' own errors)."""
-        return error_payload(_API_PATHS[api], _fault_of(failure), "", request_id)
+        return _error_payload(_API_PATHS[api], _fault_of(failure), "", request_id)
 
     async def _drop_connection(self, request: web.Request) -> web.StreamResponse:
         """Abort the TCP connection so the client sees a reset, never an HTTP response."""
@@ -832,7 +832,7 @@ class FakeServer:
         return web.json_response(payload, headers=headers)
 
     def _error_response(self, record: RecordedRequest, fault: Fault) -> web.Response:
-        payload = error_payload(record.path, fault, str(record.body.get("model", "")), record.request_id)
+        payload = _error_payload(record.path, fault, str(record.body.get("model", "")), record.request_id)
         headers = self._id_headers(record)
         if fault.retry_after is not None:
             headers["Retry-After"] = _format_seconds(fault.retry_after)

@@ -52,7 +52,7 @@ def openai_line(i: int, *, custom_id: str | None = None, model: str = "gpt-fake"
     return {"custom_id": custom_id or f"s{i}", "method": "POST", "url": url, "body": chat_body(i, model)}
 
 
-def anthropic_request(i: int, *, custom_id: str | None = None) -> dict[str, Any]:
+def anthropic_request(i: int, *, custom_id: str | None = None) -> Any:
     return {"custom_id": custom_id or f"s{i}",
             "params": {"model": "claude-fake", "max_tokens": 64,
                        "messages": [{"role": "user", "content": f"Question {i} [[ANSWER:{i}]]"}]}}
@@ -69,7 +69,7 @@ def submit(client: openai.OpenAI, lines: list[dict[str, Any]] | bytes, **kw: Any
 
 
 def submit_anthropic(client: anthropic.Anthropic, ids: range | list[int]) -> MessageBatch:
-    return client.messages.batches.create(requests=[anthropic_request(i) for i in ids])  # type: ignore[misc]
+    return client.messages.batches.create(requests=[anthropic_request(i) for i in ids])
 
 
 def wait_for(fetch: Callable[[], _T], done: Callable[[_T], bool], timeout: float = 10.0) -> _T:
@@ -81,6 +81,12 @@ def wait_for(fetch: Callable[[], _T], done: Callable[[_T], bool], timeout: float
             return value
         assert time.monotonic() < deadline, f"still not done: {value}"
         time.sleep(STEP / 4)
+
+
+def counts(batch: Batch) -> tuple[int, int, int]:
+    """An OpenAI batch's request counts: total, completed, failed."""
+    assert batch.request_counts is not None
+    return batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed
 
 
 def openai_done(client: openai.OpenAI, batch_id: str) -> Batch:
@@ -117,7 +123,7 @@ def test_openai_batch_goes_through_every_state_and_answers_as_online(server: Fak
     created = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                     completion_window="24h", metadata={"run": "r1"})
     assert created.status == "validating" and created.id.startswith("batch_")
-    assert created.request_counts is not None and created.request_counts.total == 0
+    assert counts(created) == (0, 0, 0)
     assert created.expires_at == created.created_at + 24 * 3600
     assert created.metadata == {"run": "r1"} and created.input_file_id == uploaded.id
     # Every field of the SDK's Batch is on the wire, not left to its defaults.
@@ -128,8 +134,7 @@ def test_openai_batch_goes_through_every_state_and_answers_as_online(server: Fak
                      lambda b: seen.append(b.status) or b.status == "completed")
     assert [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s] == [
         "validating", "in_progress", "finalizing", "completed"]
-    assert final.request_counts is not None
-    assert (final.request_counts.total, final.request_counts.completed, final.request_counts.failed) == (3, 3, 0)
+    assert counts(final) == (3, 3, 0)
     assert final.in_progress_at and final.finalizing_at and final.completed_at and final.model == "gpt-fake"
     assert final.error_file_id is None and final.errors is None
 
@@ -137,13 +142,14 @@ def test_openai_batch_goes_through_every_state_and_answers_as_online(server: Fak
     assert output.purpose == "batch_output"
     lines = file_lines(client, final.output_file_id)
     assert [line["custom_id"] for line in lines] == ["s0", "s1", "s2"]
-    online = client.chat.completions.create(**chat_body(1))  # type: ignore[call-overload]
+    online = client.chat.completions.create(model="gpt-fake", messages=chat_body(1)["messages"])
     item = openai.types.chat.ChatCompletion.model_validate(lines[1]["response"]["body"])
     assert lines[1]["error"] is None and lines[1]["response"]["status_code"] == 200
     assert lines[1]["id"].startswith("batch_req_")
     assert item.choices[0].message == online.choices[0].message
     assert item.usage == online.usage and item.model == online.model
-    assert final.usage is not None and final.usage.total_tokens == 3 * online.usage.total_tokens  # type: ignore[union-attr]
+    assert online.usage is not None and final.usage is not None
+    assert final.usage.total_tokens == 3 * online.usage.total_tokens
     # Ids follow the online scheme and never repeat an online request's.
     request_ids = {line["response"]["request_id"] for line in lines}
     assert len(request_ids) == 3 and all(r.startswith("req_") for r in request_ids)
@@ -173,9 +179,12 @@ def test_request_counts_move_while_in_progress(server: FakeServer) -> None:
     client = openai_client(server)
     batch = submit(client, [openai_line(i) for i in range(12)])
     completed: list[int] = []
-    wait_for(lambda: client.batches.retrieve(batch.id),
-             lambda b: completed.append(b.request_counts.completed if b.request_counts else -1)  # type: ignore[func-returns-value]
-             or b.status == "completed")
+
+    def finished(b: Batch) -> bool:
+        completed.append(counts(b)[1])
+        return b.status == "completed"
+
+    wait_for(lambda: client.batches.retrieve(batch.id), finished)
     assert completed == sorted(completed) and completed[-1] == 12
     assert any(0 < n < 12 for n in completed)
 
@@ -196,8 +205,8 @@ def test_anthropic_batch_ends_and_its_results_parse_as_the_sdks_types(server: Fa
 
     ended = anthropic_done(client, created.id)
     assert ended.ended_at is not None and ended.cancel_initiated_at is None
-    counts = ended.request_counts
-    assert (counts.processing, counts.succeeded, counts.errored, counts.expired, counts.canceled) == (0, 3, 0, 0, 0)
+    tally = ended.request_counts
+    assert (tally.processing, tally.succeeded, tally.errored, tally.expired, tally.canceled) == (0, 3, 0, 0, 0)
     assert ended.results_url == f"{server.base_url}/v1/messages/batches/{created.id}/results"
 
     results = list(client.messages.batches.results(created.id))
@@ -224,13 +233,17 @@ def test_anthropic_results_are_refused_before_the_batch_ends(server: FakeServer)
 
 def test_async_clients_reach_the_batch_endpoints(server: FakeServer) -> None:
     async def run() -> tuple[Batch, list[Any]]:
-        oa = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key="x", max_retries=0, timeout=10)
-        an = anthropic.AsyncAnthropic(base_url=server.anthropic_base_url, api_key="x", max_retries=0, timeout=10)
+        async with (openai.AsyncOpenAI(base_url=server.openai_base_url, api_key="x", max_retries=0, timeout=10) as oa,
+                    anthropic.AsyncAnthropic(base_url=server.anthropic_base_url, api_key="x", max_retries=0,
+                                             timeout=10) as an):
+            return await batch_both(oa, an)
+
+    async def batch_both(oa: openai.AsyncOpenAI, an: anthropic.AsyncAnthropic) -> tuple[Batch, list[Any]]:
         data = "".join(json.dumps(openai_line(i)) + "\n" for i in range(2)).encode()
         uploaded = await oa.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
         batch = await oa.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
                                         completion_window="24h")
-        message_batch = await an.messages.batches.create(requests=[anthropic_request(5)])  # type: ignore[list-item]
+        message_batch = await an.messages.batches.create(requests=[anthropic_request(5)])
         while batch.status != "completed" or message_batch.processing_status != "ended":
             await asyncio.sleep(STEP / 2)
             batch = await oa.batches.retrieve(batch.id)
@@ -238,7 +251,7 @@ def test_async_clients_reach_the_batch_endpoints(server: FakeServer) -> None:
         return batch, [r async for r in await an.messages.batches.results(message_batch.id)]
 
     batch, results = asyncio.run(run())
-    assert batch.request_counts is not None and batch.request_counts.completed == 2
+    assert counts(batch) == (2, 2, 0)
     assert [r.result.type for r in results] == ["succeeded"]
 
 
@@ -253,7 +266,7 @@ def test_hold_keeps_batches_in_progress_until_released(server: FakeServer) -> No
     openai_done(oa, free.id)
     time.sleep(10 * STEP)
     assert oa.batches.retrieve(held.id).status == "in_progress"
-    assert oa.batches.retrieve(held.id).request_counts.completed == 0  # type: ignore[union-attr]
+    assert counts(oa.batches.retrieve(held.id)) == (1, 0, 0)
     assert an.messages.batches.retrieve(held_anthropic.id).processing_status == "in_progress"
     server.batches.release()
     assert openai_done(oa, held.id).status == "completed"
@@ -267,7 +280,7 @@ def test_failed_items_go_to_the_error_file(server: FakeServer) -> None:
     client = openai_client(server)
     batch = openai_done(client, submit(client, [openai_line(i) for i in range(5)]).id)
     assert batch.status == "completed"
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 3)  # type: ignore[union-attr]
+    assert counts(batch) == (5, 2, 3)
     assert [line["custom_id"] for line in file_lines(client, batch.output_file_id)] == ["s0", "s4"]
     errors = {line["custom_id"]: line for line in file_lines(client, batch.error_file_id)}
     assert {cid: e["response"]["status_code"] for cid, e in errors.items()} == {"s1": 400, "s2": 500, "s3": 429}
@@ -278,7 +291,7 @@ def test_failed_items_go_to_the_error_file(server: FakeServer) -> None:
     assert errors["s2"]["response"]["body"]["error"]["type"] == "server_error"
     # times=1 was used up: the same custom id succeeds in the next batch.
     again = openai_done(client, submit(client, [openai_line(3)]).id)
-    assert again.request_counts.completed == 1  # type: ignore[union-attr]
+    assert counts(again) == (1, 1, 0)
 
 
 def test_failed_items_are_errored_in_anthropic_results(server: FakeServer) -> None:
@@ -306,7 +319,7 @@ def test_expire_keeps_the_done_fraction_and_expires_the_rest(server: FakeServer)
 
     expired = oa.batches.retrieve(batch.id)
     assert expired.status == "expired" and expired.expired_at is not None
-    assert (expired.request_counts.completed, expired.request_counts.failed) == (2, 0)  # type: ignore[union-attr]
+    assert counts(expired) == (4, 2, 0)
     assert [line["custom_id"] for line in file_lines(oa, expired.output_file_id)] == ["s0", "s1"]
     unfinished = file_lines(oa, expired.error_file_id)
     assert [(line["custom_id"], line["response"], line["error"]["code"]) for line in unfinished] == [
@@ -330,7 +343,7 @@ def test_cancel_keeps_what_was_done(server: FakeServer) -> None:
     message_batch = submit_anthropic(an, range(40))
     server.batches.items_per_second = None
     nothing_done = submit(oa, [openai_line(9)])
-    wait_for(lambda: oa.batches.retrieve(done_early.id), lambda b: b.request_counts.completed == 4)  # type: ignore[union-attr]
+    wait_for(lambda: oa.batches.retrieve(done_early.id), lambda b: counts(b)[1] == 4)
 
     cancelling = oa.batches.cancel(nothing_done.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
@@ -346,10 +359,10 @@ def test_cancel_keeps_what_was_done(server: FakeServer) -> None:
     canceling = an.messages.batches.cancel(message_batch.id)
     assert canceling.processing_status == "canceling" and canceling.cancel_initiated_at is not None
     ended = anthropic_done(an, message_batch.id)
-    counts = ended.request_counts
-    assert counts.succeeded >= 1 and counts.canceled >= 1 and counts.succeeded + counts.canceled == 40
+    tally = ended.request_counts
+    assert tally.succeeded >= 1 and tally.canceled >= 1 and tally.succeeded + tally.canceled == 40
     types = [r.result.type for r in an.messages.batches.results(message_batch.id)]
-    assert types.count("succeeded") == counts.succeeded and types.count("canceled") == counts.canceled
+    assert types.count("succeeded") == tally.succeeded and types.count("canceled") == tally.canceled
 
     server.batches.release()
     finished = openai_done(oa, submit(oa, [openai_line(8)]).id)
@@ -377,7 +390,7 @@ def test_a_bad_input_file_fails_the_batch_while_validating(server: FakeServer, l
     assert batch.errors is not None and batch.errors.object == "list" and batch.errors.data
     error = batch.errors.data[0]
     assert (error.code, error.line, error.param) == (code, line, param) and error.message
-    assert batch.request_counts.total == 0  # type: ignore[union-attr]
+    assert counts(batch) == (0, 0, 0)
     assert batch.output_file_id is None and batch.error_file_id is None
 
 
@@ -427,8 +440,8 @@ def test_metadata_limits(server: FakeServer, metadata: dict[str, str], ok: bool)
 ])
 def test_anthropic_refuses_bad_requests(server: FakeServer, requests: list[dict[str, Any]], fragment: str) -> None:
     with pytest.raises(anthropic.BadRequestError, match=fragment) as refused:
-        anthropic_client(server).messages.batches.create(requests=requests)  # type: ignore[arg-type]
-    assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+        anthropic_client(server).messages.batches.create(requests=requests)
+    assert refused.value.response.json()["error"]["type"] == "invalid_request_error"
     assert server.batches.created() == []
 
 
@@ -481,7 +494,7 @@ def test_hang_create_records_the_batch_the_client_never_hears_of(server: FakeSer
         oa.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
                           metadata={"run": "r7"})
     with pytest.raises(anthropic.APITimeoutError):
-        an.messages.batches.create(requests=[anthropic_request(2, custom_id="lost-2")])  # type: ignore[list-item]
+        an.messages.batches.create(requests=[anthropic_request(2, custom_id="lost-2")])
     created = server.batches.created()
     assert [(b.api, b.custom_ids, b.metadata) for b in created] == [
         ("openai", ("lost-1",), {"run": "r7"}), ("anthropic", ("lost-2",), None)]
@@ -499,7 +512,7 @@ def test_a_hung_call_does_not_hold_up_stopping_the_server() -> None:
         server.batches.hang_create = True
         with pytest.raises(anthropic.APITimeoutError):
             anthropic_client(server, timeout=0.3).messages.batches.create(
-                requests=[anthropic_request(1)])  # type: ignore[list-item]
+                requests=[anthropic_request(1)])
     finally:
         started = time.monotonic()
         server.stop()
@@ -533,7 +546,7 @@ def test_fail_create_answers_errors_and_creates_nothing(server: FakeServer) -> N
     with pytest.raises(anthropic.RateLimitError) as limited:
         submit_anthropic(an, [1])
     assert limited.value.response.headers["retry-after"] == "2"
-    assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert limited.value.response.json()["error"]["type"] == "rate_limit_error"
     assert server.batches.created() == [] and server.batches.calls("create") == 2
     assert submit_anthropic(an, [1]).processing_status == "in_progress"
 
@@ -542,9 +555,11 @@ def test_submitted_counts_every_batch(server: FakeServer) -> None:
     oa, an = openai_client(server), anthropic_client(server)
     submit(oa, [openai_line(1), openai_line(2)])
     submit_anthropic(an, [1])
-    assert (server.batches.submitted("s1"), server.batches.submitted("s2"), server.batches.submitted("s3")) == (2, 1, 0)
-    assert server.batches.total_items() == 3
-    assert raw_json(server, "/_fake/stats")["batches"]["resubmitted"] == ["s1"]
+    submit(oa, [openai_line(5), openai_line(6, custom_id="s5")])  # fails validation, but was submitted twice
+    assert [server.batches.submitted(c) for c in ("s1", "s2", "s3", "s5")] == [2, 1, 0, 2]
+    assert server.batches.total_items() == 5
+    stats = raw_json(server, "/_fake/stats")["batches"]
+    assert (stats["resubmitted"], stats["max_submitted"], stats["items"]) == (["s1", "s5"], 2, 5)
 
 
 def test_the_standalone_server_serves_batches_and_reports_them() -> None:
@@ -555,7 +570,7 @@ def test_the_standalone_server_serves_batches_and_reports_them() -> None:
         assert proc.stdout is not None
         base_url = proc.stdout.readline().split()[1]
         client = anthropic.Anthropic(base_url=base_url, api_key="x", max_retries=0, timeout=10)
-        batch = client.messages.batches.create(requests=[anthropic_request(i) for i in range(3)])  # type: ignore[misc]
+        batch = client.messages.batches.create(requests=[anthropic_request(i) for i in range(3)])
         ended = wait_for(lambda: client.messages.batches.retrieve(batch.id), lambda b: b.processing_status == "ended")
         assert ended.request_counts.succeeded == 3
         with urllib.request.urlopen(base_url + "/_fake/stats", timeout=10) as resp:
