@@ -86,6 +86,7 @@ def test_a_batch_run_writes_ordinary_records_billed_at_the_batch_price(fake_serv
                                                                       tmp_path: Path, model: str) -> None:
     summary = run_experiment(config(fake_server, dataset(tmp_path), tmp_path / "out", model))
     assert summary.exit_code == 0 and summary.status == "complete", summary.message
+    assert summary.requests == N  # one per request submitted in a batch
     records = ok_once(summary.run_dir)
     assert fake_server.request_count == 0  # nothing went online
     [created] = batches.created()
@@ -272,8 +273,9 @@ def test_kill_9_while_polling_then_the_same_command_reattaches(fake_server: Any,
 
     kill_9_when(args, env, tmp_path, journaled, 60, "the batch id in the journal", pause=0.5)
     batches.release()
-    resumed = run_cli(args, env, cwd=tmp_path)
+    resumed = run_cli([*args, "--json"], env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["requests"] == 0  # the killed run submitted them all
     ok_once(only_run_dir(out))
     assert len(batches.created()) == 1 and batches.calls("create") == 1
     never_twice(batches)

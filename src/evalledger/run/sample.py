@@ -212,13 +212,13 @@ class _SampleCalls:
         """One model call through the run's provider batches: asked, and waited for."""
         if self.first_sent is None:
             self.first_sent, self.first_sent_at = time.monotonic(), utc_now()
-        self.ctx.run.requests += 1
+        # The run's request count is what its batches submitted (BatchQueue.submitted), not what it
+        # asked: an answer from a batch an earlier run submitted was not sent by this one.
         self.attempts += 1
         try:
             resp, batch_id = await batch.ask(self.sample.id, self.epoch, key, request)
         except LeftPending:
-            self.ctx.run.requests -= 1  # still pending in its batch: counted by the run that collects it
-            self.attempts -= 1
+            self.attempts -= 1  # still pending in its batch
             raise
         except BatchItemError as e:
             self.batch_ids.append("")

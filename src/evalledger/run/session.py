@@ -310,7 +310,9 @@ class RunSession:
                 await self.provider.aclose()
 
     def note_batch_outcome(self, batch: BatchQueue) -> None:
-        """What the batch queue saw that ends the run: a fatal create, the budget."""
+        """What the batch queue did that the run reports: the requests its batches submitted, a
+        fatal create, the budget."""
+        self.run.requests += batch.submitted
         if batch.fatal is not None and self.run.fatal is None:
             self.run.fatal = batch.fatal
         if batch.budget_hit:
