@@ -381,3 +381,24 @@ def test_the_response_cache_answers_a_batch_run_again_without_a_batch(fake_serve
     records = ok_once(again.run_dir)
     assert len(batches.created()) == 1  # every answer came from the cache: no second batch
     assert all(r["cached"] is True and r["paid"]["cost_usd"] == 0 and "batch_ids" not in r for r in records)
+
+
+def test_an_anthropic_batch_still_in_progress_is_found_by_its_size(fake_server: Any, batches: Any,
+                                                                   tmp_path: Path) -> None:
+    batches.hold()
+    batches.hang_create = True
+    out = tmp_path / "out"
+    args = batch_args(dataset(tmp_path), out, model=ANTHROPIC)
+    env = cli_env(fake_server)
+    kill_9_when(args, env, tmp_path, lambda: len(batches.created()) == 1, 60, "the batch to be created")
+    batches.hang_create = False
+    # Its custom ids cannot be read while it runs: the one batch of the intent's size is taken.
+    left = run_cli([*args, "--no-wait"], env, cwd=tmp_path)
+    assert left.returncode == 0 and "re-attached" in left.stderr and "1 batch pending" in left.stderr, left.stderr
+    batches.release()
+    wait_for(lambda: batches.created()[0].status == "ended", 30, "the batch to end")
+    done = run_cli(args, env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ok_once(only_run_dir(out))
+    assert len(batches.created()) == 1
+    never_twice(batches)
