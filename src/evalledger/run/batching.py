@@ -403,7 +403,9 @@ class BatchQueue:
             entry.asks.clear()
 
     def _show(self) -> None:
-        self.on_change(describe_batches([e.info for e in self.open.values() if e.info is not None]))
+        # Never empty: a batch run's progress line shows its batches, not request slots it has none of.
+        infos = [e.info for e in self.open.values() if e.info is not None]
+        self.on_change(describe_batches(infos) or "batches: none open")
 
 
 def batch_queue_for(config: RunConfig, run_dir: Path, run_id: str, provider: Provider, price: Price | None,
