@@ -91,6 +91,7 @@ class RunConfig:
     batch: bool = False  # send through the provider's batch API (openai/, anthropic/): half the price, results within 24 h
     batch_size: int | None = None  # requests per provider batch (None: the provider's own limit)
     no_wait: bool = False  # with batch: submit, journal and exit; the same command later collects
+    workers: int = 1  # processes on this host sharing the run's pending units and its rate limits
     max_consecutive_errors: int = 20  # circuit breaker; 0 turns it off
     min_free_mb: float = 100.0  # free space to keep beyond the run's estimated output
     quiet: bool = False
@@ -156,6 +157,11 @@ class RunConfig:
             raise UsageError(f"--batch-size {self.batch_size}: applies to --batch runs; pass --batch too")
         if self.no_wait and not self.batch:
             raise UsageError("--no-wait applies to --batch runs (submit the batches and exit); pass --batch too")
+        if type(self.workers) is not int or self.workers < 1:
+            raise UsageError(f"--workers {self.workers}: must be a whole number, at least 1")
+        if self.workers > 1 and self.batch:
+            raise UsageError(f"--workers {self.workers} with --batch: a batch run sends few requests and waits for the "
+                             "provider; one process is enough (leave --workers at 1)")
         if self.max_consecutive_errors < 0:
             raise UsageError(f"--max-consecutive-errors {self.max_consecutive_errors}: must be 0 (off) or more")
         if self.keep_old is not None:
@@ -279,6 +285,7 @@ class RunConfig:
             ("--cache-dir", self.cache_dir, defaults.cache_dir),
             ("--cache-ttl", self.cache_ttl, defaults.cache_ttl),
             ("--batch-size", self.batch_size, defaults.batch_size),
+            ("--workers", self.workers, defaults.workers),
             ("--max-consecutive-errors", self.max_consecutive_errors, defaults.max_consecutive_errors),
             ("--min-free-mb", self.min_free_mb, defaults.min_free_mb),
             ("--progress-interval", self.progress_interval, defaults.progress_interval),

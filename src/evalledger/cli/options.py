@@ -105,6 +105,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--batch", is_flag=True, help="Send through the provider's batch API (openai/, anthropic/): half the online price, results within 24 h. Crash-safe: every batch is journaled in the run directory before and after it is created, and the same command re-attaches to it."),
     click.option("--batch-size", type=int, default=None, metavar="N", help="With --batch: requests per provider batch (default: as many as the provider takes in one batch, within its byte limit)."),
     click.option("--no-wait", is_flag=True, help="With --batch: submit the batches, journal them and exit 0; run the same command later to collect what finished."),
+    click.option("--workers", type=int, default=1, show_default=True, metavar="N", help="Processes on this host sharing the run's pending samples; --rpm/--tpm and the adaptive concurrency stay the key's limits, shared by all of them."),
     click.option("--max-consecutive-errors", type=int, default=20, show_default=True, help="Circuit breaker: stop (exit 3) after this many samples in a row end in errors; 0 turns it off."),
     click.option("--min-free-mb", type=float, default=100.0, show_default=True, help="Refuse to start (exit 4) unless the output filesystem holds the run's estimated output plus this much."),
     click.option("--quiet", "-q", is_flag=True, help="No progress output."),

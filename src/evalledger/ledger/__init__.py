@@ -27,7 +27,11 @@ from evalledger.ledger.files import (
 )
 from evalledger.ledger.layout import (
     CACHE_DIR,
+    CALLS,
+    ERRORS,
     MANIFEST,
+    RESULTS,
+    RESUME_STATE,
     RUN_LOCK,
     STAMP_PATTERN,
     RunPaths,
@@ -49,7 +53,12 @@ from evalledger.ledger.layout import (
     shard_of_status,
     shard_suffix,
     status_files,
+    worker_files,
+    worker_glob,
+    writer_in_name,
     writer_locks,
+    writer_of_lock,
+    writer_paths,
 )
 from evalledger.ledger.locks import WriterLocks, describe_owner
 from evalledger.ledger.probe import (
@@ -89,6 +98,10 @@ __all__ = [
     "read_journal",
     "read_run_journals",
     "CACHE_DIR",
+    "CALLS",
+    "ERRORS",
+    "RESULTS",
+    "RESUME_STATE",
     "COMPLETE",
     "FileCounts",
     "GroupCommitter",
@@ -151,5 +164,10 @@ __all__ = [
     "shard_suffix",
     "status_files",
     "unit_noun",
+    "worker_files",
+    "worker_glob",
+    "writer_in_name",
     "writer_locks",
+    "writer_of_lock",
+    "writer_paths",
 ]

@@ -7,6 +7,12 @@ reserve ``.status<sfx>.json.reserve``, the writer lock ``.lock<sfx>`` and its ``
 and for ``--batch`` runs the batch journal ``batches<sfx>.jsonl``;
 and once per run ``manifest.json``, the shared ``.lock.run`` and the readers' ``.cache/`` directory.
 
+A ``--workers N`` run has one writer per worker process besides: worker W of the run (or of shard
+K of N) writes the same files with ``.worker-W`` after the shard suffix (``results.worker-2.jsonl``,
+``results.shard-1-of-4.worker-2.jsonl``, ``.lock.worker-2``, ...). Readers read them as files of
+the run (or of that shard); the run's own writer (the parent process) holds ``.lock<sfx>`` and
+``.lock.run`` for all of them and writes the one ``status<sfx>.json``.
+
 What repairs leave behind is named here too: ``<file>.corrupt-<timestamp>`` (bytes moved out of a
 file, never deleted), ``.<file>.clean-<timestamp>.tmp`` (the garbage-line rewrite before its
 rename), and, beside the run directory, ``<run_id>.old-<timestamp>`` (a run moved aside by
@@ -41,7 +47,9 @@ _CORRUPT_RE = re.compile(rf"\.corrupt-{STAMP_PATTERN}$")
 _MOVED_ASIDE_RE = re.compile(rf"^(?P<run_id>.+)\.old-(?P<stamp>{STAMP_PATTERN})$")
 #: :func:`shard_suffix` read back: groups K and N.
 _SUFFIX_PATTERN = r"\.shard-(\d+)-of-(\d+)"
-_LOCK_RE = re.compile(rf"^{re.escape(_LOCK)}(?:{_SUFFIX_PATTERN})?$")
+#: :func:`worker_suffix` read back: group W.
+_WORKER_PATTERN = r"\.worker-(\d+)"
+_LOCK_RE = re.compile(rf"^{re.escape(_LOCK)}(?:{_SUFFIX_PATTERN})?(?:{_WORKER_PATTERN})?$")
 
 
 def shard_suffix(shard: tuple[int, int] | None) -> str:
@@ -49,24 +57,56 @@ def shard_suffix(shard: tuple[int, int] | None) -> str:
     return "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
 
 
-def shard_name(kind: tuple[str, str], shard: tuple[int, int] | None) -> str:
+def worker_suffix(worker: int | None) -> str:
+    """``""`` for the run's (or shard's) own writer, ``.worker-W`` for worker process W of a ``--workers`` run."""
+    return "" if worker is None else f".worker-{worker}"
+
+
+def shard_name(kind: tuple[str, str], shard: tuple[int, int] | None, worker: int | None = None) -> str:
     """The file name of one writer's file of a kind (:data:`RESULTS`, :data:`CALLS`, ...)."""
     stem, ext = kind
-    return f"{stem}{shard_suffix(shard)}.{ext}"
+    return f"{stem}{shard_suffix(shard)}{worker_suffix(worker)}.{ext}"
 
 
 @functools.cache
 def _shard_name_re(stem: str, ext: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(stem)}(?:{_SUFFIX_PATTERN})?\.{re.escape(ext)}$")
+    return re.compile(rf"^{re.escape(stem)}(?:{_SUFFIX_PATTERN})?(?:{_WORKER_PATTERN})?\.{re.escape(ext)}$")
+
+
+def writer_in_name(name: str, stem: str, ext: str) -> tuple[tuple[int, int] | None, int | None] | None:
+    """For a run file named ``<stem>[.shard-K-of-N][.worker-W].<ext>``: (shard, worker), each None
+    when absent. None when ``name`` is no such file."""
+    m = _shard_name_re(stem, ext).match(name)
+    if not m:
+        return None
+    shard = None if m.group(1) is None else (int(m.group(1)), int(m.group(2)))
+    return shard, None if m.group(3) is None else int(m.group(3))
 
 
 def shard_in_name(name: str, stem: str, ext: str) -> tuple[int, int] | None | bool:
-    """For a run file named ``<stem>.<ext>`` or ``<stem>.shard-K-of-N.<ext>``: None (unsharded) or
-    (K, N). False when ``name`` is neither (e.g. ``results.jsonl.corrupt-…``)."""
-    m = _shard_name_re(stem, ext).match(name)
-    if not m:
-        return False
-    return None if m.group(1) is None else (int(m.group(1)), int(m.group(2)))
+    """For a run file named ``<stem>.<ext>`` or ``<stem>.shard-K-of-N.<ext>`` (either with a worker's
+    ``.worker-W``): None (unsharded) or (K, N). False when ``name`` is neither (e.g.
+    ``results.jsonl.corrupt-…``)."""
+    writer = writer_in_name(name, stem, ext)
+    return False if writer is None else writer[0]
+
+
+def writer_paths(path: Path, kind: tuple[str, str]) -> RunPaths | None:
+    """The writer whose file of ``kind`` (:data:`RESULTS`, :data:`RESUME_STATE`, ...) ``path`` is; None if it is none."""
+    writer = writer_in_name(path.name, *kind)
+    return None if writer is None else RunPaths(path.parent, *writer)
+
+
+def worker_glob(kind: tuple[str, str], shard: tuple[int, int] | None) -> str:
+    """The glob pattern of the run's (or ``shard``'s) worker files of ``kind``, e.g. ``errors.worker-*.log``."""
+    stem, ext = kind
+    return f"{stem}{shard_suffix(shard)}.worker-*.{ext}"
+
+
+def worker_files(run_dir: Path, kind: tuple[str, str], shard: tuple[int, int] | None) -> list[Path]:
+    """The files of ``kind`` that worker processes of the run (or of ``shard``) wrote, sorted."""
+    return sorted(p for p in Path(run_dir).glob(worker_glob(kind, shard))
+                  if (w := writer_in_name(p.name, *kind)) is not None and w[0] == shard)
 
 
 def shard_files(run_dir: Path, stem: str, ext: str) -> list[Path]:
@@ -125,36 +165,37 @@ class RunPaths:
 
     run_dir: Path
     shard: tuple[int, int] | None = None
+    worker: int | None = None  # worker process W of a --workers run (None: the run's or shard's own writer)
 
     @property
     def suffix(self) -> str:
-        return shard_suffix(self.shard)
+        return shard_suffix(self.shard) + worker_suffix(self.worker)
 
     @property
     def results(self) -> Path:
-        return self.run_dir / shard_name(RESULTS, self.shard)
+        return self.run_dir / shard_name(RESULTS, self.shard, self.worker)
 
     @property
     def calls(self) -> Path:
-        return self.run_dir / shard_name(CALLS, self.shard)
+        return self.run_dir / shard_name(CALLS, self.shard, self.worker)
 
     @property
     def resume_state(self) -> Path:
-        return self.run_dir / shard_name(RESUME_STATE, self.shard)
+        return self.run_dir / shard_name(RESUME_STATE, self.shard, self.worker)
 
     @property
     def errors(self) -> Path:
         """The human-readable error log; per writer, so shards on different machines never share one."""
-        return self.run_dir / shard_name(ERRORS, self.shard)
+        return self.run_dir / shard_name(ERRORS, self.shard, self.worker)
 
     @property
     def status(self) -> Path:
-        return self.run_dir / shard_name(STATUS, self.shard)
+        return self.run_dir / shard_name(STATUS, self.shard, self.worker)
 
     @property
     def batches(self) -> Path:
         """The batch journal (``--batch`` runs only)."""
-        return self.run_dir / shard_name(BATCHES, self.shard)
+        return self.run_dir / shard_name(BATCHES, self.shard, self.worker)
 
     @property
     def status_reserve(self) -> Path:
@@ -163,7 +204,7 @@ class RunPaths:
 
     @property
     def lock(self) -> Path:
-        return self.run_dir / lock_name(self.shard)
+        return self.run_dir / lock_name(self.shard, self.worker)
 
     @property
     def owner(self) -> Path:
@@ -184,18 +225,26 @@ class RunPaths:
         return self.run_dir / CACHE_DIR
 
 
-def lock_name(shard: tuple[int, int] | None) -> str:
-    """The writer lock's file name: ``.lock`` or ``.lock.shard-K-of-N``."""
-    return f"{_LOCK}{shard_suffix(shard)}"
+def lock_name(shard: tuple[int, int] | None, worker: int | None = None) -> str:
+    """The writer lock's file name: ``.lock`` or ``.lock.shard-K-of-N`` (either with ``.worker-W``)."""
+    return f"{_LOCK}{shard_suffix(shard)}{worker_suffix(worker)}"
+
+
+def writer_of_lock(name: str) -> tuple[tuple[int, int] | None, int | None] | None:
+    """For a writer lock's file name: (shard, worker), each None when absent. None for anything
+    else (``.lock.run``, an owner file)."""
+    m = _LOCK_RE.match(name)
+    if not m:
+        return None
+    shard = None if m.group(1) is None else (int(m.group(1)), int(m.group(2)))
+    return shard, None if m.group(3) is None else int(m.group(3))
 
 
 def shard_of_lock(name: str) -> tuple[int, int] | None | bool:
-    """For a writer lock's file name: None (``.lock``) or (K, N) (``.lock.shard-K-of-N``). False
-    for anything else (``.lock.run``, an owner file)."""
-    m = _LOCK_RE.match(name)
-    if not m:
-        return False
-    return None if m.group(1) is None else (int(m.group(1)), int(m.group(2)))
+    """For a writer lock's file name: None (``.lock``) or (K, N) (``.lock.shard-K-of-N``), a
+    worker's lock giving its run's or shard's. False for anything else (``.lock.run``, an owner file)."""
+    writer = writer_of_lock(name)
+    return False if writer is None else writer[0]
 
 
 def owner_path(lock: Path) -> Path:
@@ -208,10 +257,15 @@ def writer_locks(run_dir: Path) -> list[Path]:
     return [p for p in sorted(Path(run_dir).glob(f"{_LOCK}*")) if shard_of_lock(p.name) is not False]
 
 
+def writer_of_owner(owner: Path) -> tuple[tuple[int, int] | None, int | None] | None:
+    """(shard, worker) of the writer whose lock an owner file describes (see :func:`writer_of_lock`)."""
+    return writer_of_lock(owner.name.removesuffix(_OWNER)) if owner.name.endswith(_OWNER) else None
+
+
 def shard_owner_files(run_dir: Path) -> list[Path]:
-    """The owner files of the shard writers' locks present in a run directory, sorted."""
+    """The owner files of the shard writers' and worker processes' locks present in a run directory, sorted."""
     return [p for p in sorted(Path(run_dir).glob(f"{_LOCK}*{_OWNER}"))
-            if shard_of_lock(p.name[:-len(_OWNER)]) not in (False, None)]
+            if writer_of_owner(p) not in (None, (None, None))]
 
 
 def corrupt_aside(path: Path, stamp: str, kind: str = "corrupt") -> Path:

@@ -51,10 +51,17 @@ class RunLedger:
     context manager or call :meth:`close`.
     """
 
-    def __init__(self, run_dir: str | Path, shard: tuple[int, int] | None = None) -> None:
+    def __init__(self, run_dir: str | Path, shard: tuple[int, int] | None = None, *, worker: int | None = None,
+                 under_parent: bool = False, appends: bool = True) -> None:
+        """``worker``: the files of worker process W of a ``--workers`` run; ``under_parent``: this
+        process is that worker, and its parent holds the run's lock (:class:`WriterLocks`).
+        ``appends`` False: :meth:`open_writer` takes the locks and repairs, but opens (and creates)
+        no results file: the parent of worker processes, which writes none."""
+        self.appends = appends
         self.run_dir = Path(run_dir)
         self.shard = shard
-        self.paths = RunPaths(self.run_dir, shard)
+        self.worker = worker
+        self.paths = RunPaths(self.run_dir, shard, worker)
         self.results_path = self.paths.results
         # The turn cache of multi-turn tasks (see run/sample.py): one line per paid model call.
         self.calls_path = self.paths.calls
@@ -65,7 +72,7 @@ class RunLedger:
         self.owner_path = self.paths.owner
         self.manifest_path = self.paths.manifest
         self.run_lock_path = self.paths.run_lock
-        self._locks = WriterLocks(self.paths)
+        self._locks = WriterLocks(self.paths, under_parent=under_parent)
         self._fd: int | None = None
         self._size = 0
         self._synced_size = 0  # bytes of results.jsonl known to be on disk (fsynced)
@@ -91,13 +98,19 @@ class RunLedger:
                     f"{e.message}. Nothing was changed. Restore the file, move the run directory aside, "
                     "or pass --overwrite to move it aside and start afresh."
                 ) from None
-            owner = {"pid": os.getpid(), "host": hostname(), "since": utc_now(), "shard": self.shard}
+            owner = {"pid": os.getpid(), "host": hostname(), "since": utc_now(), "shard": self.shard,
+                     **({} if self.worker is None else {"worker": self.worker})}
             write_json_atomic(self.owner_path, owner)
             # Temp files of atomic writes cut short by a crash; we hold the lock, so none is live.
             for stale in leftover_temps(self.state_path):
                 stale.unlink(missing_ok=True)
             self._repair_results()
             self._keep_untrusted_state()
+            if not self.appends:
+                self._size = self.results_path.stat().st_size if self.results_path.exists() else 0
+                self._synced_size = self._size
+                fsync_dir(self.run_dir)
+                return self
             self._fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._size = os.fstat(self._fd).st_size
             self._synced_size = self._size  # what is there was either fsynced or is what a crash left
@@ -106,6 +119,11 @@ class RunLedger:
             self.close()
             raise
         return self
+
+    @property
+    def run_lock_fd(self) -> int | None:
+        """The descriptor holding ``.lock.run`` while this writer is open (what a worker process inherits)."""
+        return self._locks.run_lock_fd
 
     @contextlib.contextmanager
     def repair_lock(self) -> Iterator[None]:

@@ -21,6 +21,8 @@ from typing import Any
 from evalledger.datasets import shard_of
 from evalledger.errors import EvalLedgerError, UsageError
 from evalledger.ledger import (
+    RESULTS,
+    RESUME_STATE,
     ReadReport,
     RunLedger,
     batch_summary,
@@ -33,6 +35,7 @@ from evalledger.ledger import (
     run_lifecycle,
     shard_of_file,
     shard_of_lock,
+    worker_files,
     writer_locks,
 )
 from evalledger.ops.slurm import read_submissions
@@ -261,12 +264,16 @@ def _shard_status(run_dir: Path, shard: tuple[int, int], mine: set[str], known: 
     k, n = shard
     cm = RunLedger(run_dir, shard)
     lock, owner = lock_state(cm.lock_path, cm.owner_path)
+    # The shard's own files, and those of its worker processes (a shard run with --workers).
+    results = [cm.results_path, *worker_files(run_dir, RESULTS, shard)]
+    states = [cm.state_path, *worker_files(run_dir, RESUME_STATE, shard)]
     report = ReadReport()
-    for _ in iter_file_records(cm.results_path, report):
-        pass
+    for path in results:
+        for _ in iter_file_records(path, report):
+            pass
     done = len(mine & ok_ids)
     shard_total = len(mine) if known else None
-    last = _mtime(cm.results_path, cm.state_path)
+    last = _mtime(*results, *states)
     if shard_total is not None and done >= shard_total:
         state = "done"
     elif lock in ("held", "held elsewhere"):
@@ -277,7 +284,7 @@ def _shard_status(run_dir: Path, shard: tuple[int, int], mine: set[str], known: 
         state = "stalled" if quiet_for is not None and quiet_for >= stalled_after else "running"
     elif slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING"):
         state = "queued"
-    elif cm.results_path.exists() or cm.state_path.exists():
+    elif any(p.exists() for p in (*results, *states)):
         state = "stopped"  # it started once, and nobody writes it now
     else:
         state = "missing"

@@ -31,6 +31,8 @@ from evalledger.datasets import BUILTIN_DATASETS, load_dataset, resolve_dataset,
 from evalledger.errors import DatasetError, EvalLedgerError, LedgerCorruptError, LockHeldError
 from evalledger.ledger import (
     COMPLETE,
+    RESULTS,
+    RESUME_STATE,
     RunLedger,
     RunPaths,
     calls_files,
@@ -44,11 +46,11 @@ from evalledger.ledger import (
     results_files,
     resume_state_files,
     shard_of_file,
-    shard_of_lock,
-    shard_of_resume_state,
     shard_of_status,
     status_files,
     unit_noun,
+    writer_of_lock,
+    writer_paths,
 )
 from evalledger.ops.units import expected_units, unit_dict, unit_label
 from evalledger.readers import resolve_run_dir
@@ -167,9 +169,9 @@ def _live_files(run_dir: Path) -> set[str]:
 
     live: set[str] = set()
     for lock in lock_status(run_dir):
-        shard = shard_of_lock(lock)
-        if shard is not False:
-            paths = RunPaths(run_dir, shard)
+        writer = writer_of_lock(lock)
+        if writer is not None:
+            paths = RunPaths(run_dir, *writer)
             live |= {paths.results.name, paths.calls.name}
     return live
 
@@ -192,7 +194,9 @@ def verify_run(run: str | Path, output_dir: str | Path = "outputs", *, repair: b
 def _repair(run_dir: Path) -> list[str]:
     done: list[str] = []
     for path in results_files(run_dir):
-        cm = RunLedger(run_dir, shard_of_file(path))
+        writer = writer_paths(path, RESULTS)
+        assert writer is not None
+        cm = RunLedger(run_dir, writer.shard, worker=writer.worker)
         try:
             with cm.repair_lock():
                 tail = repair_torn_tail(path)
@@ -289,7 +293,9 @@ def _check_shards(seen: _Seen, report: VerifyReport, epochs: int) -> None:
 
 def _check_states(run_dir: Path, report: VerifyReport) -> None:
     for p in resume_state_files(run_dir):
-        state, problem = RunLedger(run_dir, shard_of_resume_state(p)).read_resume_state()
+        writer = writer_paths(p, RESUME_STATE)
+        assert writer is not None
+        state, problem = RunLedger(run_dir, writer.shard, worker=writer.worker).read_resume_state()
         if state is None and problem:
             report.findings.append(Finding("bad_resume_state", f"{problem} (the next run rebuilds it from the "
                                                                "results; nothing is lost)", p.name))

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from evalledger.fsio import dir_size
 from evalledger.ledger import (
+    RESULTS,
+    RunPaths,
     batch_summary,
     calls_bill,
-    lock_name,
     lock_status,
     resume_state_files,
     run_lifecycle,
-    shard_of_file,
+    writer_paths,
 )
 from evalledger.readers.frames import epochs_of, frame_from_scan, task_of
 from evalledger.readers.intervals import wilson_interval
@@ -217,13 +218,17 @@ def _checkpoint_times(run_dir: Path) -> list[str]:
 
 
 def _shards(scan: RunScan, locks: Any) -> dict[str, dict[str, Any]]:
-    """Per results file (``all`` for the unsharded one): its counts and whether its writer runs."""
+    """Per results file (``all`` for the unsharded one, ``worker W`` or ``K/N worker W`` for a worker
+    process's): its counts and whether its writer runs."""
     shards = {}
     for fs in scan.file_summaries:
-        lock = lock_name(shard_of_file(Path(fs.name)))
-        shards[fs.shard or "all"] = {"file": fs.name, "ok": fs.ok_count(scan.manifest.ids_not_in_dataset),
-                                     "error_records": fs.error_records, "records": fs.records,
-                                     "last_finished": fs.last_finished, "running": lock in locks}
+        writer = writer_paths(Path(fs.name), RESULTS) or RunPaths(Path())
+        key = fs.shard or "all"
+        if writer.worker is not None:
+            key = f"{fs.shard} worker {writer.worker}" if fs.shard else f"worker {writer.worker}"
+        shards[key] = {"file": fs.name, "ok": fs.ok_count(scan.manifest.ids_not_in_dataset),
+                       "error_records": fs.error_records, "records": fs.records,
+                       "last_finished": fs.last_finished, "running": writer.lock.name in locks}
     return shards
 
 
@@ -257,15 +262,16 @@ def run_stats(run_dir: str | Path, *, vote: bool | None = None, pass_k: bool | N
     columns = STATS_COLUMNS + (("prediction", "task") if repeated else ())  # the vote reads predictions
     stats = stats_from_scan(scan, frame_from_scan(scan, columns=columns), vote=vote, pass_k=pass_k)
     add_lifecycle(stats, run_dir)
-    stats["batches"] = batch_summary(Path(run_dir))
     return stats
 
 
 def add_lifecycle(stats: dict[str, Any], run_dir: str | Path) -> None:
     """Add the run's status marker view: ``state`` (running, complete, incomplete, interrupted,
-    unknown) and ``state_label`` (e.g. "interrupted (process gone)"), plus ``size_bytes``."""
+    unknown) and ``state_label`` (e.g. "interrupted (process gone)"), plus ``size_bytes`` and
+    ``batches`` (a ``--batch`` run's provider batches, :func:`evalledger.ledger.batch_summary`)."""
     life = run_lifecycle(run_dir, held=stats.get("writers"))  # the locks stats_from_scan just read
     stats["state"] = life.state
     stats["state_label"] = life.label
     stats["state_detail"] = life.to_dict()
     stats["size_bytes"] = dir_size(Path(run_dir))
+    stats["batches"] = batch_summary(Path(run_dir))  # --batch runs: the provider batches' states

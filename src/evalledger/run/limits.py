@@ -13,6 +13,11 @@
   far more than it saves (with 30 % of requests answered 429 and Retry-After 1, pausing everyone
   made a run 69x slower; waiting per request keeps it within 1.5x, see benchmarks/README.md).
 
+Several processes on one host (the workers of a ``--workers`` run, or runs started with
+``EVALLEDGER_HOST_LIMITER``) share the buckets, the storm's pause and its cuts of the concurrency
+through one :class:`~evalledger.run.hostlimit.HostLimiter`: a storm seen by one of them pauses them
+all and halves each one's limit. A process without one keeps all of it in memory, as before.
+
 This module decides only when a request may go; retrying is ``retry.py``'s job.
 """
 
@@ -27,6 +32,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import AsyncIterator, Callable
+
+from evalledger.run.hostlimit import (
+    HostLimiter,
+    SharedBucket,
+    capacity_for,
+    host_limiter_from_env,
+    rpm_bucket,
+    tpm_bucket,
+)
 
 RATE_LIMIT_STATUSES = frozenset({429, 529})
 DEFAULT_PAUSE = 1.0  # seconds, when a 429 carries no Retry-After
@@ -43,8 +57,7 @@ class TokenBucket:
         if per_minute <= 0:
             raise ValueError("per_minute must be positive")
         self.rate = per_minute / 60.0
-        # Ten seconds' worth: enough for bursts, small enough not to trip a provider's own window.
-        self.capacity = capacity if capacity is not None else max(1.0, per_minute / 6.0)
+        self.capacity = capacity if capacity is not None else capacity_for(per_minute)
         self.tokens = self.capacity
         self._clock = clock
         self._last = clock()
@@ -107,6 +120,8 @@ class Limits:
     on_change: Callable[[int, int], None] | None = None  # (current limit, requests waiting on a rate limit)
     on_wait: Callable[[float], None] | None = None  # a wait of so many seconds for a rate limit starts
     stats: LimitStats = field(default_factory=LimitStats)
+    #: shared with the other processes of the host (None: $EVALLEDGER_HOST_LIMITER's, if set, else none)
+    host: HostLimiter | None = None
 
     def __post_init__(self) -> None:
         self.limit = self.max_concurrency
@@ -121,8 +136,17 @@ class Limits:
         self._recent: deque[bool] = deque(maxlen=max(self.max_concurrency, 8))
         self._recent_429 = 0
         self._last_estimate = 0
-        self._rpm = TokenBucket(self.rpm) if self.rpm else None
-        self._tpm = TokenBucket(self.tpm) if self.tpm else None
+        if self.host is None:
+            self.host = host_limiter_from_env(self.rpm, self.tpm)
+        host = self.host
+        self._rpm: TokenBucket | SharedBucket | None = None
+        self._tpm: TokenBucket | SharedBucket | None = None
+        if self.rpm:
+            self._rpm = TokenBucket(self.rpm) if host is None else rpm_bucket(host)
+        if self.tpm:
+            self._tpm = TokenBucket(self.tpm) if host is None else tpm_bucket(host)
+        # The host's cuts made before this process joined are not this process's to take.
+        self._cuts_seen = 0 if host is None else host.read()[1]
 
     def _notify_change(self) -> None:
         if self.on_change is not None:
@@ -150,12 +174,40 @@ class Limits:
                 self._cond.notify(1)
 
     async def _wait_for_pause(self) -> None:
+        if self.host is not None:
+            self._follow_host()
         while (delay := self.pause_until - time.monotonic()) > 0:
             async with self._waiting(delay):
                 await asyncio.sleep(delay)
             self.stats.paused_s += delay
+            if self.host is not None:
+                self._follow_host()
 
-    async def _take(self, bucket: TokenBucket, n: float) -> None:
+    def _follow_host(self) -> None:
+        """Take on what the other processes of the host decided: their pause, their cuts."""
+        assert self.host is not None
+        pause_until, cuts = self.host.read()
+        self.pause_until = max(self.pause_until, pause_until)
+        self._apply_cuts(cuts)
+
+    def _apply_cuts(self, cuts: int) -> None:
+        """Halve the limit once for each of the host's cuts this process has not taken yet."""
+        new = cuts - self._cuts_seen
+        if new <= 0:
+            return
+        self._cuts_seen = cuts
+        self._successes = 0
+        if self.adaptive:
+            for _ in range(new):
+                self._halve()
+            self._notify_change()
+
+    def _halve(self) -> None:
+        self.limit = max(1, math.floor(self.limit / 2))
+        self.stats.decreases += 1
+        self.stats.min_limit = min(self.stats.min_limit, self.limit)
+
+    async def _take(self, bucket: TokenBucket | SharedBucket, n: float) -> None:
         """Take ``n`` of ``bucket``'s tokens (--rpm/--tpm); a wait for them shows like any rate-limit wait."""
         if bucket.try_take(n):  # the common case: no wait, no bookkeeping
             return
@@ -217,10 +269,15 @@ class Limits:
         self._successes = 0
         # One episode = the 429s that arrive while the requests in flight at the first one drain:
         # they all reflect the same overload, so only the first one cuts the limit.
-        if self.adaptive and now >= self._episode_end:
-            self.limit = max(1, math.floor(self.limit / 2))
-            self.stats.decreases += 1
-            self.stats.min_limit = min(self.stats.min_limit, self.limit)
+        if self.host is not None:
+            self.pause_until = self.host.pause_until(self.pause_until)
+            if self.adaptive:
+                self._follow_host()
+                cuts = self.host.cut(now, pause + 1.0)
+                if cuts is not None:
+                    self._apply_cuts(cuts)
+        elif self.adaptive and now >= self._episode_end:
+            self._halve()
             self._episode_end = now + pause + 1.0
         self._notify_change()
 
@@ -238,6 +295,8 @@ class Limits:
         if pause > 0:
             self.stats.paced += 1
             self.pause_until = max(self.pause_until, now + pause)
+            if self.host is not None:
+                self.pause_until = self.host.pause_until(self.pause_until)
             self._notify_change()
 
     def _tokens_in_flight_estimate(self) -> int:

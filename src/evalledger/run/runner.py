@@ -2,7 +2,8 @@
 CLI only parses flags), its async form, and ``estimate_experiment``.
 
 What happens to an existing run directory (``--overwrite``, ``--keep-old``, ``--no-resume``) is
-decided here; everything done under the run's lock is a :class:`~evalledger.run.session.RunSession`.
+decided here; everything done under the run's lock is a :class:`~evalledger.run.session.RunSession`
+(with ``--workers N``, a :class:`~evalledger.run.workers.WorkersSession` and its worker processes).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from evalledger.run.outcome import RunSummary
 from evalledger.run.prepare import PreparedRun, prepare_run
 from evalledger.run.session import RunSession
 from evalledger.run.units import plan_units
+from evalledger.run.workers import WorkersSession
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,9 @@ async def run_experiment_async(config: RunConfig) -> RunSummary:
     prepared = prepare_run(config)
     note_run_dir(prepared.run_dir)  # get_stats(run_id) in this process means this run
     # Built before anything is written: a bad --model, a missing key or --max-cost without a price
-    # is refused while the run directory is still as it was.
-    session = RunSession(prepared, t0)
+    # is refused while the run directory is still as it was. With --workers N the session is the
+    # parent of N worker processes (run/workers.py).
+    session = RunSession(prepared, t0) if config.workers == 1 else WorkersSession(prepared, t0)
     moved_aside = _make_room(config, prepared)
     summary = await session.run()
     summary.moved_aside = moved_aside
