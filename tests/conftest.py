@@ -41,9 +41,12 @@ def second_server() -> Iterator[FakeServer]:
 @pytest.fixture(autouse=True)
 def _own_response_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own empty response cache (``EVALLEDGER_CACHE_DIR``, inherited by the CLI
-    subprocesses it starts), never the user's: runs within one test share it, as one user's runs do."""
+    subprocesses it starts) and user cache (``XDG_CACHE_HOME``), never the user's: runs within one
+    test share them, as one user's runs do."""
     cache_dir = tmp_path_factory.mktemp("response-cache")
     monkeypatch.setenv("EVALLEDGER_CACHE_DIR", str(cache_dir))
+    # The remembered dataset hashes too (datasets/hashcache.py, under XDG_CACHE_HOME), never the user's.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
     return cache_dir
 
 

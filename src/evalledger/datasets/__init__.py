@@ -15,6 +15,7 @@ from evalledger.datasets.files import (
     read_dataset_file,
     resolve_dataset,
 )
+from evalledger.datasets.hashcache import HASH_CACHE_VARIABLE, forget_sha256, hash_cache_dir, hashed_dataset
 from evalledger.datasets.index import (
     LazySamples,
     RowSource,
@@ -33,6 +34,10 @@ from evalledger.datasets.values import max_field_chars
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "HASH_CACHE_VARIABLE",
+    "forget_sha256",
+    "hash_cache_dir",
+    "hashed_dataset",
     "SELECTION_RULE",
     "Dataset",
     "ExemplarSelector",

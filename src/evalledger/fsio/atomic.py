@@ -26,6 +26,13 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def user_cache_home() -> Path:
+    """The user's cache directory: ``$XDG_CACHE_HOME`` when it is absolute (as the XDG spec says),
+    else ``~/.cache``. evalledger's caches live under ``<it>/evalledger/``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return Path(xdg) if xdg and os.path.isabs(xdg) else Path("~/.cache").expanduser()
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so a rename or a new file in it survives power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from evalledger.fsio import canonical_json
+from evalledger.fsio import canonical_json, user_cache_home
 
 #: The version of the key and of the entry layout; a change gets a new directory and a new format.
 KEY_VERSION = 1
@@ -38,9 +38,7 @@ def default_cache_dir() -> Path:
     explicit = os.environ.get(CACHE_DIR_VARIABLE, "").strip()
     if explicit:
         return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path("~/.cache").expanduser()  # the XDG default
-    return base / "evalledger" / "responses"
+    return user_cache_home() / "evalledger" / "responses"
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:

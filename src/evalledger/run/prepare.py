@@ -27,6 +27,8 @@ from evalledger.datasets import (
     check_dataset_path,
     check_samples,
     dataset_format,
+    forget_sha256,
+    hashed_dataset,
     in_shard,
     index_key,
     load_dataset_bytes,
@@ -146,8 +148,11 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
     if check_code_execution:
         check_code_execution_allowed(task, task_spec, config)
     # The file is read and hashed once: the hash names the run, and these bytes are what is parsed.
-    raw, st = read_dataset_file(check_dataset_path(located.path))
-    resolved = dataclasses.replace(located, sha256=hashlib.sha256(raw).hexdigest())
+    # A resume (use_index) of a file hashed before with the same stat reads nothing here
+    # (datasets/hashcache.py); few-shot runs read it anyway, their exemplars may come from it.
+    path = check_dataset_path(located.path)
+    raw, st, sha256 = hashed_dataset(path, remembered=use_index and config.fewshot == 0)
+    resolved = dataclasses.replace(located, sha256=sha256)
     selector = _exemplar_selector(config, resolved, raw, task, task_spec)
     # Absent without --fewshot, so every zero-shot run keeps the run ID and dataset index it had.
     fewshot = {} if selector is None else {"fewshot": selector.identity}
@@ -164,12 +169,18 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
                     max_field_chars=max_field_chars(), evalledger=__version__, **fewshot)
     # Millions of small dicts are built here and none is in a cycle: see gcpause.
     with paused_gc():
-        index = load_index(RunPaths(run_dir).cache, key) if use_index and len(raw) >= dataset_index.MIN_BYTES else None
+        index = load_index(RunPaths(run_dir).cache, key) if use_index and st.st_size >= dataset_index.MIN_BYTES else None
         if index is not None:
             del raw  # a resume of an already validated file: its rows are read back only when pending
             dataset = _dataset_from_index(resolved, st, index, task, config.limit, selector)
             new_index = None
         else:
+            if raw is None:  # a remembered hash, and no index to use it with: the bytes are needed after all
+                raw, st = read_dataset_file(path)
+                if hashlib.sha256(raw).hexdigest() != resolved.sha256:  # the file changed under the same stat
+                    forget_sha256(path)
+                    return prepare_run(config, check_output_dir=check_output_dir,
+                                       check_code_execution=check_code_execution, use_index=False)
             dataset = load_dataset_bytes(resolved, raw, id_column=config.id_column,
                                          required_fields=task.required_fields, limit=config.limit)
             del raw
