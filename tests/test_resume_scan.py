@@ -13,6 +13,8 @@ from evalledger.ledger.lines import iter_blocks
 from evalledger.readers import CheckpointManager
 from evalledger.records import LEAD_KEYS, BillTotal, bill_of
 from evalledger.run import run_experiment
+from evalledger.run.units import plan_units
+from evalledger.samples import Sample
 
 MODEL = "openai/test-model"
 
@@ -125,3 +127,24 @@ def test_completed_ids_reads_prefixes_and_reports_like_the_full_reader(tmp_path)
     assert CheckpointManager(run).completed_ids(fast) == {"s00000", "s00002"}
     list(iter_file_records(run / "results.jsonl", full))
     assert fast == full and fast.lines == 3 and fast.partial_tail_bytes > 0
+
+
+def test_within_known_says_whether_every_ok_unit_is_a_dataset_id_and_lets_a_complete_plan_skip_a_pass(tmp_path):
+    ids = frozenset(f"s{i:05d}" for i in range(5))
+    samples = [Sample(id=sid, fields={}, row=i + 1) for i, sid in enumerate(sorted(ids))]
+
+    def scanned(name, records):
+        write(tmp_path / name, records)
+        return scan_ledger(tmp_path / name, ids)
+
+    scan = scanned("complete", [record(i) for i in range(5)])
+    assert scan.within_known and scan.completed == ids
+    for within in (True, False):
+        plan = plan_units(samples, ids, 1, scan.completed, scan.errored, completed_within_ids=within)
+        assert not plan.not_done and not list(plan.pending) and plan.skipped == 5
+    scan = scanned("foreign", [record(i) for i in range(4)] + [record(7)])  # one foreign, one missing
+    assert not scan.within_known and len(scan.completed) == 5
+    plan = plan_units(samples, ids, 1, scan.completed, scan.errored, completed_within_ids=scan.within_known)
+    assert plan.not_done == {"s00004"}
+    assert not scanned("epochs", [record(i) for i in range(5)] + [record(0, epoch=2)]).within_known
+    assert not scan_ledger(tmp_path / "complete").within_known  # no dataset ids to compare with

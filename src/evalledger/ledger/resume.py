@@ -42,12 +42,14 @@ class FileCounts:
 class LedgerScan:
     """What every results file of a run holds, as far as resuming cares (garbage lines skipped).
 
-    ``completed``, ``correct`` and ``errored`` hold unit keys (:func:`evalledger.records.unit_key`):
-    the bare sample id for epoch 1, so for a run without repeats they are its sample ids.
+    ``completed``, ``incorrect`` and ``errored`` hold unit keys (:func:`evalledger.records.unit_key`):
+    the bare sample id for epoch 1, so for a run without repeats they are its sample ids. The
+    correct units are ``completed`` less ``incorrect``: kept that way round because most units of
+    a run are usually correct, and a second set of a million keys costs ~35 MB.
     """
 
     completed: set[str] = field(default_factory=set)  # units with an ok record
-    correct: set[str] = field(default_factory=set)  # units whose last ok record is correct
+    incorrect: set[str] = field(default_factory=set)  # units whose last ok record is not correct
     errored: set[str] = field(default_factory=set)  # units with error records and no ok record
     ok_records: int = 0
     input_tokens: int = 0  # over ok records
@@ -60,6 +62,14 @@ class LedgerScan:
     own: FilePart | None = None  # the ``own`` file's part (see scan_ledger), kept up to date by the writer
     own_end: int = 0  # the bytes of the own file that ``own`` covers
     own_indexed_end: int = 0  # the bytes of the own file its index on disk covers (0: none)
+    #: every key of ``completed`` is one of ``known_ids`` (no later epoch's, no foreign one); False
+    #: when that is not known (no ``known_ids``). Lets a resume of a complete run skip a pass.
+    within_known: bool = False
+
+    @property
+    def correct(self) -> set[str]:
+        """The units whose last ok record is correct (a new set: for tools and tests, not the hot path)."""
+        return self.completed - self.incorrect
 
     @property
     def observed(self) -> tuple[int, int, int]:
@@ -87,7 +97,7 @@ def scan_ledger(run_dir: Path, known_ids: Container[str] | None = None, own: Pat
     own results file, whose part is kept in ``scan.own`` so the writer can add what it appends
     (:func:`note_committed`) and index the file while it runs and when it stops (:func:`save_own_index`).
     """
-    scan = LedgerScan()
+    scan = LedgerScan(within_known=known_ids is not None)
     errored_all: set[str] = set()
     with paused_gc():  # a million parsed records and ids, none in a cycle: see gcpause
         for path in results_files(run_dir):
@@ -172,11 +182,8 @@ def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePa
     first = not scan.completed  # then ``completed`` is this part's ok units once updated
     scan.completed.update(correct)
     scan.completed.update(other)
-    if first:
-        scan.correct = scan.completed.copy()  # a copy of a set reuses its hashes: cheaper than adding again
-    else:
-        scan.correct.update(correct)
-    scan.correct.difference_update(other)
+    scan.incorrect.difference_update(correct)  # a later file's ok record decides
+    scan.incorrect.update(other)
     errored.update(part.errored)
     scan.records += part.records
     scan.ok_records += part.ok_records
@@ -195,6 +202,7 @@ def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePa
         keys = []  # every ok unit is a dataset id (the usual case), found with one C-level pass
     else:
         keys = list(filterfalse(known_ids.__contains__, chain(correct, other)))
+    scan.within_known = scan.within_known and not keys
     foreign = [k for k in keys if k.partition(UNIT_SEPARATOR)[0] not in known_ids]
     foreign_ok = set(foreign)
     foreign += [k for k in part.errored if k not in known_ids and k not in foreign_ok

@@ -133,22 +133,21 @@ def disk_space_error(e: BaseException, run_dir: Path) -> BaseException:
     return e
 
 
-def light_stats(summary: RunSummary, shard: tuple[int, int] | None, selection: Set[str], whole: bool,
-                seen: "LedgerScan", cost_usd: float | None) -> dict[str, Any]:
+def light_stats(summary: RunSummary, shard: tuple[int, int] | None, selection: Set[str], seen: "LedgerScan",
+                cost_usd: float | None) -> dict[str, Any]:
     """The light summary of a run (or shard) for ``summary.stats``, from the unit keys the runner
     holds (see :mod:`evalledger.run.units`; with one epoch, the sample ids), counting units.
 
-    ``selection``: the unit keys of the invocation's selection (``whole``: every id of the dataset, one epoch);
-    ``seen``: the ledger scan, kept up to date with the records this invocation acknowledged. The
+    ``selection``: the unit keys of the invocation's selection; ``seen``: the ledger scan, kept up to date with the records this invocation acknowledged. The
     full get_stats() re-reads every file, ~35 s on a million records, too slow for a Slurm
     pre-emption window.
     """
     remaining = summary.remaining
-    n_done = len(selection) - remaining
-    if whole:  # every correct key is a dataset id or one of the (few) foreign ones
-        n_correct = len(seen.correct) - len(seen.correct.intersection(seen.foreign))
-    else:
-        n_correct = len(seen.correct) - len(seen.correct.difference(selection))
+    n_done = len(selection) - remaining  # the selection's units with an ok record
+    # Of those, the correct ones: all but the (usually few) whose last ok record is not correct.
+    wrong = seen.incorrect
+    n_correct = n_done - (len(wrong.intersection(selection)) if isinstance(selection, (set, frozenset))
+                          else sum(1 for key in wrong if key in selection))
     return {
         "run_id": summary.run_id, "run_dir": str(summary.run_dir), "shard": shard,
         "total_samples": len(selection), "completed_samples": n_done,

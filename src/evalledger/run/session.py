@@ -201,7 +201,7 @@ class RunSession:
         prepared, seen = self.prepared, self.seen
         self.completed = seen.completed
         self.plan = plan_units(prepared.selection, prepared.dataset.all_ids, self.config.epochs, self.completed,
-                               seen.errored, self.config.retry_errors)
+                               seen.errored, self.config.retry_errors, completed_within_ids=seen.within_known)
         self.pending = self.plan.pending
         if self.pending:
             measured = self.pending.samples()[:200]
@@ -362,7 +362,7 @@ class RunSession:
                 self.new_ok += 1
                 self.counters["ok_records"] += 1
                 self.completed.add(key)
-                (seen.correct.add if r.get("correct") is True else seen.correct.discard)(key)
+                (seen.incorrect.discard if r.get("correct") is True else seen.incorrect.add)(key)
                 seen.errored.discard(key)
             else:
                 self.new_errors += 1
@@ -427,9 +427,7 @@ class RunSession:
         # The bill so far (None while any billed tokens had no known price), never NaN.
         known = self.price is not None and self.seen.cost_usd is not None
         cost = self.seen.cost_usd + self.spent if known else None
-        # The dataset-id shortcut holds only while no other epoch's records can be among the keys.
-        whole = plan.whole and self.run_epochs == 1
-        summary.stats = light_stats(summary, config.shard, plan.units, whole, self.seen, cost)
+        summary.stats = light_stats(summary, config.shard, plan.units, self.seen, cost)
         summary.limits = {**self.limits.stats.__dict__, "final_limit": self.limits.limit}
         return summary
 

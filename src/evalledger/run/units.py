@@ -84,12 +84,15 @@ class UnitPlan:
 
 
 def plan_units(selection: Sequence[Sample], all_ids: Set[str], epochs: int, completed: Set[str],
-               errored: Set[str], retry_errors: bool = True) -> UnitPlan:
+               errored: Set[str], retry_errors: bool = True, *, completed_within_ids: bool = False) -> UnitPlan:
     """The units of ``selection`` × epochs 1..``epochs``: which have no ok record (``completed``:
     unit keys), and which to send (``errored`` units too only with ``retry_errors``).
 
     By ids only: the selection may be a LazySamples, whose rows are read back only when sent. Ids
     are unique, so a whole selection with one epoch uses the dataset's own id set (no copy of it).
+    ``completed_within_ids``: every key of ``completed`` is known to be one of ``all_ids``
+    (:attr:`evalledger.ledger.LedgerScan.within_known`); then as many of them as the dataset has
+    ids means all done, without a pass over a million of them.
     """
     whole = epochs == 1 and len(selection) == len(all_ids)
     ids = None if whole else sample_ids(selection)
@@ -99,7 +102,10 @@ def plan_units(selection: Sequence[Sample], all_ids: Set[str], epochs: int, comp
     for epoch in range(1, epochs + 1):
         suffix = unit_key("", epoch)  # "" for epoch 1: its keys are the ids themselves
         keys: Set[str] = all_ids if ids is None else {sid + suffix for sid in ids}
-        todo = keys.difference(completed)  # the one pass over the selection (on a resume, a small set)
+        if ids is None and completed_within_ids and len(completed) == len(all_ids):
+            todo: Set[str] = frozenset()  # completed ⊆ all_ids and as large: every id is done
+        else:
+            todo = keys.difference(completed)  # the one pass over the selection (on a resume, a small set)
         retry = todo if retry_errors else todo.difference(errored)
         wanted = {key[: len(key) - len(suffix)] for key in retry} if suffix else retry
         parts.append((epoch, with_ids(selection, wanted)))
