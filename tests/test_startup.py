@@ -254,3 +254,25 @@ def test_every_command_is_looked_up_by_its_own_name():
     for name in COMMANDS:
         command = cli.get_command(click.Context(cli), name)
         assert isinstance(command, click.Command) and command.name == name
+
+
+def test_the_console_script_ends_fast_yet_runs_exit_handlers_and_flushes_its_output(fake_server, tmp_path):
+    """main() ends the process without the interpreter's teardown (os._exit), but only after the
+    exit handlers ran and stdout/stderr were flushed, with the command's exit code."""
+    data = write_qa_dataset(tmp_path / "qa.jsonl", 3)
+    env = cli_env(fake_server)
+    marker_file = tmp_path / "atexit-ran"
+    script = ("import atexit, sys\n"
+              f"atexit.register(lambda: open({str(marker_file)!r}, 'w').write('yes'))\n"
+              "from evalledger.cli import main\n"
+              "sys.argv = ['evalledger', *sys.argv[1:]]\n"
+              "main()\n")
+    ok = subprocess.run([sys.executable, "-c", script, *run_args(data, tmp_path / "out"), "--json"], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["exit_code"] == 0  # the whole JSON made it out of the buffer
+    assert marker_file.read_text() == "yes"
+    marker_file.unlink()
+    bad = subprocess.run([sys.executable, "-c", script, *run_args(data, tmp_path / "out"), "--epochs", "0"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--epochs 0" in bad.stderr and marker_file.read_text() == "yes"

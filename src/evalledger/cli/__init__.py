@@ -12,6 +12,11 @@ the disk refused a write · 130 SIGINT · 143 SIGTERM/SIGUSR1.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+import threading
+
 import click
 
 from evalledger._version import __version__
@@ -61,8 +66,33 @@ cli.commands = LazyNames(COMMANDS)
 
 
 def main() -> None:
-    """The console script's entry point."""
-    cli()
+    """The console script's entry point.
+
+    Once the command is done, the process ends without tearing the interpreter down: a resume of a
+    million-record run holds a few hundred MB of small objects (ids, sets, index arrays) that Python
+    would otherwise free one by one at exit, a third of such a resume (0.4 of 1.2 s). Exit handlers
+    (``atexit``) still run and the standard streams are flushed first; while another thread is
+    alive, the process exits the ordinary way.
+    """
+    try:
+        cli()
+        code: object = 0
+    except SystemExit as e:
+        code = e.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, exit 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    if threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said there
+            pass
+    os._exit(code)
 
 
 __all__ = ["COMMANDS", "cli", "main"]
