@@ -4,6 +4,7 @@
     python benchmarks/bench_resume.py --records 100000     # a quick look
     python benchmarks/bench_resume.py --repeat 3           # each case three times
     python benchmarks/bench_resume.py --only own-warm      # one case (see CASES)
+    python benchmarks/bench_resume.py --no-bytecode        # without compiled bytecode (default: compiled, as installed)
 
 A "resume" is the very command that made the run, run again on the complete run: it must send no
 request and exit 0. Each case times that command as a child process from launch to exit (wall time,
@@ -230,9 +231,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     ap.add_argument("--src", type=Path, default=None,
                     help="time the evalledger in this source tree (its src/ directory) instead of the installed one")
+    ap.add_argument("--no-bytecode", action="store_true",
+                    help="time without compiled bytecode (PYTHONDONTWRITEBYTECODE, as a development checkout may run)")
     args = ap.parse_args()
     if args.src:
         ENV["PYTHONPATH"] = str(args.src.resolve())
+    if not args.no_bytecode:
+        # As a package installed from a wheel runs: its bytecode compiled (pip compiles it).
+        ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+        package = subprocess.run([sys.executable, "-c", "import evalledger, os; print(os.path.dirname(evalledger.__file__))"],
+                                 capture_output=True, text=True, env=ENV, check=True).stdout.strip()
+        subprocess.run([sys.executable, "-m", "compileall", "-q", package], env=ENV, check=True)
     root = args.dir or Path(f"/tmp/evalledger-bench-resume-{args.records}")
     if args.rebuild:
         shutil.rmtree(root, ignore_errors=True)
