@@ -402,3 +402,29 @@ def test_an_anthropic_batch_still_in_progress_is_found_by_its_size(fake_server: 
     ok_once(only_run_dir(out))
     assert len(batches.created()) == 1
     never_twice(batches)
+
+
+def test_a_create_refused_for_good_is_journaled_abandoned_and_its_samples_get_error_records(
+        fake_server: Any, batches: Any, tmp_path: Path) -> None:
+    batches.fail_create(status=400, times=1)  # e.g. a malformed batch: no retry fixes it
+    out = tmp_path / "out"
+    first = run_experiment(config(fake_server, dataset(tmp_path), out))
+    assert first.exit_code == 1 and first.status == "errors", first.message
+    records = all_records(first.run_dir)
+    assert len(records) == N and all(r["status"] == "error" and r["error"]["status_code"] == 400 for r in records)
+    assert journal_events(first.run_dir) == ["intent", "abandoned"] and batches.created() == []
+    again = run_experiment(config(fake_server, dataset(tmp_path), out))  # the errors are sent again
+    assert again.exit_code == 0, again.message
+    ok_once(again.run_dir)
+    assert len(batches.created()) == 1
+
+
+def test_a_create_that_fails_then_succeeds_is_retried_without_a_second_batch(fake_server: Any, batches: Any,
+                                                                          tmp_path: Path) -> None:
+    batches.fail_create(status=500, times=2)
+    summary = run_experiment(config(fake_server, dataset(tmp_path), tmp_path / "out"))
+    assert summary.exit_code == 0, summary.message
+    ok_once(summary.run_dir)
+    assert len(batches.created()) == 1 and batches.calls("create") == 3
+    assert batches.calls("list") == 2  # before each retry: was it created after all?
+    never_twice(batches)
