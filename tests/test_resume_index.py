@@ -192,9 +192,9 @@ def test_the_writer_also_indexes_while_it_runs(small_caches, fake_server, tmp_pa
     """During a run (so that a kill -9 leaves an index too), each index covers exactly the
     acknowledged records: the first ``end`` bytes of the file are those records and nothing else."""
     from evalledger.fsio import cachefile
-    from evalledger.run import session
+    from evalledger.run import acknowledged, session
 
-    monkeypatch.setattr(session, "INDEX_EVERY_S", 0.0)
+    monkeypatch.setattr(acknowledged, "INDEX_EVERY_S", 0.0)
     saves: list[tuple[int, bool]] = []
     real = session.save_own_index
 
@@ -210,7 +210,8 @@ def test_the_writer_also_indexes_while_it_runs(small_caches, fake_server, tmp_pa
         saves.append((end, saved))
         return saved
 
-    monkeypatch.setattr(session, "save_own_index", checking)
+    monkeypatch.setattr(session, "save_own_index", checking)  # when the writer stops
+    monkeypatch.setattr(acknowledged, "save_own_index", checking)  # while it runs
     fake_server.latency = 0.02
     fake_server.fail_when(marker(7), status=400, times=1)  # an error record among them
     data = write_qa_dataset(tmp_path / "qa.jsonl", 120)
