@@ -39,7 +39,7 @@ from evalledger.providers import ChatRequest
 from evalledger.readers import CheckpointManager
 from evalledger.records import epoch_of, unit_key
 from evalledger.run import estimate_experiment, prepare_run, run_experiment
-from evalledger.run.sample import call_key
+from evalledger.run.replay import call_key
 from evalledger.samples import epoch_seed
 
 MODEL = "openai/test-model"

@@ -63,7 +63,7 @@ class RunLedger:
         self.worker = worker
         self.paths = RunPaths(self.run_dir, shard, worker)
         self.results_path = self.paths.results
-        # The turn cache of multi-turn tasks (see run/sample.py): one line per paid model call.
+        # The turn cache of multi-turn tasks (see run/calls.py): one line per paid model call.
         self.calls_path = self.paths.calls
         self._calls_fd: int | None = None
         self.state_path = self.paths.resume_state

@@ -14,9 +14,9 @@ from evalledger.config import RunConfig
 from evalledger.ledger import GroupCommitter, LedgerScan, RunLedger, note_committed, save_own_index
 from evalledger.records import bill_of, bill_of_call, epoch_of, unit_key
 from evalledger.run.budget import Budget
+from evalledger.run.context import RunState
 from evalledger.run.prepare import PreparedRun
 from evalledger.run.progress import Progress
-from evalledger.run.sample import RunState
 
 log = logging.getLogger(__name__)
 

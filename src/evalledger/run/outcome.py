@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from evalledger.ledger import LedgerScan, RunLedger
     from evalledger.providers import ErrorInfo, Provider
     from evalledger.run.budget import Budget
-    from evalledger.run.sample import RunState
+    from evalledger.run.context import RunState
 
 EXIT_OK = 0
 EXIT_ERRORS_LEFT = 1

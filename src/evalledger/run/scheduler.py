@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from evalledger.ledger import GroupCommitter
 from evalledger.run.budget import Budget
-from evalledger.run.sample import RunState, SampleContext, run_sample
+from evalledger.run.context import RunState, SampleContext
+from evalledger.run.sample import run_sample
 from evalledger.run.stops import LeftPending, NotStarted, StopRun
 from evalledger.run.units import Unit
 

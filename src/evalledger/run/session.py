@@ -44,6 +44,7 @@ from evalledger.response_cache import response_cache_for
 from evalledger.run.acknowledged import AcknowledgedRecords
 from evalledger.run.batching import UNITS_IN_FLIGHT, BatchQueue, batch_queue_for
 from evalledger.run.budget import Budget, Estimate, estimate_pending
+from evalledger.run.context import RunState, SampleContext
 from evalledger.run.limits import Limits
 from evalledger.run.manifest import check_or_create_manifest
 from evalledger.run.outcome import (
@@ -58,7 +59,6 @@ from evalledger.run.prepare import PreparedRun, provider_for
 from evalledger.run.progress import Progress, announce
 from evalledger.run.resume_state import restore_counters
 from evalledger.run.retry import RetryPolicy
-from evalledger.run.sample import RunState, SampleContext
 from evalledger.run.scheduler import schedule
 from evalledger.run.signals import install_signal_handlers
 from evalledger.run.units import PendingUnits, UnitPlan, describe_extent, fewer_epochs_note, plan_units

@@ -12,7 +12,7 @@ import threading
 from typing import Callable
 
 from evalledger.config import RunConfig
-from evalledger.run.sample import RunState
+from evalledger.run.context import RunState
 
 log = logging.getLogger(__name__)
 

@@ -47,12 +47,12 @@ from evalledger.ledger import (
     worker_glob,
 )
 from evalledger.run.budget import Budget
+from evalledger.run.context import RunState
 from evalledger.run.hostlimit import HOST_LIMITER_ENV, HostLimiter, host_limiter_from_env
 from evalledger.run.limits import Limits
 from evalledger.run.outcome import EXIT_ERRORS_LEFT, EXIT_OK, RunSummary
 from evalledger.run.prepare import PreparedRun
 from evalledger.run.progress import announce
-from evalledger.run.sample import RunState
 from evalledger.run.session import RunSession
 from evalledger.run.worker_link import SNAPSHOT_FIELDS, WorkerJob, WorkerProcess, deal, share
 
