@@ -72,8 +72,6 @@ class UnitPlan:
     epochs: int
     #: the unit keys of the selection × epochs (the dataset's own id set for a whole selection and one epoch)
     units: Set[str]
-    #: the selection is every row of the dataset and there is one epoch: ``units`` is the dataset's id set
-    whole: bool
     not_done: Set[str]  # units without an ok record
     pending: PendingUnits = field(default_factory=PendingUnits)  # what is sent: not done, minus errors unless retried
 
@@ -110,10 +108,10 @@ def plan_units(selection: Sequence[Sample], all_ids: Set[str], epochs: int, comp
         wanted = {key[: len(key) - len(suffix)] for key in retry} if suffix else retry
         parts.append((epoch, with_ids(selection, wanted)))
         if epochs == 1:
-            return UnitPlan(1, keys, whole, todo, PendingUnits(parts))
+            return UnitPlan(1, keys, todo, PendingUnits(parts))
         units |= keys
         not_done |= todo
-    return UnitPlan(epochs, units, whole, not_done, PendingUnits(parts))
+    return UnitPlan(epochs, units, not_done, PendingUnits(parts))
 
 
 def describe_extent(samples: int, plan: UnitPlan) -> str:

@@ -104,7 +104,7 @@ class WorkerSession(RunSession):
             raise EvalLedgerError(f"worker {self.job.slot}: {self.job.units} unit(s) were dealt to it, but only "
                                   f"{len(pending)} of them are pending in the ledger it reads; nothing was sent")
         keys = pending.keys()
-        self.plan = UnitPlan(self.plan.epochs, keys, False, set(keys), pending)
+        self.plan = UnitPlan(self.plan.epochs, keys, set(keys), pending)
         self.pending = pending
 
     def begin(self) -> None:
