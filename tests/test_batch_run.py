@@ -428,3 +428,17 @@ def test_a_create_that_fails_then_succeeds_is_retried_without_a_second_batch(fak
     assert len(batches.created()) == 1 and batches.calls("create") == 3
     assert batches.calls("list") == 2  # before each retry: was it created after all?
     never_twice(batches)
+
+
+def test_a_batch_the_key_cannot_read_stops_the_run_and_stays_in_the_journal(fake_server: Any, batches: Any,
+                                                                           tmp_path: Path) -> None:
+    batches.hold()
+    out = tmp_path / "out"
+    left = run_experiment(config(fake_server, dataset(tmp_path), out, no_wait=True))
+    assert left.status == "batches-pending"
+    batches.fail_calls("retrieve", status=404, times=50)  # e.g. resumed with another organization's key
+    stopped = run_experiment(config(fake_server, dataset(tmp_path), out))
+    assert stopped.exit_code == 2 and stopped.status == "fatal", stopped.message
+    assert "a batch this run submitted cannot be read" in stopped.message
+    assert "1 batch pending" in stopped.message and "collected" not in journal_events(stopped.run_dir)
+    assert len(batches.created()) == 1  # nothing submitted again

@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from evalledger.providers import BatchInfo, BatchResult, ErrorInfo, ErrorKind
 from evalledger.records import unit_key
 
+#: The error type of a batch the provider refuses to show this run (a key that cannot see it): the
+#: run stops and the batch stays in the journal.
+BATCH_UNREADABLE = "BatchUnreadable"
+
 
 class BatchItemError(Exception):
     """A request failed inside its batch: the unit gets an error record (sent again on resume)."""
@@ -57,4 +61,4 @@ def describe_batches(infos: Sequence[BatchInfo]) -> str:
     return "batches: " + ", ".join(parts)
 
 
-__all__ = ["BatchItemError", "counts_of", "custom_id_for", "describe_batches", "missing_result"]
+__all__ = ["BATCH_UNREADABLE", "BatchItemError", "counts_of", "custom_id_for", "describe_batches", "missing_result"]

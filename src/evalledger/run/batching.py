@@ -22,6 +22,7 @@ provider keeps them for weeks) rather than paying for them twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +45,14 @@ from evalledger.providers import (
     split_model,
 )
 from evalledger.records import unit_key
-from evalledger.run.batch_items import BatchItemError, counts_of, custom_id_for, describe_batches, missing_result
+from evalledger.run.batch_items import (
+    BATCH_UNREADABLE,
+    BatchItemError,
+    counts_of,
+    custom_id_for,
+    describe_batches,
+    missing_result,
+)
 from evalledger.run.batch_recovery import find_created
 from evalledger.run.budget import Budget
 from evalledger.run.limits import estimate_request_tokens
@@ -336,8 +344,7 @@ class BatchQueue:
             info, _ = await call_with_retries(lambda: self.provider.retrieve_batch(batch.batch_id),
                                               self.provider.classify, self.policy)
         except (NonRetryable, RetriesExhausted) as e:
-            log.warning(f"could not poll batch {batch.batch_id}: {e.info.message} (trying again later)")
-            entry.next_poll = time.monotonic() + POLL_MAX_S
+            self._poll_failed(entry, f"could not poll batch {batch.batch_id}", e.info)
             return
         entry.info = info
         self.journal.state(batch, info.status, counts_of(info))
@@ -351,14 +358,28 @@ class BatchQueue:
                 entry.asks.clear()
         self._show()
 
+    def _poll_failed(self, entry: _Open, what: str, info: ErrorInfo) -> None:
+        """A poll or a download that failed for good: a fatal error (a refused key, a batch this key
+        cannot see) stops the run and leaves the batch in the journal, never submitted again; anything
+        else is tried again later."""
+        if info.kind is ErrorKind.FATAL:
+            if self.fatal is None:
+                self.fatal = dataclasses.replace(info, type=BATCH_UNREADABLE, message=(
+                    f"{what}: {info.message} (it stays in the journal: the same command, with the key that "
+                    "made it, collects it)"))
+            self.stop.set()
+            self._release_all()
+            return
+        log.warning(f"{what}: {info.message} (trying again later)")
+        entry.next_poll = time.monotonic() + POLL_MAX_S
+
     async def _collect(self, entry: _Open, info: BatchInfo) -> None:
         """An ended batch: download its results and hand each to its unit (or keep it until asked)."""
         try:
             results, _ = await call_with_retries(lambda: self.provider.batch_results(info),
                                                  self.provider.classify, self.policy)
         except (NonRetryable, RetriesExhausted) as e:
-            log.warning(f"could not download the results of batch {info.id}: {e.info.message} (trying again later)")
-            entry.next_poll = time.monotonic() + POLL_MAX_S
+            self._poll_failed(entry, f"could not download the results of batch {info.id}", e.info)
             return
         by_id = {r.custom_id: r for r in results}
         batch = entry.batch

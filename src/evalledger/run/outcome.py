@@ -17,6 +17,7 @@ from evalledger.errors import DiskSpaceError
 from evalledger.fsio import describe_free, disk_failure_message, is_disk_error
 from evalledger.ledger import unit_noun
 from evalledger.providers import NetworkFault, endpoint_for
+from evalledger.run.batch_items import BATCH_UNREADABLE
 
 if TYPE_CHECKING:
     from evalledger.config import RunConfig
@@ -159,7 +160,9 @@ def light_stats(summary: RunSummary, shard: tuple[int, int] | None, selection: S
 
 def _fatal_message(info: ErrorInfo, config: RunConfig, provider: Provider | None) -> str:
     base = getattr(provider, "base_url", None) or endpoint_for(config.model, config.base_url)
-    if info.status_code == 401:
+    if info.type == BATCH_UNREADABLE:
+        fix = f"a batch this run submitted cannot be read at {base}"
+    elif info.status_code == 401:
         fix = "the API key was refused: check OPENAI_API_KEY / ANTHROPIC_API_KEY (or --api-key-env)"
     elif info.status_code == 403:
         fix = "the key has no permission for this model or endpoint"
