@@ -4,15 +4,43 @@ words (the progress line, the journal's counts)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from evalledger.providers import BatchInfo, BatchResult, ErrorInfo, ErrorKind
+from evalledger.ledger import JournaledBatch, JournalItem
+from evalledger.providers import BatchInfo, BatchResult, ChatRequest, ErrorInfo, ErrorKind
 from evalledger.records import unit_key
 
 #: The error type of a batch the provider refuses to show this run (a key that cannot see it): the
 #: run stops and the batch stays in the journal.
 BATCH_UNREADABLE = "BatchUnreadable"
+
+
+#: The first wait before polling a batch again, and the longest (the wait grows by half each poll).
+POLL_FIRST_S, POLL_MAX_S = 1.0, 60.0
+
+
+@dataclass
+class PendingAsk:
+    """A unit waiting for one answer."""
+
+    item: JournalItem
+    request: ChatRequest
+    future: asyncio.Future[tuple[BatchResult, str] | None]  # (result, batch id); None: leave it pending
+    resubmits: int = 0
+
+
+@dataclass
+class OpenBatch:
+    """A submitted batch not ended yet, and when to poll it next."""
+
+    batch: JournaledBatch
+    next_poll: float
+    wait: float = POLL_FIRST_S
+    info: BatchInfo | None = None
+    asks: dict[str, PendingAsk] = field(default_factory=dict)  # custom id → the unit waiting for it
 
 
 class BatchItemError(Exception):
@@ -61,4 +89,4 @@ def describe_batches(infos: Sequence[BatchInfo]) -> str:
     return "batches: " + ", ".join(parts)
 
 
-__all__ = ["BATCH_UNREADABLE", "BatchItemError", "counts_of", "custom_id_for", "describe_batches", "missing_result"]
+__all__ = ["BATCH_UNREADABLE", "POLL_FIRST_S", "POLL_MAX_S", "BatchItemError", "OpenBatch", "PendingAsk", "counts_of", "custom_id_for", "describe_batches", "missing_result"]

@@ -26,11 +26,8 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from evalledger.config import RunConfig
 from evalledger.ledger import BatchJournal, JournaledBatch, JournalItem
 from evalledger.pricing import Price
 from evalledger.providers import (
@@ -41,13 +38,15 @@ from evalledger.providers import (
     ChatResponse,
     ErrorInfo,
     ErrorKind,
-    Provider,
-    split_model,
 )
 from evalledger.records import unit_key
 from evalledger.run.batch_items import (
     BATCH_UNREADABLE,
+    POLL_FIRST_S,
+    POLL_MAX_S,
     BatchItemError,
+    OpenBatch,
+    PendingAsk,
     counts_of,
     custom_id_for,
     describe_batches,
@@ -63,33 +62,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds without a new request before a partly filled batch is sent.
 GATHER_S = 0.25
-#: The first wait before polling a batch again, and the longest (the wait grows by half each poll).
-POLL_FIRST_S, POLL_MAX_S = 1.0, 60.0
 #: Units a batch run keeps under way at once (each waits for its batch, holding no request slot).
 UNITS_IN_FLIGHT = 50_000
 #: How often an item that expired or was cancelled in its batch is put into a new one in the same run.
 MAX_RESUBMITS = 2
-
-
-@dataclass
-class _Ask:
-    """A unit waiting for one answer."""
-
-    item: JournalItem
-    request: ChatRequest
-    future: asyncio.Future[tuple[BatchResult, str] | None]  # (result, batch id); None: leave it pending
-    resubmits: int = 0
-
-
-@dataclass
-class _Open:
-    """A submitted batch not ended yet, and when to poll it next."""
-
-    batch: JournaledBatch
-    next_poll: float
-    wait: float = POLL_FIRST_S
-    info: BatchInfo | None = None
-    asks: dict[str, _Ask] = field(default_factory=dict)  # custom id → the unit waiting for it
 
 
 class BatchQueue:
@@ -113,9 +89,9 @@ class BatchQueue:
         self.stop = stop
         self.max_tokens = max_tokens
         self.on_change = on_change
-        self.gathering: list[_Ask] = []
-        self.open: dict[str, _Open] = {}  # intent → batch
-        self.holder: dict[str, _Open] = {}  # custom id → the open batch holding it
+        self.gathering: list[PendingAsk] = []
+        self.open: dict[str, OpenBatch] = {}  # intent → batch
+        self.holder: dict[str, OpenBatch] = {}  # custom id → the open batch holding it
         self.ready: dict[str, tuple[BatchResult, str]] = {}  # results no unit has asked for yet
         self.handed: set[str] = set()  # custom ids whose result a unit took
         self.ended: list[JournaledBatch] = []
@@ -153,8 +129,8 @@ class BatchQueue:
                        asyncio.create_task(self._poll(), name="evalledger-batch-poll")]
         self._show()
 
-    def _attach(self, batch: JournaledBatch) -> _Open:
-        entry = _Open(batch, next_poll=time.monotonic())
+    def _attach(self, batch: JournaledBatch) -> OpenBatch:
+        entry = OpenBatch(batch, next_poll=time.monotonic())
         self.open[batch.intent] = entry
         for item in batch.items:
             self.holder[item.custom_id] = entry
@@ -195,7 +171,7 @@ class BatchQueue:
         if self.stop.is_set() or self.budget_hit or cid in self.unresolved:
             raise LeftPending()
         future: asyncio.Future[tuple[BatchResult, str] | None] = asyncio.get_running_loop().create_future()
-        ask = _Ask(item, request, future)
+        ask = PendingAsk(item, request, future)
         entry = self.holder.get(cid)
         if entry is not None:  # a journaled batch holds this very call: wait for it
             if not self.wait and entry.info is not None and not entry.info.ended:
@@ -230,9 +206,9 @@ class BatchQueue:
                 chunk = self._take_chunk()
                 await self._submit(chunk)
 
-    def _take_chunk(self) -> list[_Ask]:
+    def _take_chunk(self) -> list[PendingAsk]:
         """The next batch: up to batch_size requests and the provider's byte limit."""
-        chunk: list[_Ask] = []
+        chunk: list[PendingAsk] = []
         size = 0
         for ask in self.gathering:
             n = self.provider.batch_item_bytes(BatchItem(ask.item.custom_id, ask.request))
@@ -243,7 +219,7 @@ class BatchQueue:
         del self.gathering[:len(chunk)]
         return chunk
 
-    def _worst_cost(self, chunk: Sequence[_Ask]) -> float | None:
+    def _worst_cost(self, chunk: Sequence[PendingAsk]) -> float | None:
         """What the chunk costs at most: every prompt's estimate plus max_tokens, at the batch price."""
         if self.price is None:
             return None
@@ -251,7 +227,7 @@ class BatchQueue:
                         for a in chunk)
         return self.price.cost(tokens_in, self.max_tokens * len(chunk))
 
-    def _admit(self, chunk: list[_Ask]) -> list[_Ask]:
+    def _admit(self, chunk: list[PendingAsk]) -> list[PendingAsk]:
         """The part of ``chunk`` the budget admits at its worst case; the rest stays pending."""
         budget = self.budget
         if budget is None:
@@ -263,7 +239,7 @@ class BatchQueue:
             chunk = chunk[:len(chunk) // 2] if len(chunk) > 1 else []
         return chunk
 
-    async def _submit(self, chunk: list[_Ask]) -> None:
+    async def _submit(self, chunk: list[PendingAsk]) -> None:
         if self.stop.is_set() or self.budget_hit:
             self._leave(chunk)
             return
@@ -290,7 +266,7 @@ class BatchQueue:
             entry.asks.clear()
         self._show()
 
-    async def _create(self, batch: JournaledBatch, asks: list[_Ask]) -> BatchInfo | None:
+    async def _create(self, batch: JournaledBatch, asks: list[PendingAsk]) -> BatchInfo | None:
         """Create the batch (retrying as any request is retried); before each retry, look for it on
         the provider: a create whose reply was lost may have happened."""
         items = [BatchItem(a.item.custom_id, a.request) for a in asks]
@@ -337,7 +313,7 @@ class BatchQueue:
             nearest = min((e.next_poll for e in self.open.values()), default=now + POLL_FIRST_S)
             await asyncio.sleep(max(0.05, min(nearest - time.monotonic(), POLL_FIRST_S)))
 
-    async def _poll_one(self, entry: _Open) -> None:
+    async def _poll_one(self, entry: OpenBatch) -> None:
         batch = entry.batch
         assert batch.batch_id is not None
         try:
@@ -358,7 +334,7 @@ class BatchQueue:
                 entry.asks.clear()
         self._show()
 
-    def _poll_failed(self, entry: _Open, what: str, info: ErrorInfo) -> None:
+    def _poll_failed(self, entry: OpenBatch, what: str, info: ErrorInfo) -> None:
         """A poll or a download that failed for good: a fatal error (a refused key, a batch this key
         cannot see) stops the run and leaves the batch in the journal, never submitted again; anything
         else is tried again later."""
@@ -373,7 +349,7 @@ class BatchQueue:
         log.warning(f"{what}: {info.message} (trying again later)")
         entry.next_poll = time.monotonic() + POLL_MAX_S
 
-    async def _collect(self, entry: _Open, info: BatchInfo) -> None:
+    async def _collect(self, entry: OpenBatch, info: BatchInfo) -> None:
         """An ended batch: download its results and hand each to its unit (or keep it until asked)."""
         try:
             results, _ = await call_with_retries(lambda: self.provider.batch_results(info),
@@ -407,11 +383,11 @@ class BatchQueue:
                 self.ready[cid] = (result, info.id)
         self.ended.append(batch)
 
-    def _resolve(self, ask: _Ask, result: BatchResult | None, batch_id: str) -> None:
+    def _resolve(self, ask: PendingAsk, result: BatchResult | None, batch_id: str) -> None:
         if not ask.future.done():
             ask.future.set_result(None if result is None else (result, batch_id))
 
-    def _leave(self, asks: Sequence[_Ask]) -> None:
+    def _leave(self, asks: Sequence[PendingAsk]) -> None:
         for ask in asks:
             self._resolve(ask, None, "")
 
@@ -429,14 +405,4 @@ class BatchQueue:
         self.on_change(describe_batches(infos) or "batches: none open")
 
 
-def batch_queue_for(config: RunConfig, run_dir: Path, run_id: str, provider: Provider, price: Price | None,
-                    budget: Budget | None, policy: RetryPolicy, stop: asyncio.Event,
-                    on_change: Callable[[str], None]) -> BatchQueue:
-    """The batch queue of a ``--batch`` run session (its journal is the writer's, under its lock)."""
-    return BatchQueue(provider, BatchJournal(run_dir, config.shard), api=split_model(config.model)[0], run_id=run_id,
-                      shard=config.shard, batch_size=config.batch_size or provider.batch_limits.max_requests,
-                      wait=not config.no_wait, price=price, budget=budget, policy=policy, stop=stop,
-                      max_tokens=config.max_tokens, on_change=on_change)
-
-
-__all__ = ["UNITS_IN_FLIGHT", "BatchItemError", "BatchQueue", "batch_queue_for"]
+__all__ = ["UNITS_IN_FLIGHT", "BatchItemError", "BatchQueue"]

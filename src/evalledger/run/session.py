@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 from evalledger.config import RunConfig
 from evalledger.errors import UsageError
@@ -39,10 +39,10 @@ from evalledger.ledger import (
     save_own_index,
     scan_ledger,
 )
-from evalledger.providers import Provider, supports_batch
+from evalledger.providers import BatchAPI, Provider, split_model, supports_batch
 from evalledger.response_cache import response_cache_for
 from evalledger.run.acknowledged import AcknowledgedRecords
-from evalledger.run.batching import UNITS_IN_FLIGHT, BatchQueue, batch_queue_for
+from evalledger.run.batching import UNITS_IN_FLIGHT, BatchQueue
 from evalledger.run.budget import Budget, Estimate, estimate_pending
 from evalledger.run.context import RunState, SampleContext
 from evalledger.run.limits import Limits
@@ -263,8 +263,12 @@ class RunSession(AcknowledgedRecords):
             response_cache=response_cache_for(config), endpoint=prepared.endpoint)
         self.batch = None
         if config.batch and self.pending:
-            self.batch = batch_queue_for(config, self.run_dir, prepared.run_id, self.provider, self.price, self.budget,
-                                         self.ctx.policy, self.run.stop, progress.set_batches)
+            limits = cast(BatchAPI, self.provider).batch_limits  # supports_batch was checked when it was made
+            self.batch = BatchQueue(self.provider, BatchJournal(self.run_dir, config.shard),
+                                    api=split_model(config.model)[0], run_id=prepared.run_id, shard=config.shard,
+                                    batch_size=config.batch_size or limits.max_requests, wait=not config.no_wait,
+                                    price=self.price, budget=self.budget, policy=self.ctx.policy, stop=self.run.stop,
+                                    max_tokens=config.max_tokens, on_change=progress.set_batches)
             self.ctx.batch = self.batch
         self.committer = GroupCommitter(self.ledger, on_commit=self.on_commit, fsync=config.fsync,
                                         max_unsynced=2 * max(config.concurrency, 1))
