@@ -8,11 +8,13 @@ ever submitted twice unless its first submission failed or expired, and no onlin
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from helpers import (
     all_records,
@@ -30,6 +32,8 @@ from evalledger import UsageError
 from evalledger.ledger import batch_summary, read_journal
 from evalledger.pricing import load_prices
 from evalledger.run import estimate_experiment, run_experiment
+from evalledger.samples import epoch_seed
+from evalledger.study import StudyConfig, run_study
 
 N = 6
 OPENAI = "openai/gpt-4o-mini"
@@ -318,8 +322,6 @@ def test_batch_is_refused_where_there_is_no_batch_api(fake_server: Any, tmp_path
 
 def test_a_study_runs_every_pair_through_batches_and_no_wait_leaves_them(fake_server: Any, batches: Any,
                                                                          tmp_path: Path, monkeypatch: Any) -> None:
-    from evalledger.study import StudyConfig, run_study
-
     monkeypatch.setenv("OPENAI_BASE_URL", fake_server.openai_base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_server.anthropic_base_url)
@@ -342,8 +344,6 @@ def test_a_study_runs_every_pair_through_batches_and_no_wait_leaves_them(fake_se
 
 
 def test_sigterm_while_waiting_leaves_the_batch_to_the_next_run(fake_server: Any, batches: Any, tmp_path: Path) -> None:
-    import signal
-
     batches.hold()
     out = tmp_path / "out"
     args = batch_args(dataset(tmp_path), out, "--progress-interval", "0.2")
@@ -442,3 +442,21 @@ def test_a_batch_the_key_cannot_read_stops_the_run_and_stays_in_the_journal(fake
     assert "a batch this run submitted cannot be read" in stopped.message
     assert "1 batch pending" in stopped.message and "collected" not in journal_events(stopped.run_dir)
     assert len(batches.created()) == 1  # nothing submitted again
+
+
+def test_repeats_in_batches_each_unit_once_with_its_own_seed(fake_server: Any, batches: Any, tmp_path: Path) -> None:
+    summary = run_experiment(config(fake_server, dataset(tmp_path), tmp_path / "out", epochs=3))
+    assert summary.exit_code == 0, summary.message
+    records = all_records(summary.run_dir)
+    units = Counter((r["sample_id"], r["epoch"]) for r in records if r["status"] == "ok")
+    assert units == Counter({(f"s{i:05d}", e): 1 for i in range(N) for e in (1, 2, 3)})
+    assert all(r["seed"] == epoch_seed(0, r["sample_id"], r["epoch"]) for r in records)
+    [created] = batches.created()
+    assert len(set(created.custom_ids)) == 3 * N  # one custom id per (sample, epoch)
+    never_twice(batches)
+    # What went on the wire: the batch's input file, read back through the SDK.
+    client = openai.OpenAI(base_url=fake_server.openai_base_url, api_key="sk-test", max_retries=0)
+    lines = client.files.content(client.batches.retrieve(created.id).input_file_id).text.splitlines()
+    sent = Counter((json.loads(line)["body"]["messages"][-1]["content"].split(":")[0], json.loads(line)["body"]["seed"])
+                   for line in lines)
+    assert sent == Counter({(f"Question {i}", epoch_seed(0, f"s{i:05d}", e)): 1 for i in range(N) for e in (1, 2, 3)})
