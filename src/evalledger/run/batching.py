@@ -54,7 +54,7 @@ from evalledger.run.batch_items import (
 )
 from evalledger.run.batch_recovery import find_created
 from evalledger.run.budget import Budget
-from evalledger.run.limits import estimate_request_tokens
+from evalledger.run.limits import estimate_prompt_tokens
 from evalledger.run.retry import NonRetryable, RetriesExhausted, RetryPolicy, call_with_retries
 from evalledger.run.stops import LeftPending
 
@@ -219,38 +219,34 @@ class BatchQueue:
         del self.gathering[:len(chunk)]
         return chunk
 
-    def _worst_cost(self, chunk: Sequence[PendingAsk]) -> float | None:
-        """What the chunk costs at most: every prompt's estimate plus max_tokens, at the batch price."""
+    def _worst_costs(self, chunk: Sequence[PendingAsk]) -> list[float] | None:
+        """What each request of ``chunk`` costs at most: its prompt's estimate plus max_tokens, at the
+        batch price (None: no known price)."""
         if self.price is None:
             return None
-        tokens_in = sum(estimate_request_tokens(a.request.messages, a.request.max_tokens) - a.request.max_tokens
-                        for a in chunk)
-        return self.price.cost(tokens_in, self.max_tokens * len(chunk))
+        return [self.price.cost(int(estimate_prompt_tokens(a.request.messages)), self.max_tokens) for a in chunk]
 
-    def _admit(self, chunk: list[PendingAsk]) -> list[PendingAsk]:
-        """The part of ``chunk`` the budget admits at its worst case; the rest stays pending."""
-        budget = self.budget
-        if budget is None:
-            return chunk
-        while chunk:
-            worst = self._worst_cost(chunk) or 0.0
-            if budget.spent_known and budget.spent + self._reserved + worst <= budget.max_cost + 1e-12:
-                return chunk
-            chunk = chunk[:len(chunk) // 2] if len(chunk) > 1 else []
-        return chunk
+    def _admit(self, chunk: list[PendingAsk]) -> tuple[list[PendingAsk], float | None]:
+        """The part of ``chunk`` the budget admits at its worst case (halved until it fits), and that
+        worst case; the rest stays pending."""
+        costs = self._worst_costs(chunk)
+        n = len(chunk)
+        if self.budget is not None:
+            while n and not self.budget.fits(self._reserved + (sum(costs[:n]) if costs else 0.0)):
+                n = n // 2 if n > 1 else 0
+        return chunk[:n], None if costs is None else sum(costs[:n])
 
     async def _submit(self, chunk: list[PendingAsk]) -> None:
         if self.stop.is_set() or self.budget_hit:
             self._leave(chunk)
             return
-        admitted = self._admit(chunk)
+        admitted, worst = self._admit(chunk)
         if len(admitted) < len(chunk):
             self.budget_hit = True
             self._leave(chunk[len(admitted):] + self.gathering)
             self.gathering.clear()
         if not admitted:
             return
-        worst = self._worst_cost(admitted)
         batch = self.journal.intend(self.api, [a.item for a in admitted], worst)
         info = await self._create(batch, admitted)
         if info is None:

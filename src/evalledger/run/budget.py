@@ -119,9 +119,14 @@ class Budget:
         rule (each at the costliest sample so far), rounded up to a cent."""
         return math.ceil((self.spent + remaining * self.per_sample) * 100 - 1e-9) / 100
 
+    def fits(self, more: float) -> bool:
+        """Would spending ``more`` on top of what is spent stay within the budget (never while the
+        spend is unknown)?"""
+        return self.spent_known and self.spent + more <= self.max_cost + 1e-12
+
     def admits(self, in_flight: int) -> bool:
         """Would one more sample, with ``in_flight`` others still unpaid, stay within the budget?"""
-        return self.spent_known and self.spent + (in_flight + 1) * self.per_sample <= self.max_cost + 1e-12
+        return self.fits((in_flight + 1) * self.per_sample)
 
     def message(self, remaining: int, noun: str = "sample(s)") -> str:
         """Why the run stopped, for its summary (``remaining`` ``noun``: samples, or units of work)."""
