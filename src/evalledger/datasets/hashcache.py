@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evalledger.datasets.files import read_dataset_file
-from evalledger.fsio import user_cache_home, write_json_atomic
+from evalledger.fsio import switch_on, user_cache_home, write_json_atomic
 
 HASH_CACHE_VARIABLE = "EVALLEDGER_HASH_CACHE"
 #: A file must have been unchanged this long (ns) before it was hashed for the hash to be kept.
@@ -39,7 +39,7 @@ def hash_cache_dir() -> Path:
 
 
 def _enabled() -> bool:
-    return os.environ.get(HASH_CACHE_VARIABLE, "").strip().lower() not in ("0", "off", "no", "false")
+    return switch_on(HASH_CACHE_VARIABLE)
 
 
 def _entry(path: Path) -> tuple[Path, str]:

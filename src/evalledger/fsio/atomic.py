@@ -26,6 +26,12 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def switch_on(variable: str) -> bool:
+    """Whether the on/off switch in environment variable ``variable`` is on: unset or anything but
+    ``0``, ``off``, ``no`` or ``false`` (any case)."""
+    return os.environ.get(variable, "").strip().lower() not in ("0", "off", "no", "false")
+
+
 def user_cache_home() -> Path:
     """The user's cache directory: ``$XDG_CACHE_HOME`` when it is absolute (as the XDG spec says),
     else ``~/.cache``. evalledger's caches live under ``<it>/evalledger/``."""

@@ -20,7 +20,7 @@ from itertools import chain, filterfalse
 from pathlib import Path
 from typing import IO, Any
 
-from evalledger.fsio import paused_gc
+from evalledger.fsio import paused_gc, switch_on
 from evalledger.ledger import index as ledger_index
 from evalledger.ledger.files import calls_bill
 from evalledger.ledger.index import FilePart
@@ -171,7 +171,7 @@ def save_own_index(path: Path, part: FilePart, end: int, indexed_end: int) -> bo
 
 def index_enabled() -> bool:
     """Whether resumes use and write the ledger index (``EVALLEDGER_SCAN_CACHE=off`` turns it off, like the readers' cache)."""
-    return os.environ.get("EVALLEDGER_SCAN_CACHE", "").strip().lower() not in ("0", "off", "no", "false")
+    return switch_on("EVALLEDGER_SCAN_CACHE")
 
 
 def _apply(scan: LedgerScan, counts: FileCounts, errored: set[str], part: FilePart,

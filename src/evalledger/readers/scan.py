@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from evalledger.errors import UsageError
+from evalledger.fsio import switch_on
 from evalledger.ledger import parse_record_line, results_files, shard_of_file
 from evalledger.readers.manifest import ManifestFacts, read_manifest_facts
 from evalledger.records import BILLED_COST_COLUMN, EPOCH_COLUMN, total_cost
@@ -54,7 +55,7 @@ def arrow_parser_enabled() -> bool:
 
     ``EVALLEDGER_SCAN_ARROW=off`` parses every line in Python, to compare the two or time them.
     """
-    return os.environ.get("EVALLEDGER_SCAN_ARROW", "").strip().lower() not in ("0", "off", "no", "false")
+    return switch_on("EVALLEDGER_SCAN_ARROW")
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import IO
 
 import pyarrow as pa
 
-from evalledger.fsio import cachefile, leftover_temps
+from evalledger.fsio import cachefile, leftover_temps, switch_on
 from evalledger.ledger.layout import RunPaths
 from evalledger.readers.scan_batch import SCHEMA, BatchSums
 
@@ -57,7 +57,7 @@ class CachedFile:
 
 def enabled() -> bool:
     """Whether readers use the cache (``EVALLEDGER_SCAN_CACHE=off`` turns it off, e.g. to time a cold read)."""
-    return os.environ.get("EVALLEDGER_SCAN_CACHE", "").strip().lower() not in ("0", "off", "no", "false")
+    return switch_on("EVALLEDGER_SCAN_CACHE")
 
 
 def cache_path(results: Path) -> Path:
