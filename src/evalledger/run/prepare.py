@@ -181,15 +181,8 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
                     forget_sha256(path)
                     return prepare_run(config, check_output_dir=check_output_dir,
                                        check_code_execution=check_code_execution, use_index=False)
-            dataset = load_dataset_bytes(resolved, raw, id_column=config.id_column,
-                                         required_fields=task.required_fields, limit=config.limit)
+            dataset, new_index = _validated_dataset(resolved, raw, st, task, task_spec, config, selector)
             del raw
-            check_samples(dataset.path, dataset.samples, task.validate_sample, task_spec)
-            if selector is not None:
-                selector.check(dataset.samples)  # before anything is sent: every sample has enough exemplars
-            dataset, new_index = _lazy_if_large(dataset, st, task, selector)
-            if selector is not None and not isinstance(dataset.samples, LazySamples):
-                dataset = dataclasses.replace(dataset, samples=selector.attach_all(dataset.samples))
     if check_output_dir:
         check_output_dir_usable(config.output_dir, run_dir)
     return PreparedRun(
@@ -208,11 +201,26 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
     )
 
 
-def _exemplar_selector(config: RunConfig, resolved: ResolvedDataset, raw: bytes, task: Task,
+def _validated_dataset(resolved: ResolvedDataset, raw: bytes, st: os.stat_result, task: Task, task_spec: str,
+                       config: RunConfig, selector: ExemplarSelector | None) -> tuple[Dataset, ValidatedIndex | None]:
+    """The dataset parsed from ``raw`` and checked row by row (the task's check, enough exemplars),
+    and the index to save for the next resume (None when the file is too small to keep one)."""
+    dataset = load_dataset_bytes(resolved, raw, id_column=config.id_column, required_fields=task.required_fields,
+                                 limit=config.limit)
+    check_samples(dataset.path, dataset.samples, task.validate_sample, task_spec)
+    if selector is not None:
+        selector.check(dataset.samples)  # before anything is sent: every sample has enough exemplars
+    dataset, new_index = _lazy_if_large(dataset, st, task, selector)
+    if selector is not None and not isinstance(dataset.samples, LazySamples):
+        dataset = dataclasses.replace(dataset, samples=selector.attach_all(dataset.samples))
+    return dataset, new_index
+
+
+def _exemplar_selector(config: RunConfig, resolved: ResolvedDataset, raw: bytes | None, task: Task,
                        task_spec: str) -> ExemplarSelector | None:
     """With ``--fewshot N``: the exemplar source, checked like a dataset, and what picks each sample's
     exemplars from it; None without. ``raw`` is the dataset's bytes (parsed, not read again, when
-    the source is the dataset itself)."""
+    the source is the dataset itself; read whenever there is ``--fewshot``)."""
     if config.fewshot == 0:
         return None
     if not task.exemplar_version:
