@@ -460,3 +460,18 @@ def test_repeats_in_batches_each_unit_once_with_its_own_seed(fake_server: Any, b
     sent = Counter((json.loads(line)["body"]["messages"][-1]["content"].split(":")[0], json.loads(line)["body"]["seed"])
                    for line in lines)
     assert sent == Counter({(f"Question {i}", epoch_seed(0, f"s{i:05d}", e)): 1 for i in range(N) for e in (1, 2, 3)})
+
+
+def test_an_intent_the_provider_cannot_be_asked_about_stays_pending_and_is_never_sent_again(
+        fake_server: Any, batches: Any, tmp_path: Path) -> None:
+    batches.hang_create = True
+    out = tmp_path / "out"
+    args = batch_args(dataset(tmp_path), out)
+    env = cli_env(fake_server)
+    kill_9_when(args, env, tmp_path, lambda: len(batches.created()) == 1, 60, "the batch to be created")
+    batches.hang_create = False
+    batches.fail_calls("list", status=500, times=1000)  # the provider cannot say whether it was created
+    blind = run_cli(args, env, cwd=tmp_path)
+    assert blind.returncode == 0 and "could not ask the provider" in blind.stderr, blind.stderr
+    assert "1 batch pending" in blind.stderr and all_records(only_run_dir(out)) == []
+    assert len(batches.created()) == 1  # not submitted again blindly

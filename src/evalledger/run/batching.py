@@ -96,6 +96,7 @@ class BatchQueue:
         self.handed: set[str] = set()  # custom ids whose result a unit took
         self.ended: list[JournaledBatch] = []
         self.unresolved: set[str] = set()  # custom ids of intents the provider could not be asked about
+        self.unresolved_batches = 0  # those intents
         self.submitted = 0  # requests submitted in batches by this run
         self.budget_hit = False
         self.fatal: ErrorInfo | None = None
@@ -114,6 +115,7 @@ class BatchQueue:
                 except Exception as e:  # noqa: BLE001 - whatever the SDK raised: the provider could not say
                     # Unknown whether it was created: its units wait (never sent again) until a run can tell.
                     self.unresolved.update(batch.custom_ids)
+                    self.unresolved_batches += 1
                     log.warning(f"could not ask the provider whether the batch of intent {batch.intent} was "
                                 f"created ({self.provider.classify(e).message}); its {len(batch.items)} "
                                 "request(s) stay pending until a later run can tell")
@@ -154,8 +156,7 @@ class BatchQueue:
     def pending_batches(self) -> int:
         """Batches submitted (by this run or an earlier one) that have not ended, and intents the
         provider could not be asked about."""
-        return len(self.open) + sum(1 for b in self.journal.open_batches()
-                                    if b.batch_id is None and b.custom_ids and b.custom_ids[0] in self.unresolved)
+        return len(self.open) + self.unresolved_batches
 
     # ----------------------------------------------------------------- asking
     async def ask(self, sample_id: str, epoch: int, call_key: str, request: ChatRequest) -> tuple[ChatResponse, str]:
