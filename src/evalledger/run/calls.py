@@ -35,7 +35,7 @@ from evalledger.run.context import SampleContext
 from evalledger.run.limits import RATE_LIMIT_STATUSES, estimate_request_tokens
 from evalledger.run.replay import answer_of, cache_key, call_key, response_of
 from evalledger.run.retry import NonRetryable, RetriesExhausted, call_with_retries
-from evalledger.run.stops import LeftPending, NotStarted
+from evalledger.run.stops import NotStarted
 from evalledger.samples import Sample, epoch_seed
 
 
@@ -126,16 +126,15 @@ class SampleCalls:
         if self.first_sent is None:
             self.first_sent, self.first_sent_at = time.monotonic(), utc_now()
         # The run's request count is what its batches submitted (BatchQueue.submitted), not what it
-        # asked: an answer from a batch an earlier run submitted was not sent by this one.
-        self.attempts += 1
+        # asked: an answer from a batch an earlier run submitted was not sent by this one. A unit left
+        # pending in its batch (LeftPending) made no attempt yet.
         try:
             resp, batch_id = await batch.ask(self.sample.id, self.epoch, key, request)
-        except LeftPending:
-            self.attempts -= 1  # still pending in its batch
-            raise
         except BatchItemError as e:
+            self.attempts += 1
             self.batch_ids.append("")
             raise NonRetryable(e, e.info, 0) from None
+        self.attempts += 1
         self.ctx.run.answered = True
         self.batch_ids.append(batch_id)
         return resp
