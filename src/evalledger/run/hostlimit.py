@@ -73,6 +73,19 @@ def capacity_for(per_minute: float) -> float:
     return max(1.0, per_minute / 6.0)
 
 
+def refill(tokens: float, elapsed: float, rate: float, capacity: float) -> float:
+    """A bucket's tokens ``elapsed`` seconds later, refilled at ``rate`` a second up to ``capacity``
+    (the rule of both buckets: in one process, :class:`~evalledger.run.limits.TokenBucket`, and shared here)."""
+    return min(capacity, tokens + max(0.0, elapsed) * rate)
+
+
+def wait_for(tokens: float, n: float, capacity: float, rate: float) -> float:
+    """Seconds until a bucket holding ``tokens`` has ``n``: a request larger than the capacity waits
+    for a full bucket (and then takes it into debt)."""
+    need = min(n, capacity)
+    return 0.0 if tokens >= need else (need - tokens) / rate
+
+
 class HostLimiter:
     """One attachment to a host limiter (:meth:`attach`, :meth:`private`); :meth:`close` detaches."""
 
@@ -187,7 +200,7 @@ class HostLimiter:
         per_minute = state[base]
         cap, rate = capacity_for(per_minute), per_minute / 60.0
         now = self.clock()
-        state[base + 1] = min(cap, state[base + 1] + max(0.0, now - state[base + 2]) * rate)
+        state[base + 1] = refill(state[base + 1], now - state[base + 2], rate, cap)
         state[base + 2] = now
         return cap, rate
 
@@ -199,8 +212,7 @@ class HostLimiter:
         with self._locked() as state:
             cap, rate = self._refill(state, bucket)
             tokens = state[2 + 3 * bucket]
-            need = min(n, cap)
-            wait = 0.0 if tokens >= need else (need - tokens) / rate
+            wait = wait_for(tokens, n, cap, rate)
             if not (only_if_free and wait > 0):
                 state[2 + 3 * bucket] = tokens - n
         return wait
@@ -209,8 +221,7 @@ class HostLimiter:
         """Seconds until ``n`` tokens of ``bucket`` would exist (nothing taken)."""
         with self._locked() as state:
             cap, rate = self._refill(state, bucket)
-            tokens = state[2 + 3 * bucket]
-            return 0.0 if tokens >= min(n, cap) else (min(n, cap) - tokens) / rate
+            return wait_for(state[2 + 3 * bucket], n, cap, rate)
 
     def adjust(self, bucket: int, delta: float) -> None:
         """Give back (``delta`` > 0) or charge tokens once a response reported its real usage."""
@@ -318,4 +329,4 @@ def _close_fds(mapped: mmap.mmap, *fds: int) -> None:
 
 
 __all__ = ["HOST_LIMITER_ENV", "HostLimiter", "SharedBucket", "capacity_for", "host_limiter_from_env", "limiter_dir",
-           "limiter_path", "rpm_bucket", "sweep_stale_limiters", "tpm_bucket"]
+           "limiter_path", "refill", "rpm_bucket", "sweep_stale_limiters", "tpm_bucket", "wait_for"]

@@ -38,8 +38,10 @@ from evalledger.run.hostlimit import (
     SharedBucket,
     capacity_for,
     host_limiter_from_env,
+    refill,
     rpm_bucket,
     tpm_bucket,
+    wait_for,
 )
 
 RATE_LIMIT_STATUSES = frozenset({429, 529})
@@ -65,13 +67,12 @@ class TokenBucket:
 
     def _refill(self) -> None:
         now = self._clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self.tokens = refill(self.tokens, now - self._last, self.rate, self.capacity)
         self._last = now
 
     def wait_time(self, n: float) -> float:
         self._refill()
-        need = min(n, self.capacity)
-        return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
+        return wait_for(self.tokens, n, self.capacity, self.rate)
 
     def try_take(self, n: float = 1.0) -> bool:
         """Take ``n`` tokens now if they are there and nobody is waiting for them (arrival order)."""
