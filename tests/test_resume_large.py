@@ -16,7 +16,7 @@ from test_resume_scan import record
 from evalledger.fsio import cachefile
 from evalledger.ledger import RunLedger, encode_lines, move_garbage_lines_aside, parse_record_line, scan_ledger
 from evalledger.ledger import index as ledger_index
-from evalledger.ledger.lines import iter_blocks, read_block
+from evalledger.ledger.lines import iter_blocks, lead_columns, read_block, read_lead_block
 from evalledger.records import BillTotal, bill_of, count_of, epoch_of, unit_key
 
 GOOD = [record(i) for i in range(6)]
@@ -86,6 +86,8 @@ ADVERSARIAL = {
     "epoch true": ours({**GOOD[0], "epoch": True}),
     "epoch 0": ours({**GOOD[0], "epoch": 0}),
     "epoch a list": ours({**GOOD[0], "epoch": [2]}),
+    "epoch past 64 bits (orjson: a float)": ours({**GOOD[0], "epoch": 2**70}),
+    "epoch past 64 bits, negative": ours({**GOOD[0], "epoch": -(2**70)}),
     "paid empty": ours({**GOOD[0], "paid": {}}),
     "paid null, usage priced": ours({**GOOD[0], "paid": None}),
     "paid negative": ours({**GOOD[0], "paid": {"input_tokens": 1, "output_tokens": 1, "cost_usd": -1.0}}),
@@ -136,6 +138,39 @@ def test_every_writers_records_take_the_fast_path(writer):
     lines = [writer(r) for r in GOOD]
     block = read_block(b"".join(line + b"\n" for line in lines), 1)
     assert block.fast and same(block.records, GOOD)
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+@pytest.mark.parametrize("writer", [ours, spaced, sorted_keys])
+def test_the_lead_reader_says_what_a_full_parse_says_of_every_line(name, writer):
+    """The resume's reader (only the lead values become objects) finds the same garbage lines and
+    the same lead values as a full parse of every line."""
+    lines = [writer(r) for r in GOOD[:3]] + [ADVERSARIAL[name]] + [writer(r) for r in GOOD[3:]]
+    block = read_lead_block(b"".join(line + b"\n" for line in lines), 1)
+    records, garbage = reference(lines)
+    assert block.garbage == garbage and block.lines == len(lines)
+    # An integer past 64 bits is exact here and a float to orjson: the rules read both alike
+    # (a count of 0, the same cost), and a block with such an epoch is read the other way.
+    assert same(past_64_bits_as_floats(block.lead()), lead_columns(records))
+    if block.fast and not block.records:  # decoded in one go: no line the full parse rejects
+        assert not garbage
+
+
+def past_64_bits_as_floats(value):
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        return float(value)
+    if isinstance(value, dict):
+        return {k: past_64_bits_as_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [past_64_bits_as_floats(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("writer", [ours, spaced, sorted_keys])
+def test_every_writers_records_take_the_lead_readers_fast_path(writer):
+    lines = [writer(r) for r in GOOD]
+    block = read_lead_block(b"".join(line + b"\n" for line in lines), 1)
+    assert block.fast and block.records == [] and same(block.lead(), lead_columns(GOOD))
 
 
 def reference_scan(lines: list[bytes]) -> dict:
@@ -386,7 +421,7 @@ def two_processes(monkeypatch):
         return pid
 
     monkeypatch.setattr(tally, "TWO_PROCESS_BYTES", 0)
-    monkeypatch.setattr(tally, "_may_fork", lambda: True)
+    monkeypatch.setattr(tally, "may_fork", lambda: True)
     monkeypatch.setattr(os, "fork", fork)
     return forks
 

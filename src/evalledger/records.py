@@ -235,11 +235,15 @@ def _bill(source: dict[str, Any], cost: Any) -> Bill:
 def bill_of(record: dict[str, Any]) -> Bill:
     """What a results record adds to the run's bill: its ``paid`` object when that is an object, else
     its ``usage`` and ``cost_usd`` (see the module docstring for values of the wrong type)."""
-    paid = record.get("paid")
+    return bill_from(record.get("paid"), record.get("usage"), record.get("cost_usd"))
+
+
+def bill_from(paid: Any, usage: Any, cost_usd: Any) -> Bill:
+    """:func:`bill_of` of a record whose ``paid``, ``usage`` and ``cost_usd`` values are these (None:
+    absent), for readers that hold those values and not the record."""
     if type(paid) is dict:
         return _bill(paid, paid.get("cost_usd"))
-    usage = record.get("usage")
-    return _bill(usage if type(usage) is dict else _EMPTY, record.get("cost_usd"))
+    return _bill(usage if type(usage) is dict else _EMPTY, cost_usd)
 
 
 def saved_cost(record: dict[str, Any]) -> float | None:

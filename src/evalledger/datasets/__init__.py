@@ -5,6 +5,7 @@ shipped as package data."""
 from __future__ import annotations
 
 from evalledger.datasets import index
+from evalledger.datasets.columnar import validated_index
 from evalledger.datasets.fewshot import SELECTION_RULE, ExemplarSelector, ExemplarSource, load_exemplar_source
 from evalledger.datasets.files import (
     BUILTIN_DATASETS,
@@ -64,6 +65,7 @@ __all__ = [
     "sample_ids",
     "save_index",
     "shard_of",
+    "validated_index",
     "with_ids",
     "without_ids",
 ]

@@ -61,6 +61,7 @@ from evalledger.ledger.layout import (
     writer_paths,
 )
 from evalledger.ledger.locks import WriterLocks, describe_owner
+from evalledger.ledger.prefetch import Indexing, index_in_background
 from evalledger.ledger.probe import (
     flock_held,
     held_lock_inodes,
@@ -90,6 +91,8 @@ from evalledger.ledger.status import (
 )
 
 __all__ = [
+    "Indexing",
+    "index_in_background",
     "BatchJournal",
     "JournalItem",
     "JournaledBatch",

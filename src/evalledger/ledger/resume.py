@@ -25,6 +25,7 @@ from evalledger.ledger import index as ledger_index
 from evalledger.ledger.files import calls_bill
 from evalledger.ledger.index import FilePart
 from evalledger.ledger.layout import results_files
+from evalledger.ledger.lines import lead_columns
 from evalledger.ledger.tally import add_records, as_sum, joined, read_results
 from evalledger.records import UNIT_SEPARATOR, epoch_of, unit_key
 
@@ -150,7 +151,7 @@ def note_committed(part: FilePart, records: list[dict[str, Any]]) -> None:
         key = unit_key(rec["sample_id"], epoch_of(rec))
         if key in part.last_ok or key in part.errored:
             part.counts[key] = part.counts.get(key, 1) + 1
-    add_records(part, [], records)
+    add_records(part, [], lead_columns(records))
 
 
 def save_own_index(path: Path, part: FilePart, end: int, indexed_end: int) -> bool:

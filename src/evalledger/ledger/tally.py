@@ -33,11 +33,10 @@ from evalledger.ledger.lines import columns, read_blocks
 from evalledger.records import (
     COUNT_LIMIT,
     EPOCH_FIELD,
-    LEAD_KEYS,
     TOKEN_FIELDS,
     UNIT_SEPARATOR,
     BillTotal,
-    bill_of,
+    bill_from,
     count_of,
 )
 
@@ -64,7 +63,7 @@ def read_results(f: IO[bytes], start: int = 0, first_line: int = 1) -> FileRead:
     """Read the complete lines of the results file open as ``f`` from byte ``start`` (the start of
     line number ``first_line``) to its end, and sum them up."""
     size = os.fstat(f.fileno()).st_size
-    if size - start >= TWO_PROCESS_BYTES and _may_fork():
+    if size - start >= TWO_PROCESS_BYTES and may_fork():
         middle = _line_start_after(f, start + (size - start) // 2)
         if middle is not None:
             return _read_in_two(f, start, first_line, middle)
@@ -77,11 +76,11 @@ def _read_range(f: IO[bytes], start: int, first_line: int, stop: int | None = No
     keys: list[str] = []  # the unit key of every record, in file order
     read = FileRead(part, start, start, first_line)
     with paused_gc():  # a million parsed records, none in a cycle: see gcpause
-        for block in read_blocks(f, start=start, first_line=first_line, stop=stop):
+        for block in read_blocks(f, start=start, first_line=first_line, stop=stop, lead_only=True):
             read.end += block.nbytes
             read.lines += block.lines
             read.garbage += block.garbage
-            add_records(part, keys, block.records, block.lead())
+            add_records(part, keys, block.lead())
             del block  # its records go now, not after the next block is read
         part.garbage = len(read.garbage)
         # records per unit only where a unit has several (retries); none in most files
@@ -89,7 +88,7 @@ def _read_range(f: IO[bytes], start: int, first_line: int, stop: int | None = No
     return read
 
 
-def _may_fork() -> bool:
+def may_fork() -> bool:
     """Whether a second process may read: Linux (``/proc``), two cores for us, and no other thread
     in this process (a fork copies only the calling thread, and locks other threads held)."""
     return (sys.platform.startswith("linux") and hasattr(os, "fork") and len(os.sched_getaffinity(0)) >= 2
@@ -113,7 +112,7 @@ def _read_in_two(f: IO[bytes], start: int, first_line: int, middle: int) -> File
             # Its own file offset (a reopened descriptor, not the shared one), and no other file:
             # a copy of the writer's lock descriptors would keep the lock held if this process died.
             mine = open(f"/proc/self/fd/{f.fileno()}", "rb")
-            _close_all_but(mine.fileno(), w)
+            close_all_but(mine.fileno(), w)
             with mine, os.fdopen(w, "wb") as out:
                 out.write(_encode(_read_range(mine, middle, 1)))
             code = 0
@@ -134,7 +133,7 @@ def _read_in_two(f: IO[bytes], start: int, first_line: int, middle: int) -> File
                     first.garbage + [n + shift for n in second.garbage], first.lines + second.lines)
 
 
-def _close_all_but(*keep: int) -> None:
+def close_all_but(*keep: int) -> None:
     """Close every file descriptor above stderr except ``keep``."""
     low = 3
     for fd in sorted(keep):
@@ -187,24 +186,24 @@ def joined(cached: FilePart | None, read: FileRead) -> FilePart:
     return cached if not (read.part.records or read.part.garbage) else cached.then(read.part)
 
 
-def add_records(part: FilePart, keys: list[str], records: list[dict[str, Any]],
-                lead: dict[str, Sequence[Any]] | None = None) -> None:
+def add_records(part: FilePart, keys: list[str], lead: dict[str, Sequence[Any]]) -> None:
     """Add records (each one :func:`evalledger.ledger.is_record`) to ``part`` and their unit keys to
     ``keys``: what a loop of :func:`evalledger.records.unit_key`, :func:`evalledger.records.count_of`
     and :func:`evalledger.records.bill_of` over them would add, in C-level loops when the values
-    have the usual types, record by record otherwise. ``lead``: their values of
-    :data:`evalledger.records.LEAD_KEYS` (:meth:`evalledger.ledger.lines.Block.lead`), if already read."""
+    have the usual types, record by record otherwise. ``lead``: the records' values of
+    :data:`evalledger.records.LEAD_KEYS`, all these rules read (:meth:`evalledger.ledger.lines.Block.lead`,
+    :func:`lead_columns`)."""
     # Hot path: no per-record Python call when the values have the types our writer writes.
-    if not records:
+    col = lead
+    if not col["sample_id"]:
         return
-    col = lead if lead is not None else dict(zip(LEAD_KEYS, columns(records, LEAD_KEYS)))
     units = unit_keys(col["sample_id"], col[EPOCH_FIELD])
     is_ok = list(map(eq, col["status"], repeat("ok")))
     # the last ok record of a unit decides whether it is correct, as in the merged view
     part.last_ok.update(zip(compress(units, is_ok), map(is_, compress(col["correct"], is_ok), repeat(True))))
     part.errored.update(compress(units, map(not_, is_ok)))
     keys += units
-    n, ok = len(records), is_ok.count(True)
+    n, ok = len(col["sample_id"]), is_ok.count(True)
     part.records += n
     part.ok_records += ok
     part.error_records += n - ok
@@ -216,7 +215,7 @@ def add_records(part: FilePart, keys: list[str], records: list[dict[str, Any]],
         tokens_in, tokens_out = columns(ok_usages, TOKEN_FIELDS)
         part.input_tokens += _count_sum(tokens_in)
         part.output_tokens += _count_sum(tokens_out)
-    part.billed_cost += _bill_cost(records, col["paid"])
+    part.billed_cost += _bill_cost(col["paid"], col["usage"], col["cost_usd"])
 
 
 def unit_keys(sample_ids: Sequence[str], epochs: Sequence[Any]) -> Sequence[str]:
@@ -239,8 +238,8 @@ def _count_sum(values: Sequence[Any]) -> int:
     return sum(map(count_of, values))
 
 
-def _bill_cost(records: list[dict[str, Any]], paid: Sequence[Any]) -> float:
-    """The cost ``records`` (whose ``paid`` values are ``paid``) add to the bill
+def _bill_cost(paid: Sequence[Any], usage: Sequence[Any], cost_usd: Sequence[Any]) -> float:
+    """The cost records whose ``paid``, ``usage`` and ``cost_usd`` values are these add to the bill
     (:func:`evalledger.records.bill_of`; NaN: unknown)."""
     if set(map(type, paid)) == {dict}:
         costs = list(map(_get, paid, repeat("cost_usd")))
@@ -254,8 +253,8 @@ def _bill_cost(records: list[dict[str, Any]], paid: Sequence[Any]) -> float:
                 return math.nan
             return total if math.isfinite(total) and min(costs) >= 0 else math.nan
     bill = BillTotal()
-    for rec in records:
-        bill.add(bill_of(rec))
+    for bill_of_one in map(bill_from, paid, usage, cost_usd):
+        bill.add(bill_of_one)
     return as_sum(bill.cost_usd)
 
 

@@ -38,11 +38,12 @@ from evalledger.datasets import (
     max_field_chars,
     read_dataset_file,
     save_index,
+    validated_index,
 )
 from evalledger.datasets import index as dataset_index
 from evalledger.errors import UsageError
 from evalledger.fsio import paused_gc, utc_now
-from evalledger.ledger import RunPaths
+from evalledger.ledger import Indexing, RunPaths, index_in_background
 from evalledger.providers import Provider, endpoint_for, make_provider
 from evalledger.samples import Sample
 from evalledger.tasks import Task, load_task
@@ -120,7 +121,7 @@ class PreparedRun:
 
 
 def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_execution: bool = True,
-                use_index: bool = True) -> PreparedRun:
+                use_index: bool = True, index_ledger: bool = False) -> PreparedRun:
     """Resolve the dataset and task, validate every row, and compute the run ID.
 
     With ``use_index`` (what ``run`` and ``estimate`` do), a run directory holding the validated
@@ -137,6 +138,11 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
 
     With ``fewshot`` > 0, the exemplar source is read and checked too, and every sample carries
     its exemplars (``Sample.fewshot``; rows read back on demand get them as they are read).
+
+    With ``index_ledger`` (what ``run`` does), a run directory whose results files are large and
+    not indexed has them indexed by a child process while the dataset is validated
+    (:func:`~evalledger.ledger.index_in_background`), so the writer that opens them next reads
+    only what the index does not cover.
 
     Raises :class:`DatasetError` / :class:`UsageError` with a message naming the file, row or flag.
     """
@@ -168,7 +174,7 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
                     task_name=task_name, prompt_version=task.prompt_version, limit=config.limit,
                     max_field_chars=max_field_chars(), evalledger=__version__, **fewshot)
     # Millions of small dicts are built here and none is in a cycle: see gcpause.
-    with paused_gc():
+    with paused_gc(), index_in_background(run_dir) if index_ledger else Indexing(None):
         index = load_index(RunPaths(run_dir).cache, key) if use_index and st.st_size >= dataset_index.MIN_BYTES else None
         if index is not None:
             del raw  # a resume of an already validated file: its rows are read back only when pending
@@ -203,8 +209,18 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
 
 def _validated_dataset(resolved: ResolvedDataset, raw: bytes, st: os.stat_result, task: Task, task_spec: str,
                        config: RunConfig, selector: ExemplarSelector | None) -> tuple[Dataset, ValidatedIndex | None]:
-    """The dataset parsed from ``raw`` and checked row by row (the task's check, enough exemplars),
-    and the index to save for the next resume (None when the file is too small to keep one)."""
+    """The dataset parsed from ``raw`` and checked (the task's check, enough exemplars), and the
+    index to save for the next resume (None when the file is too small to keep one).
+
+    A large JSON-lines file without ``--fewshot`` is checked a column at a time first
+    (:func:`~evalledger.datasets.validated_index`); when that cannot vouch for it, row by row."""
+    if selector is None and dataset_format(resolved.path) == ".jsonl" and st.st_size >= dataset_index.MIN_BYTES:
+        index = validated_index(resolved.path, raw, id_column=config.id_column,
+                                default_id_column=resolved.default_id_column, required_fields=task.required_fields,
+                                limit=config.limit, rows_to_validate=task.rows_to_validate,
+                                validate=task.validate_sample)
+        if index is not None:
+            return _dataset_from_index(resolved, st, index, task, config.limit, None), index
     dataset = load_dataset_bytes(resolved, raw, id_column=config.id_column, required_fields=task.required_fields,
                                  limit=config.limit)
     check_samples(dataset.path, dataset.samples, task.validate_sample, task_spec)

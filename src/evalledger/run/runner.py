@@ -68,7 +68,8 @@ def estimate_experiment(config: RunConfig) -> Estimate:
 async def run_experiment_async(config: RunConfig) -> RunSummary:
     """The async form of :func:`run_experiment`, for callers that already run an event loop."""
     t0 = time.monotonic()
-    prepared = prepare_run(config)
+    # A resume's results are indexed by a child process while the dataset is checked.
+    prepared = prepare_run(config, index_ledger=config.resume and not config.overwrite)
     note_run_dir(prepared.run_dir)  # get_stats(run_id) in this process means this run
     # Built before anything is written: a bad --model, a missing key or --max-cost without a price
     # is refused while the run directory is still as it was. With --workers N the session is the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -89,6 +90,14 @@ class Task(ABC):
         ``required_fields`` (which the dataset loader checks itself).
         """
         return None
+
+    def rows_to_validate(self, rows: Sequence[dict[str, Any]]) -> Iterable[int]:
+        """The positions in ``rows`` (rows' fields, in file order) whose :meth:`validate_sample` may
+        find a problem: a large dataset's rows are checked a column at a time, and
+        :meth:`validate_sample` then runs on these only. A task whose check passes most rows by a
+        rule that can be applied to a whole column at once names the others; by default every row,
+        and none when the task does not override :meth:`validate_sample`."""
+        return () if type(self).validate_sample is Task.validate_sample else range(len(rows))
 
     def exemplar_answer(self, exemplar: Sample) -> str:
         """The assistant's turn of one worked example: the exemplar's answer, in the format the task

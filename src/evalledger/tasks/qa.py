@@ -11,7 +11,11 @@ GSM8K) score exactly the same way.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
+from itertools import compress, repeat
+from operator import and_, itemgetter, not_
+from typing import Any
 
 from evalledger.samples import Sample
 from evalledger.tasks.base import Message, Score, Task
@@ -155,6 +159,11 @@ def extract_number_answer(text: str) -> str | None:
     return _last_number(text)
 
 
+def _answer_tail(answer: str) -> str:
+    """What follows the last ``####`` of a GSM8K-style answer (all of it without one), stripped."""
+    return answer.rpartition("####")[2].strip()
+
+
 def gsm8k_target(answer: str) -> str | None:
     """The normalised reference number of a GSM8K ``answer`` field.
 
@@ -209,9 +218,8 @@ class QATask(Task):
         """Reject rows whose reference answer has no readable number (they could never score)."""
         answer = sample.fields.get("answer")
         if type(answer) is str:
-            # Fast path for the usual "... #### 18": plain ASCII digits are always a number, and
-            # this runs for every row of a dataset on every resume.
-            tail = answer.rpartition("####")[2].strip()
+            # Fast path for the usual "... #### 18": plain ASCII digits are always a number.
+            tail = _answer_tail(answer)
             if tail.isascii() and tail.isdecimal():
                 return None
         if answer is None or gsm8k_target(str(answer)) is None:
@@ -220,6 +228,16 @@ class QATask(Task):
                 f"ending in '#### <number>'): {str(answer)[-80:]!r}"
             )
         return None
+
+    def rows_to_validate(self, rows: Sequence[dict[str, Any]]) -> Iterable[int]:
+        """The rows :meth:`validate_sample`'s fast rule does not pass: a text ``answer`` whose part
+        after the last ``####`` is plain ASCII digits is a number (:func:`_answer_tail`, in C-level loops)."""
+        answers = list(map(dict.get, rows, repeat("answer")))
+        if set(map(type, answers)) != {str}:
+            return range(len(rows))
+        tails = list(map(str.strip, map(itemgetter(2), map(str.rpartition, answers, repeat("####")))))
+        passed = map(and_, map(str.isascii, tails), map(str.isdecimal, tails))
+        return list(compress(range(len(rows)), map(not_, passed)))
 
     def score(self, response: str, sample: Sample) -> Score:
         """Extract a number from ``response`` and compare it numerically with the target."""

@@ -17,6 +17,7 @@ cached replies on resume sends exactly the same conversation (no state is kept h
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from evalledger.samples import Sample
@@ -105,6 +106,10 @@ class SelfCorrectTask(Task):
     def validate_sample(self, sample: Sample) -> str | None:
         """The base task's check."""
         return self.base.validate_sample(sample)
+
+    def rows_to_validate(self, rows: Sequence[dict[str, Any]]) -> Iterable[int]:
+        """The base task's rows to check."""
+        return self.base.rows_to_validate(rows)
 
     def build_messages(self, sample: Sample) -> list[Message]:
         """Turn 1: the base task's messages, unchanged (its exemplars included)."""
