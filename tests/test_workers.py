@@ -391,6 +391,21 @@ def shared_rpm_holds(times: list[float], rpm: float, slack_s: float = 0.5) -> No
         assert max_in_window(times, window) <= burst + rate * (window + slack_s), window
 
 
+@pytest.mark.minute
+def test_the_shared_rpm_holds_over_a_literal_minute(fake_server, tmp_path):
+    """The same at the flag's own pace: --rpm 300 across 3 workers for over a minute, and no
+    60-second window of the server's log holds more than the minute's 300 plus the bucket's burst.
+    A minute long, so not in the default suite: ``.ci/run`` runs it after the suite (``-m minute``)."""
+    rpm, n = 300, 360  # 5/s after a burst of 50: ~62 s
+    data = write_qa_dataset(tmp_path / "d.jsonl", n)
+    s = run_experiment(run_config(fake_server, data, tmp_path / "out", workers=3, concurrency=30, rpm=rpm))
+    assert s.exit_code == 0 and s.ok == n
+    times = sorted(r.received_at for r in fake_server.requests)
+    assert times[-1] - times[0] >= 60.0
+    assert max_in_window(times, 60.0) <= rpm + rpm / 6
+    shared_rpm_holds(times, rpm)
+
+
 def test_the_shared_rpm_holds_across_the_workers(fake_server, tmp_path):
     rpm, n = 1200, 400  # 20/s after a burst of 200: ~10 s; unshared, 3 buckets would let all 400 go at once
     data = write_qa_dataset(tmp_path / "d.jsonl", n)
