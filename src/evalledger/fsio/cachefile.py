@@ -85,6 +85,17 @@ def fingerprint(f: IO[bytes], end: int) -> str:
     return h.hexdigest()
 
 
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The header of ``path`` alone (its first line), unchecked: the blobs and their digest are not
+    read. None if it is missing or its first line is no JSON object."""
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def read(path: Path) -> tuple[dict[str, Any], list[bytes]] | None:
     """The header and blobs of ``path``, or None if it is missing, torn or does not check out."""
     try:

@@ -156,6 +156,21 @@ def covered(results: Path, f: IO[bytes], st: os.stat_result) -> Covered | None:
         return None
 
 
+def claimed_end(results: Path, st: os.stat_result) -> int:
+    """How many bytes of ``results`` (stat ``st``) its index says it covers, from the index's header
+    alone (0: no index for this file), without checking its digest or fingerprint: enough to decide
+    whether indexing is worth starting (:mod:`evalledger.ledger.prefetch`), never to trust it."""
+    header = cachefile.read_header(index_path(results))
+    try:
+        if (header is None or header["format"] != FORMAT or header["source"] != results.name
+                or header["dev"] != st.st_dev or header["ino"] != st.st_ino):
+            return 0
+        end = int(header["end"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return end if 0 < end <= st.st_size else 0
+
+
 def load(results: Path, f: IO[bytes], st: os.stat_result) -> tuple[FilePart, int] | None:
     """The index of ``results`` (open as ``f``, stat ``st``) and the byte offset it covers, or None."""
     got = _valid(results, f, st)

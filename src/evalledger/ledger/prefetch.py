@@ -67,17 +67,15 @@ class Indexing:
 
 
 def unindexed_bytes(run_dir: Path) -> int:
-    """How many bytes of ``run_dir``'s results files no valid resume index covers."""
+    """How many bytes of ``run_dir``'s results files their indexes do not claim to cover (by the
+    indexes' headers alone: a resume that has its indexes reads none of them twice)."""
     total = 0
     for path in results_files(run_dir):
         try:
-            f = open(path, "rb")
+            st = path.stat()
         except FileNotFoundError:
             continue
-        with f:
-            st = os.fstat(f.fileno())
-            cover = ledger_index.covered(path, f, st) if st.st_size >= ledger_index.MIN_BYTES else None
-            total += st.st_size - (cover.end if cover is not None else 0)
+        total += st.st_size - ledger_index.claimed_end(path, st)
     return total
 
 
