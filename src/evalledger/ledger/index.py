@@ -161,14 +161,20 @@ def claimed_end(results: Path, st: os.stat_result) -> int:
     alone (0: no index for this file), without checking its digest or fingerprint: enough to decide
     whether indexing is worth starting (:mod:`evalledger.ledger.prefetch`), never to trust it."""
     header = cachefile.read_header(index_path(results))
+    return (_end_for(header, results, st) or 0) if header is not None else 0
+
+
+def _end_for(header: dict[str, Any], results: Path, st: os.stat_result) -> int | None:
+    """The end an index's ``header`` gives when it is an index of ``results`` as it is now (stat
+    ``st``: same format, name, device and inode, no longer than the file), else None."""
     try:
-        if (header is None or header["format"] != FORMAT or header["source"] != results.name
-                or header["dev"] != st.st_dev or header["ino"] != st.st_ino):
-            return 0
         end = int(header["end"])
+        if (header["format"] != FORMAT or header["source"] != results.name or header["dev"] != st.st_dev
+                or header["ino"] != st.st_ino or not 0 < end <= st.st_size):
+            return None
     except (KeyError, TypeError, ValueError):
-        return 0
-    return end if 0 < end <= st.st_size else 0
+        return None
+    return end
 
 
 def load(results: Path, f: IO[bytes], st: os.stat_result) -> tuple[FilePart, int] | None:
@@ -196,11 +202,8 @@ def _valid(results: Path, f: IO[bytes], st: os.stat_result) -> tuple[dict[str, A
         return None
     header, blobs = got
     try:
-        end = int(header["end"])
-        if (header["format"] != FORMAT or header["source"] != results.name or header["dev"] != st.st_dev
-                or header["ino"] != st.st_ino or not 0 < end <= st.st_size or len(blobs) != 3):
-            return None
-        if header["fingerprint"] != cachefile.fingerprint(f, end):
+        end = _end_for(header, results, st)
+        if end is None or len(blobs) != 3 or header["fingerprint"] != cachefile.fingerprint(f, end):
             return None
     except Exception:  # noqa: BLE001 - an index that cannot be read is no index: the file is scanned instead
         return None

@@ -186,15 +186,14 @@ def joined(cached: FilePart | None, read: FileRead) -> FilePart:
     return cached if not (read.part.records or read.part.garbage) else cached.then(read.part)
 
 
-def add_records(part: FilePart, keys: list[str], lead: dict[str, Sequence[Any]]) -> None:
+def add_records(part: FilePart, keys: list[str], col: dict[str, Sequence[Any]]) -> None:
     """Add records (each one :func:`evalledger.ledger.is_record`) to ``part`` and their unit keys to
     ``keys``: what a loop of :func:`evalledger.records.unit_key`, :func:`evalledger.records.count_of`
     and :func:`evalledger.records.bill_of` over them would add, in C-level loops when the values
-    have the usual types, record by record otherwise. ``lead``: the records' values of
+    have the usual types, record by record otherwise. ``col``: the records' values of
     :data:`evalledger.records.LEAD_KEYS`, all these rules read (:meth:`evalledger.ledger.lines.Block.lead`,
     :func:`lead_columns`)."""
     # Hot path: no per-record Python call when the values have the types our writer writes.
-    col = lead
     if not col["sample_id"]:
         return
     units = unit_keys(col["sample_id"], col[EPOCH_FIELD])

@@ -176,19 +176,13 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
     # Millions of small dicts are built here and none is in a cycle: see gcpause.
     with paused_gc(), index_in_background(run_dir) if index_ledger else Indexing(None):
         index = load_index(RunPaths(run_dir).cache, key) if use_index and st.st_size >= dataset_index.MIN_BYTES else None
-        if index is not None:
-            del raw  # a resume of an already validated file: its rows are read back only when pending
-            dataset = _dataset_from_index(resolved, st, index, task, config.limit, selector)
-            new_index = None
-        else:
-            if raw is None:  # a remembered hash, and no index to use it with: the bytes are needed after all
-                raw, st = read_dataset_file(path)
-                if hashlib.sha256(raw).hexdigest() != resolved.sha256:  # the file changed under the same stat
-                    forget_sha256(path)
-                    return prepare_run(config, check_output_dir=check_output_dir,
-                                       check_code_execution=check_code_execution, use_index=False)
-            dataset, new_index = _validated_dataset(resolved, raw, st, task, task_spec, config, selector)
-            del raw
+        loaded = _loaded_dataset(path, resolved, raw, st, index, task, task_spec, config, selector)
+        del raw  # a resume of an already validated file: its rows are read back only when pending
+    if loaded is None:  # the file changed under the same stat as a remembered hash: hash it afresh
+        forget_sha256(path)
+        return prepare_run(config, check_output_dir=check_output_dir, check_code_execution=check_code_execution,
+                           use_index=False, index_ledger=index_ledger)
+    dataset, new_index = loaded
     if check_output_dir:
         check_output_dir_usable(config.output_dir, run_dir)
     return PreparedRun(
@@ -205,6 +199,21 @@ def prepare_run(config: RunConfig, *, check_output_dir: bool = True, check_code_
         new_index=new_index,
         fewshot=selector,
     )
+
+
+def _loaded_dataset(path: Path, resolved: ResolvedDataset, raw: bytes | None, st: os.stat_result,
+                    index: ValidatedIndex | None, task: Task, task_spec: str, config: RunConfig,
+                    selector: ExemplarSelector | None) -> tuple[Dataset, ValidatedIndex | None] | None:
+    """The dataset from its validated ``index`` when there is one (nothing new to save), else read
+    from ``path`` (when ``raw`` is None: its hash was remembered) and validated, with the index to
+    save; None when the bytes read no longer have the remembered hash."""
+    if index is not None:
+        return _dataset_from_index(resolved, st, index, task, config.limit, selector), None
+    if raw is None:  # a remembered hash, and no index to use it with: the bytes are needed after all
+        raw, st = read_dataset_file(path)
+        if hashlib.sha256(raw).hexdigest() != resolved.sha256:
+            return None
+    return _validated_dataset(resolved, raw, st, task, task_spec, config, selector)
 
 
 def _validated_dataset(resolved: ResolvedDataset, raw: bytes, st: os.stat_result, task: Task, task_spec: str,
